@@ -1,0 +1,149 @@
+"""Turning a layer's input activation into rows ``X`` of a dense problem.
+
+A ``Linear`` layer's input ``(N, *, d_in)`` already is a set of rows. A convolution is rewritten as a
+dense layer over patches (im2col): every output position sees a ``C_in x k_h x k_w`` patch of the
+padded input, flattened in the layout of ``weight.reshape(C_out, -1)``. Using every patch of every
+image is wasteful (most are uninformative, and there are ``H_out * W_out`` per image), so
+:func:`layer_rows` draws ``patches_per_image`` random output positions per image first and gathers
+only those patches: memory is ``N * patches_per_image * C_in * k_h * k_w`` values, never the full
+unfolded tensor.
+
+This module imports no Lightning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["SUPPORTED_LAYERS", "LayerRows", "conv_patches", "layer_rows"]
+
+#: Layer types the initializer knows how to rewrite as a dense problem.
+SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
+
+
+@dataclass(frozen=True)
+class LayerRows:
+    """Rows gathered from one layer input.
+
+    Attributes:
+        x: Rows, shape ``(N * p, C_in, K)`` for convolutions (``K = k_h * k_w``, the channel axis
+            kept so grouped convolutions can be split) or ``(N * p, d_in)`` for linear layers.
+        per_sample: ``p``, rows taken from each sample (the same for every sample).
+    """
+
+    x: Tensor
+    per_sample: int
+
+
+def _sample_positions(n: int, total: int, k: int | None, generator: torch.Generator | None) -> Tensor:
+    """Return ``(n, p)`` position indices in ``[0, total)``; random without replacement if ``k < total``."""
+    if k is None or k >= total:
+        return torch.arange(total).expand(n, total)
+    return torch.rand(n, total, generator=generator).argsort(dim=1)[:, :k]
+
+
+def _pads(conv: nn.Conv1d | nn.Conv2d, spatial: int) -> list[int]:
+    """Padding as ``F.pad`` wants it (last dim first), resolving the string forms."""
+    ks, dil = conv.kernel_size, conv.dilation
+    if isinstance(conv.padding, str):
+        if conv.padding == "valid":
+            return [0] * (2 * spatial)
+        pads: list[int] = []
+        for i in reversed(range(spatial)):
+            total = dil[i] * (ks[i] - 1)
+            pads += [total // 2, total - total // 2]
+        return pads
+    pads = []
+    for i in reversed(range(spatial)):
+        pads += [conv.padding[i], conv.padding[i]]
+    return pads
+
+
+def conv_patches(
+    x: Tensor,
+    conv: nn.Conv1d | nn.Conv2d,
+    patches_per_image: int | None,
+    generator: torch.Generator | None = None,
+) -> LayerRows:
+    """Gather randomly chosen patches of a convolution's input.
+
+    Args:
+        x: The convolution's input, shape ``(N, C_in, L)`` (1-D) or ``(N, C_in, H, W)`` (2-D).
+        conv: The convolution (its kernel size, stride, padding, dilation and padding mode are
+            honoured).
+        patches_per_image: Output positions drawn per image, without replacement; ``None`` or a
+            number above ``H_out * W_out`` takes every position.
+        generator: CPU generator for the position draw.
+
+    Returns:
+        :class:`LayerRows` with ``x`` of shape ``(N * p, C_in, k_h * k_w)``.
+
+    Raises:
+        ValueError: If ``x`` does not have the convolution's expected rank, or the padded input is
+            smaller than the kernel.
+    """
+    spatial = 1 if isinstance(conv, nn.Conv1d) else 2
+    if x.ndim != spatial + 2:
+        raise ValueError(f"{type(conv).__name__} expects a batched {spatial + 2}-D input, got shape {tuple(x.shape)}")
+    pads = _pads(conv, spatial)
+    if any(pads):
+        mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
+        x = F.pad(x, pads, mode=mode)
+    if spatial == 1:
+        x = x.unsqueeze(2)
+        kh, kw = 1, conv.kernel_size[0]
+        sh, sw = 1, conv.stride[0]
+        dh, dw = 1, conv.dilation[0]
+    else:
+        (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
+    n, c, hp, wp = x.shape
+    h_out = (hp - dh * (kh - 1) - 1) // sh + 1
+    w_out = (wp - dw * (kw - 1) - 1) // sw + 1
+    if h_out < 1 or w_out < 1:
+        raise ValueError(f"input of spatial size {(hp, wp)} (padded) is smaller than the kernel {(kh, kw)}")
+    pos = _sample_positions(n, h_out * w_out, patches_per_image, generator).to(x.device)
+    p = pos.shape[1]
+    top = (pos // w_out) * sh
+    left = (pos % w_out) * sw
+    rows = top[:, :, None] + dh * torch.arange(kh, device=x.device)  # (N, p, kh)
+    cols = left[:, :, None] + dw * torch.arange(kw, device=x.device)  # (N, p, kw)
+    batch = torch.arange(n, device=x.device)[:, None, None, None]
+    # Advanced indices separated by a slice: the indexed dims come first -> (N, p, kh, kw, C).
+    patches = x[batch, :, rows[:, :, :, None], cols[:, :, None, :]]
+    patches = patches.permute(0, 1, 4, 2, 3).reshape(n * p, c, kh * kw)
+    return LayerRows(x=patches, per_sample=p)
+
+
+def layer_rows(
+    module: nn.Module,
+    x: Tensor,
+    patches_per_image: int | None,
+    generator: torch.Generator | None = None,
+) -> LayerRows:
+    """Rows of the dense problem for ``module`` given its input ``x``.
+
+    For ``nn.Linear`` an input ``(N, *, d_in)`` with extra positions ``*`` (e.g. tokens) is treated
+    like a convolution's positions: ``patches_per_image`` of them are drawn per sample.
+
+    Args:
+        module: An instance of one of :data:`SUPPORTED_LAYERS`.
+        x: The module's input.
+        patches_per_image: Positions drawn per sample (see :func:`conv_patches`).
+        generator: CPU generator for the draw.
+
+    Raises:
+        TypeError: If ``module`` is not supported.
+    """
+    if isinstance(module, nn.Linear):
+        n = x.shape[0] if x.ndim > 1 else 1
+        x3 = x.reshape(n, -1, module.in_features)
+        pos = _sample_positions(n, x3.shape[1], patches_per_image, generator).to(x.device)
+        rows = x3.gather(1, pos[:, :, None].expand(-1, -1, module.in_features))
+        return LayerRows(x=rows.reshape(-1, module.in_features), per_sample=pos.shape[1])
+    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        return conv_patches(x, module, patches_per_image, generator)
+    raise TypeError(f"unsupported layer type {type(module).__name__}; supported: {[t.__name__ for t in SUPPORTED_LAYERS]}")

@@ -1,0 +1,253 @@
+"""Lightning glue: the :class:`SylvesterInit` callback.
+
+The callback holds no math. In ``on_fit_start`` it pulls a class-balanced subset from the training
+dataloader's dataset (:mod:`lightning_sylv.subset`), measures validation accuracy, runs
+:func:`lightning_sylv.engine.sylvester_init_`, measures again, and logs to every attached logger.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader
+
+from lightning_sylv.codes import CODES
+from lightning_sylv.engine import InitReport, sylvester_init_
+from lightning_sylv.evaluation import evaluate_accuracy
+from lightning_sylv.subset import balanced_subset
+
+__all__ = ["SylvesterInit"]
+
+_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def _first_dataloader(source: Any, what: str) -> DataLoader | None:
+    """The first ``DataLoader`` in what a ``*_dataloader`` hook returned (possibly a collection)."""
+    if isinstance(source, DataLoader):
+        return source
+    if isinstance(source, (list, tuple)):
+        return next((d for d in source if isinstance(d, DataLoader)), None)
+    if isinstance(source, dict):
+        return next((d for d in source.values() if isinstance(d, DataLoader)), None)
+    flattened = getattr(source, "flattened", None)  # CombinedLoader
+    if flattened:
+        return _first_dataloader(list(flattened), what)
+    return None
+
+
+def _stage_dataloader(trainer: pl.Trainer, stage: Literal["train", "val"]) -> DataLoader | None:
+    """The fit run's train or val dataloader, from the datamodule, the module, or ``trainer.fit`` arguments."""
+    loop = trainer.fit_loop if stage == "train" else trainer.fit_loop.epoch_loop.val_loop
+    source = getattr(loop, "_data_source", None)
+    try:
+        if source is not None and source.is_defined():
+            return _first_dataloader(source.dataloader(), stage)
+    except Exception:  # noqa: BLE001 - a missing/failing hook means "no such data"
+        return None
+    return None
+
+
+class SylvesterInit(Callback):
+    r"""Data-driven initialization with Sylvester solvers (Das, Bhalgat & Porikli, 2021).
+
+    At the start of ``trainer.fit`` the callback draws ``samples_per_class`` training examples of
+    every class (seeded), then initializes the model's ``Linear``/``Conv1d``/``Conv2d`` layers in
+    execution order: each layer's weight ``W`` minimizes ``‖X − WᵀS‖² + λ‖WX − S‖²`` for its input
+    activations ``X`` on the subset and a latent code ``S`` (principal components for hidden
+    layers, one-hot labels for the head), i.e. solves the Sylvester equation
+    ``SSᵀW + W(λXXᵀ) = (1+λ)SXᵀ``. BatchNorm statistics are recomputed on the subset. Weights are
+    written in place, so optimizers that already hold the parameters see the new values.
+
+    It logs ``sylvester/pre_init_accuracy`` and ``sylvester/initial_accuracy`` (validation accuracy
+    before and after, fractions in ``[0, 1]``; skipped when there is no labelled validation data)
+    and ``sylvester/init_time_s`` (subset loading plus initialization, without the accuracy
+    evaluations) to every attached logger. When training resumes from a checkpoint the callback
+    does nothing: its state records that the model was initialized.
+
+    Args:
+        samples_per_class: Training examples drawn per class (classes with fewer use all of theirs,
+            with a warning). Without labels, ``10 * samples_per_class`` random examples are used.
+        layers: ``"all"`` initializes every layer; ``"head"`` only the classifier head (the last
+            executed layer, or ``head``), leaving every other parameter and buffer bit-identical —
+            for fine-tuning a pretrained body. ``"head"`` requires labelled data.
+        latent: Latent code of the hidden layers, a name in :data:`lightning_sylv.codes.CODES`.
+        head_latent: Latent code of the head (``"onehot"``: one-hot class labels).
+        lam: λ, the weight of the encoding loss relative to the decoding loss (``> 0``; paper: 10).
+        patches_per_image: Random patch positions per image for convolutions (``None``: all).
+        seed: Seed of the subset draw and the patch draw.
+        head: Qualified name of the head module (default: the last ``Linear``/``Conv`` executed).
+        precision: ``"float64"`` (default) or ``"float32"`` for the statistics and solves; results are
+            cast to each parameter's dtype either way.
+        evaluate: Measure validation accuracy before and after initialization.
+        eval_batches: Cap on validation batches per evaluation (``None``: the whole set).
+        verbose: Print a summary line and the per-layer table when done.
+
+    Raises:
+        ValueError: At construction, for any invalid argument (the message names it and its value).
+
+    Example::
+
+        trainer = Trainer(callbacks=[SylvesterInit(samples_per_class=100)])
+        trainer.fit(model, datamodule=dm)
+    """
+
+    def __init__(
+        self,
+        samples_per_class: int = 100,
+        layers: Literal["all", "head"] = "all",
+        latent: str = "pca",
+        head_latent: str = "onehot",
+        lam: float = 10.0,
+        patches_per_image: int | None = 16,
+        seed: int = 0,
+        head: str | None = None,
+        precision: Literal["float64", "float32"] = "float64",
+        evaluate: bool = True,
+        eval_batches: int | None = None,
+        verbose: bool = True,
+    ) -> None:
+        if isinstance(samples_per_class, bool) or not isinstance(samples_per_class, int) or samples_per_class < 1:
+            raise ValueError(f"samples_per_class must be a positive int, got {samples_per_class!r}")
+        if layers not in ("all", "head"):
+            raise ValueError(f"layers must be 'all' or 'head', got {layers!r}")
+        for arg, value in (("latent", latent), ("head_latent", head_latent)):
+            if value not in CODES:
+                raise ValueError(f"{arg} must be one of {sorted(CODES)}, got {value!r}")
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam > 0 or lam == float("inf"):
+            raise ValueError(f"lam must be a finite number > 0, got {lam!r}")
+        if patches_per_image is not None and (
+            isinstance(patches_per_image, bool) or not isinstance(patches_per_image, int) or patches_per_image < 1
+        ):
+            raise ValueError(f"patches_per_image must be a positive int or None, got {patches_per_image!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed must be an int, got {seed!r}")
+        if head is not None and (not isinstance(head, str) or not head):
+            raise ValueError(f"head must be a module name or None, got {head!r}")
+        if precision not in _DTYPES:
+            raise ValueError(f"precision must be one of {sorted(_DTYPES)}, got {precision!r}")
+        if eval_batches is not None and (isinstance(eval_batches, bool) or not isinstance(eval_batches, int) or eval_batches < 1):
+            raise ValueError(f"eval_batches must be a positive int or None, got {eval_batches!r}")
+        self.samples_per_class = samples_per_class
+        self.layers = layers
+        self.latent = latent
+        self.head_latent = head_latent
+        self.lam = float(lam)
+        self.patches_per_image = patches_per_image
+        self.seed = seed
+        self.head = head
+        self.precision = precision
+        self.evaluate = evaluate
+        self.eval_batches = eval_batches
+        self.verbose = verbose
+        self.initialized = False
+        self.report: InitReport | None = None
+        self.metrics: dict[str, float] = {}
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(layers=self.layers, head=self.head)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"initialized": self.initialized, "metrics": dict(self.metrics)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.initialized = bool(state_dict.get("initialized", False))
+        self.metrics = dict(state_dict.get("metrics", {}))
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        others = [c for c in trainer.callbacks if isinstance(c, SylvesterInit) and c is not self]
+        if others and trainer.callbacks.index(self) > trainer.callbacks.index(others[0]):
+            rank_zero_warn(
+                f"{len(others) + 1} SylvesterInit callbacks are attached; each one initializes the model "
+                "again in turn. Keep one unless that is intended."
+            )
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.initialized:
+            rank_zero_info("SylvesterInit: the model was already initialized (restored from a checkpoint); skipping.")
+            return
+        if trainer.ckpt_path is not None:
+            rank_zero_info(f"SylvesterInit: resuming from {trainer.ckpt_path}; keeping the checkpoint's weights.")
+            self.initialized = True
+            return
+        if trainer.fast_dev_run:
+            rank_zero_warn("SylvesterInit: skipped under fast_dev_run.")
+            return
+        train_dl = _stage_dataloader(trainer, "train")
+        if train_dl is None:
+            raise RuntimeError(
+                "SylvesterInit needs a training DataLoader (from a datamodule, the LightningModule's "
+                "train_dataloader, or trainer.fit(train_dataloaders=...)); none was found"
+            )
+        val_dl = _stage_dataloader(trainer, "val") if self.evaluate else None
+        device = pl_module.device
+
+        def to_device(batch: Any, dev: torch.device) -> Any:
+            return trainer.strategy.batch_to_device(batch, dev)
+
+        pre = self._accuracy(pl_module, val_dl, device, to_device)
+        start = time.perf_counter()
+        inputs, labels, _ = balanced_subset(
+            train_dl.dataset,
+            self.samples_per_class,
+            self.seed,
+            train_dl.collate_fn,
+            require_labels=self.layers == "head",
+        )
+        inputs = to_device(inputs, device)
+        labels = labels.to(device) if labels is not None else None
+        self.report = sylvester_init_(
+            pl_module,
+            inputs,
+            labels,
+            layers=self.layers,
+            latent=self.latent,
+            head_latent=self.head_latent,
+            lam=self.lam,
+            patches_per_image=self.patches_per_image,
+            head=self.head,
+            seed=self.seed,
+            dtype=_DTYPES[self.precision],
+        )
+        init_time = time.perf_counter() - start
+        post = self._accuracy(pl_module, val_dl, device, to_device)
+        self.initialized = True
+        self.metrics = {"sylvester/init_time_s": init_time}
+        if pre is not None:
+            self.metrics["sylvester/pre_init_accuracy"] = pre
+        if post is not None:
+            self.metrics["sylvester/initial_accuracy"] = post
+        for logger in trainer.loggers:
+            logger.log_metrics(self.metrics, step=trainer.global_step)
+        if self.verbose:
+            rank_zero_info(self._summary(len(labels) if labels is not None else None))
+
+    def _accuracy(self, model: pl.LightningModule, val_dl: DataLoader | None, device: torch.device, to_device: Any) -> float | None:
+        if val_dl is None:
+            return None
+        return evaluate_accuracy(model, val_dl, device, max_batches=self.eval_batches, to_device=to_device)
+
+    def _summary(self, n_samples: int | None) -> str:
+        report = self.report or InitReport()
+        m = self.metrics
+        pre, post = m.get("sylvester/pre_init_accuracy"), m.get("sylvester/initial_accuracy")
+        fmt = lambda v: "n/a" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+        lines = [
+            f"SylvesterInit: {len(report.layers)} layer(s) initialized in {m['sylvester/init_time_s']:.3f} s "
+            f"from {n_samples if n_samples is not None else 'unlabelled'} samples; validation accuracy "
+            f"without init {fmt(pre)} -> with init {fmt(post)}",
+            f"  {'layer':<28} {'type':<7} {'in':>6} {'out':>5} {'rows':>7} {'code':<7} {'enc.loss':>9} {'residual':>9} {'time s':>7}",
+        ]
+        for r in report.layers:
+            lines.append(
+                f"  {r.name[:28]:<28} {r.kind[:7]:<7} {r.in_features:>6} {r.out_features:>5} {r.rows:>7} "
+                f"{r.code:<7} {r.encoding_loss:>9.4f} {r.residual:>9.1e} {r.seconds:>7.3f}"
+            )
+        for name, why in report.skipped.items():
+            lines.append(f"  skipped {name}: {why}")
+        return "\n".join(lines)

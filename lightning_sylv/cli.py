@@ -1,0 +1,31 @@
+"""The ``lightning-sylv`` command: LightningCLI with the package's models, datamodules and callbacks.
+
+Importing :mod:`lightning_sylv.models`, :mod:`lightning_sylv.data` and :mod:`lightning_sylv.callbacks`
+registers their classes, so they can be named by their short class name::
+
+    lightning-sylv fit --config configs/digits.yaml
+    lightning-sylv fit --model ImageClassifier --data DigitsDataModule --trainer.callbacks+=SylvesterInit
+"""
+
+from __future__ import annotations
+
+from lightning.pytorch.cli import LightningCLI
+
+import lightning_sylv.callbacks  # noqa: F401 - registers SylvesterInit
+import lightning_sylv.data  # noqa: F401 - registers the datamodules
+import lightning_sylv.models  # noqa: F401 - registers the LightningModules
+
+__all__ = ["main"]
+
+
+def main(args: list[str] | None = None) -> LightningCLI:
+    """Run the CLI (``args`` defaults to ``sys.argv[1:]``) and return the ``LightningCLI`` object."""
+    return LightningCLI(
+        args=args,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"description": "Train with data-driven (Sylvester) weight initialization."},
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

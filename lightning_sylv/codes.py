@@ -1,0 +1,208 @@
+"""Latent codes ``S``: the targets a layer's outputs should encode.
+
+A code turns a layer's input rows ``X`` (shape ``(n, d_in)``; one row per sample, or per sampled
+patch for convolutions) into the code ``S`` of shape ``(n, d_out)``, one column per output unit of the
+layer. The Sylvester initializer then finds the ``W`` that best encodes ``X`` into ``S`` and decodes
+``S`` back into ``X``.
+
+Codes here:
+
+* :class:`PCACode` (``"pca"``, hidden layers): projections onto the leading principal components.
+* :class:`OneHotCode` (``"onehot"``, the classifier head): one-hot class labels.
+
+Every code implements :class:`LatentCode`; further codes (LDA, ICA, K-means, a teacher's activations)
+subclass it and are looked up by name through :func:`resolve_code`.
+
+This module imports no Lightning.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+
+import torch
+from torch import Tensor
+
+__all__ = ["CODES", "LatentCode", "OneHotCode", "PCACode", "resolve_code"]
+
+
+class LatentCode(ABC):
+    """Interface of a latent code.
+
+    Subclasses implement :meth:`fit`. They must return exactly ``out_features`` columns; when the data
+    cannot support that many (for example PCA on fewer input dimensions than outputs), the subclass
+    documents how it fills the remaining columns.
+    """
+
+    #: Short name used in reports and by :func:`resolve_code`.
+    name: str = "code"
+    #: Whether :meth:`fit` needs ``labels``.
+    requires_labels: bool = False
+
+    @abstractmethod
+    def fit(
+        self,
+        x: Tensor,
+        out_features: int,
+        labels: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Return the code ``S`` for the input rows ``x``.
+
+        Args:
+            x: Input rows, shape ``(n, d_in)``, floating point.
+            out_features: Number of columns of ``S`` (the layer's output units).
+            labels: Integer class labels, shape ``(n,)``, or ``None``.
+            generator: CPU random generator for codes that draw random numbers.
+
+        Returns:
+            ``S`` of shape ``(n, out_features)`` on ``x``'s device and dtype.
+        """
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def _check_rows(x: Tensor, out_features: int) -> None:
+    if x.ndim != 2:
+        raise ValueError(f"x must have shape (n, d_in), got {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("x has no rows: the code needs at least one sample")
+    if not isinstance(out_features, int) or out_features < 1:
+        raise ValueError(f"out_features must be a positive int, got {out_features!r}")
+
+
+class PCACode(LatentCode):
+    """Principal-component code for hidden layers.
+
+    Column ``j < k`` of ``S`` is the projection of the centred rows onto the ``j``-th principal
+    direction (largest variance first), where ``k = min(out_features, d_in, n - 1)`` is the number of
+    directions the data can supply. Each direction's sign is fixed so that its largest-magnitude
+    entry is positive (deterministic output).
+
+    When ``out_features > k`` the remaining columns are filled as follows, and never with exact
+    duplicates (duplicate units would stay identical under gradient descent):
+
+    * columns ``k .. 2k-1`` are the negated components ``-S[:, 0..k-1]``, so that after a ReLU both
+      halves of every direction survive;
+    * columns from ``2k`` on are random unit-norm combinations of the ``k`` components (drawn from
+      ``generator``).
+
+    Args:
+        center: Subtract the mean of ``x`` before projecting (standard PCA).
+    """
+
+    name = "pca"
+
+    def __init__(self, center: bool = True) -> None:
+        self.center = center
+
+    def components(self, x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Return ``(mean, components, explained_variance)`` of the top ``k`` directions.
+
+        Args:
+            x: Rows, shape ``(n, d)``.
+            k: Number of directions, ``1 <= k <= d``.
+
+        Returns:
+            ``mean`` ``(d,)``, ``components`` ``(k, d)`` with orthonormal rows, and the variances
+            ``(k,)`` in decreasing order (normalized by ``n - 1`` like scikit-learn).
+        """
+        mean = x.mean(dim=0) if self.center else torch.zeros_like(x[0])
+        xc = x - mean
+        gram = xc.T @ xc
+        evals, evecs = torch.linalg.eigh(gram)
+        order = torch.argsort(evals, descending=True)[:k]
+        comps = evecs[:, order].T.contiguous()
+        # Deterministic signs: largest-magnitude entry of each component positive.
+        idx = comps.abs().argmax(dim=1)
+        signs = torch.sign(comps.gather(1, idx[:, None])).squeeze(1)
+        signs[signs == 0] = 1
+        comps = comps * signs[:, None]
+        var = evals[order].clamp_min(0) / max(x.shape[0] - 1, 1)
+        return mean, comps, var
+
+    def fit(
+        self,
+        x: Tensor,
+        out_features: int,
+        labels: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        _check_rows(x, out_features)
+        n, d = x.shape
+        k = min(out_features, d, max(n - 1, 1) if self.center else n)
+        mean, comps, _ = self.components(x, k)
+        s = (x - mean) @ comps.T
+        if out_features <= k:
+            return s
+        extra = [-s[:, : min(k, out_features - k)]]
+        n_rand = out_features - 2 * k
+        if n_rand > 0:
+            mix = torch.randn(k, n_rand, generator=generator, dtype=torch.float64)
+            mix = (mix / mix.norm(dim=0, keepdim=True)).to(device=x.device, dtype=x.dtype)
+            extra.append(s @ mix)
+        return torch.cat([s, *extra], dim=1)
+
+    def __repr__(self) -> str:
+        return f"PCACode(center={self.center})"
+
+
+class OneHotCode(LatentCode):
+    """One-hot labels, the code of the classifier head.
+
+    ``S[i, c] = 1`` if row ``i`` has label ``c`` else ``0``. The layer must have one output per class.
+
+    Raises (from :meth:`fit`):
+        ValueError: If ``labels`` is missing, has the wrong length, or holds a label outside
+            ``[0, out_features)``.
+    """
+
+    name = "onehot"
+    requires_labels = True
+
+    def fit(
+        self,
+        x: Tensor,
+        out_features: int,
+        labels: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        _check_rows(x, out_features)
+        if labels is None:
+            raise ValueError(
+                "the one-hot code needs class labels, but the data has none; use an unsupervised "
+                "code such as 'pca' for this layer"
+            )
+        if labels.shape != (x.shape[0],):
+            raise ValueError(f"labels must have shape ({x.shape[0]},), got {tuple(labels.shape)}")
+        lo, hi = int(labels.min()), int(labels.max())
+        if lo < 0 or hi >= out_features:
+            raise ValueError(
+                f"labels span [{lo}, {hi}] but the layer has {out_features} outputs: a one-hot head "
+                "needs one output per class"
+            )
+        return torch.nn.functional.one_hot(labels.long().to(x.device), out_features).to(x.dtype)
+
+
+#: Built-in codes by name (read-only).
+CODES: Mapping[str, Callable[[], LatentCode]] = MappingProxyType({"pca": PCACode, "onehot": OneHotCode})
+
+
+def resolve_code(code: str | LatentCode) -> LatentCode:
+    """Return a :class:`LatentCode` for a name in :data:`CODES` or an instance.
+
+    Raises:
+        ValueError: If ``code`` is an unknown name.
+        TypeError: If ``code`` is neither a string nor a :class:`LatentCode`.
+    """
+    if isinstance(code, LatentCode):
+        return code
+    if isinstance(code, str):
+        try:
+            return CODES[code]()
+        except KeyError:
+            raise ValueError(f"unknown latent code {code!r}; choose one of {sorted(CODES)}") from None
+    raise TypeError(f"code must be a name or a LatentCode, got {type(code).__name__}")

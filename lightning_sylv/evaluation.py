@@ -1,0 +1,66 @@
+"""Accuracy of a classifier over batches, with torchmetrics.
+
+This module imports no Lightning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_sylv.subset import split_batch
+
+__all__ = ["evaluate_accuracy"]
+
+
+def evaluate_accuracy(
+    model: nn.Module,
+    batches: Iterable[Any],
+    device: torch.device | str,
+    *,
+    max_batches: int | None = None,
+    forward: Callable[[nn.Module, Any], Any] | None = None,
+    to_device: Callable[[Any, torch.device], Any] | None = None,
+) -> float | None:
+    """Top-1 accuracy (a fraction in ``[0, 1]``) of ``model`` on labelled ``batches``, in eval mode.
+
+    The model's train/eval mode is restored afterwards and nothing is learned (``torch.no_grad``).
+
+    Args:
+        model: A classifier returning logits ``(N, num_classes)``.
+        batches: Iterable of batches as :func:`lightning_sylv.subset.split_batch` understands them.
+        device: Device the batches are moved to.
+        max_batches: Stop after this many batches (``None``: all).
+        forward: ``forward(model, inputs)``; defaults to ``model(inputs)``.
+        to_device: ``to_device(inputs, device)``; defaults to ``Tensor.to``.
+
+    Returns:
+        The accuracy, or ``None`` when the batches carry no labels or there are none.
+    """
+    device = torch.device(device)
+    run = forward or (lambda m, x: m(x))
+    move = to_device or (lambda x, d: x.to(d) if isinstance(x, Tensor) else x)
+    metric: MulticlassAccuracy | None = None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for i, batch in enumerate(batches):
+                if max_batches is not None and i >= max_batches:
+                    break
+                x, y = split_batch(batch)
+                if y is None:
+                    return None
+                logits = run(model, move(x, device))
+                if not isinstance(logits, Tensor) or logits.ndim != 2:
+                    return None
+                if metric is None:
+                    metric = MulticlassAccuracy(num_classes=logits.shape[1], average="micro").to(device)
+                metric.update(logits.float(), y.to(device))
+    finally:
+        model.train(was_training)
+    return None if metric is None else float(metric.compute())

@@ -1,0 +1,229 @@
+"""Solvers for the Sylvester equation ``A @ W + W @ B = C``.
+
+The initializer of Das, Bhalgat & Porikli (2021) reduces every layer to
+
+    (S Sᵀ) W + W (λ X Xᵀ) = (1 + λ) S Xᵀ,
+
+a Sylvester equation whose coefficients ``A = S Sᵀ`` and ``B = λ X Xᵀ`` are symmetric positive
+semi-definite (PSD). For that case :func:`solve_sylvester_psd` diagonalizes both coefficients with
+``torch.linalg.eigh`` and solves elementwise; it runs on whatever device the inputs live on. The
+general (non-symmetric) case goes through :func:`scipy.linalg.solve_sylvester` (Bartels-Stewart) on
+the CPU. :func:`solve_sylvester` picks between them.
+
+This module imports no Lightning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+import torch
+from torch import Tensor
+
+__all__ = [
+    "SylvesterSingularError",
+    "SylvesterSolution",
+    "relative_residual",
+    "solve_sylvester",
+    "solve_sylvester_psd",
+]
+
+
+class SylvesterSingularError(np.linalg.LinAlgError):
+    """Raised when ``A W + W B = C`` has no unique solution and singular systems are not allowed."""
+
+
+@dataclass(frozen=True)
+class SylvesterSolution:
+    """A solution of ``A W + W B = C`` with its diagnostics.
+
+    Attributes:
+        w: The solution, shape ``(m, n)``.
+        dropped: How many of the ``m * n`` eigenvalue pairs ``α_i + β_j`` were treated as zero
+            (``0`` for a nonsingular system). Their components of ``W`` are set to zero, which gives
+            the minimum-norm least-squares solution.
+        cond_a: Condition number of ``A`` (``inf`` when ``A`` is singular).
+        cond_b: Condition number of ``B`` (``inf`` when ``B`` is singular).
+    """
+
+    w: Tensor
+    dropped: int
+    cond_a: float
+    cond_b: float
+
+
+def _check_shapes(a: Tensor, b: Tensor, c: Tensor) -> None:
+    for name, t in (("a", a), ("b", b), ("c", c)):
+        if t.ndim != 2:
+            raise ValueError(f"{name} must be a 2-D matrix, got shape {tuple(t.shape)}")
+    m, n = c.shape
+    if a.shape != (m, m):
+        raise ValueError(f"a must be square of shape ({m}, {m}) to match c {tuple(c.shape)}, got {tuple(a.shape)}")
+    if b.shape != (n, n):
+        raise ValueError(f"b must be square of shape ({n}, {n}) to match c {tuple(c.shape)}, got {tuple(b.shape)}")
+    if m == 0 or n == 0:
+        raise ValueError(f"cannot solve an empty Sylvester equation: c has shape {tuple(c.shape)}")
+    for name, t in (("a", a), ("b", b), ("c", c)):
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{name} contains NaN or Inf values")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+
+
+def _cond(eigvals: Tensor) -> float:
+    top = float(eigvals.abs().max())
+    low = float(eigvals.abs().min())
+    return float("inf") if low == 0.0 else top / low
+
+
+def solve_sylvester_psd(
+    a: Tensor,
+    b: Tensor,
+    c: Tensor,
+    *,
+    rcond: float | None = None,
+    allow_singular: bool = False,
+) -> SylvesterSolution:
+    """Solve ``A W + W B = C`` for symmetric positive semi-definite ``A`` and ``B``.
+
+    Algorithm: with the eigendecompositions ``A = Qa diag(α) Qaᵀ`` and ``B = Qb diag(β) Qbᵀ`` the
+    equation becomes ``diag(α) W̃ + W̃ diag(β) = Qaᵀ C Qb`` for ``W̃ = Qaᵀ W Qb``, solved elementwise
+    as ``W̃_ij = (Qaᵀ C Qb)_ij / (α_i + β_j)``; then ``W = Qa W̃ Qbᵀ``. Cost: two symmetric
+    eigendecompositions plus four matrix products, ``O(m³ + n³ + m n (m + n))``. Because ``A`` and
+    ``B`` are PSD every ``α_i + β_j ≥ 0``; the system is singular exactly when some pair vanishes (a
+    null direction shared by ``A`` on the left and ``B`` on the right). Those pairs are dropped
+    (their component of ``W̃`` set to zero) when ``allow_singular`` is true, which yields the
+    minimum-Frobenius-norm least-squares solution, since the Sylvester operator is diagonal in the
+    two eigenbases.
+
+    All work happens on the device of the inputs, in their dtype (use ``float64`` for accuracy).
+
+    Args:
+        a: Symmetric PSD matrix, shape ``(m, m)``.
+        b: Symmetric PSD matrix, shape ``(n, n)``.
+        c: Right-hand side, shape ``(m, n)``.
+        rcond: Pairs with ``α_i + β_j <= rcond * (max|α| + max|β|)`` count as zero. Defaults to
+            ``max(m, n) * eps`` of the dtype.
+        allow_singular: Return the minimum-norm least-squares solution for a singular system instead
+            of raising.
+
+    Returns:
+        A :class:`SylvesterSolution` with ``w`` of shape ``(m, n)``.
+
+    Raises:
+        ValueError: If shapes do not match, a matrix is empty, contains NaN/Inf, is not symmetric,
+            or has a clearly negative eigenvalue (not PSD).
+        TypeError: If an input is not floating point.
+        SylvesterSingularError: If the system is singular and ``allow_singular`` is false.
+
+    References:
+        R. H. Bartels and G. W. Stewart, "Solution of the matrix equation AX + XB = C",
+        Communications of the ACM 15(9), 1972. D. Das, Y. Bhalgat and F. Porikli, "Data-driven
+        Weight Initialization with Sylvester Solvers", arXiv:2105.10335, 2021, Eq. (2).
+    """
+    _check_shapes(a, b, c)
+    dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), c.dtype)
+    a, b, c = a.to(dtype), b.to(dtype), c.to(dtype)
+    eps = torch.finfo(dtype).eps
+    for name, t in (("a", a), ("b", b)):
+        scale = float(t.abs().max())
+        if float((t - t.T).abs().max()) > 1e3 * eps * max(scale, 1.0) * t.shape[0]:
+            raise ValueError(f"{name} must be symmetric for solve_sylvester_psd; use solve_sylvester")
+    alpha, qa = torch.linalg.eigh(a)
+    beta, qb = torch.linalg.eigh(b)
+    top = float(alpha.abs().max()) + float(beta.abs().max())
+    if rcond is None:
+        rcond = max(a.shape[0], b.shape[0]) * eps
+    tol = rcond * top
+    for name, ev in (("a", alpha), ("b", beta)):
+        low = float(ev.min())
+        if low < -max(tol, 1e3 * eps * top):
+            raise ValueError(
+                f"{name} must be positive semi-definite, but its smallest eigenvalue is {low:.3g}; "
+                "use solve_sylvester for general matrices"
+            )
+    alpha = alpha.clamp_min(0)
+    beta = beta.clamp_min(0)
+    denom = alpha[:, None] + beta[None, :]
+    singular = denom <= tol
+    dropped = int(singular.sum())
+    if dropped and not allow_singular:
+        raise SylvesterSingularError(
+            f"A W + W B = C is singular: {dropped} of {denom.numel()} eigenvalue pairs of A and B sum "
+            f"to zero (tolerance {tol:.3g}), so the solution is not unique. Pass allow_singular=True "
+            "for the minimum-norm least-squares solution, or regularize A or B."
+        )
+    rhs = qa.T @ c @ qb
+    w_tilde = torch.where(singular, torch.zeros_like(rhs), rhs / torch.where(singular, 1.0, denom))
+    w = qa @ w_tilde @ qb.T
+    return SylvesterSolution(w=w, dropped=dropped, cond_a=_cond(alpha), cond_b=_cond(beta))
+
+
+def solve_sylvester(a: Tensor, b: Tensor, c: Tensor, *, allow_singular: bool = False) -> Tensor:
+    """Solve ``A W + W B = C`` for general square ``A`` and ``B``.
+
+    Symmetric positive semi-definite coefficients (the initializer's case) go to
+    :func:`solve_sylvester_psd` on the inputs' device; anything else is solved on the CPU by
+    :func:`scipy.linalg.solve_sylvester` (Bartels-Stewart with Schur forms) and moved back.
+
+    Args:
+        a: Square matrix, shape ``(m, m)``.
+        b: Square matrix, shape ``(n, n)``.
+        c: Right-hand side, shape ``(m, n)``.
+        allow_singular: For PSD inputs, return the minimum-norm least-squares solution of a singular
+            system instead of raising. General singular systems always raise.
+
+    Returns:
+        ``W`` of shape ``(m, n)``, dtype and device of ``c``'s promotion with ``a`` and ``b``.
+
+    Raises:
+        ValueError: On shape mismatch, empty or non-finite input.
+        SylvesterSingularError: If the system is singular (no unique solution).
+    """
+    _check_shapes(a, b, c)
+    if _is_symmetric(a) and _is_symmetric(b):
+        try:
+            return solve_sylvester_psd(a, b, c, allow_singular=allow_singular).w
+        except ValueError as err:
+            if "positive semi-definite" not in str(err):
+                raise
+    dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), c.dtype)
+    np_args = [t.detach().to("cpu", torch.float64).numpy() for t in (a, b, c)]
+    try:
+        w = scipy.linalg.solve_sylvester(*np_args)
+    except np.linalg.LinAlgError as err:  # pragma: no cover - depends on LAPACK's flagging
+        raise SylvesterSingularError(f"A W + W B = C is singular or nearly so: {err}") from err
+    if not np.isfinite(w).all() or _general_singular(*np_args):
+        raise SylvesterSingularError(
+            "A W + W B = C is singular: A and -B share an eigenvalue, so the solution is not unique"
+        )
+    return torch.from_numpy(w).to(device=c.device, dtype=dtype)
+
+
+def _is_symmetric(t: Tensor) -> bool:
+    eps = torch.finfo(t.dtype).eps
+    return bool((t - t.T).abs().max() <= 1e3 * eps * max(float(t.abs().max()), 1.0) * t.shape[0])
+
+
+def _general_singular(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> bool:
+    ea = np.linalg.eigvals(a)
+    eb = np.linalg.eigvals(b)
+    gap = np.abs(ea[:, None] + eb[None, :]).min()
+    scale = np.abs(ea).max() + np.abs(eb).max()
+    return bool(gap <= max(a.shape[0], b.shape[0]) * np.finfo(np.float64).eps * max(scale, 1e-300))
+
+
+def relative_residual(a: Tensor, b: Tensor, c: Tensor, w: Tensor) -> float:
+    """Return ``‖A W + W B − C‖_F / ‖C‖_F`` (or the absolute residual when ``C`` is zero).
+
+    Args:
+        a: Shape ``(m, m)``.
+        b: Shape ``(n, n)``.
+        c: Shape ``(m, n)``.
+        w: Shape ``(m, n)``.
+    """
+    res = torch.linalg.matrix_norm(a @ w + w @ b - c)
+    norm_c = torch.linalg.matrix_norm(c)
+    return float(res / norm_c) if float(norm_c) > 0 else float(res)

@@ -1,0 +1,255 @@
+import pytest
+import torch
+from torch import nn
+
+from lightning_sylv.activations import layer_rows
+from lightning_sylv.codes import OneHotCode, PCACode
+from lightning_sylv.engine import SylvesterInitError, execution_order, sylvester_init_
+from lightning_sylv.layer_fit import encoding_loss, fit_layer
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(x + self.bn2(self.conv2(out)))
+
+
+def tiny_mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 12), nn.ReLU(), nn.Linear(12, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def tiny_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
+    )
+
+
+def tiny_resnet() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(),
+        ResBlock(6), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3),
+    )
+
+
+def _data(n_per_class: int = 20, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(3).repeat_interleave(n_per_class)
+    means = torch.randn(3, 1, 4, 4, generator=g)
+    x = means[y] + 0.5 * torch.randn(len(y), 1, 4, 4, generator=g)
+    return x, y
+
+
+@pytest.mark.parametrize("make", [tiny_mlp, tiny_cnn, tiny_resnet])
+def test_every_layer_encodes_better_than_its_random_init(make):
+    torch.manual_seed(0)
+    model = make()
+    x, y = _data()
+    before = {n: (m.weight.detach().clone(), None if m.bias is None else m.bias.detach().clone())
+              for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    inputs: dict[str, torch.Tensor] = {}
+    for n, m in model.named_modules():
+        if n in before:
+            m.register_forward_pre_hook(lambda mod, args, n=n: inputs.__setitem__(n, args[0].detach().clone()))
+    report = sylvester_init_(model, x, y, patches_per_image=None, lam=10.0)
+    assert [r.name for r in report.layers] == list(before)
+    assert report.head == list(before)[-1]
+    for r in report.layers:
+        mod = model.get_submodule(r.name)
+        rows = layer_rows(mod, inputs[r.name], None).x
+        rows = rows.reshape(rows.shape[0], -1).double()
+        labels = y.repeat_interleave(rows.shape[0] // len(y))
+        code = OneHotCode() if r.name == report.head else PCACode()
+        s = code.fit(rows, r.out_features, labels=labels, generator=torch.Generator().manual_seed(0))
+        w_old, b_old = before[r.name]
+        new = encoding_loss(mod.weight.detach().double().reshape(r.out_features, -1), rows, s,
+                            None if mod.bias is None else mod.bias.detach().double())
+        old = encoding_loss(w_old.double().reshape(r.out_features, -1), rows, s,
+                            None if b_old is None else b_old.double())
+        assert new < old, (r.name, new, old)
+        # The report's loss is the same quantity, computed from the statistics.
+        assert r.encoding_loss == pytest.approx(new, rel=1e-4, abs=1e-8)
+        assert r.residual <= 1e-6
+
+
+def test_batchnorm_buffers_recomputed_and_finite():
+    torch.manual_seed(0)
+    model = tiny_resnet()
+    x, y = _data()
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for bn in bns:
+        bn.running_mean.fill_(5.0)
+        bn.running_var.fill_(7.0)
+    sylvester_init_(model, x, y, patches_per_image=4)
+    for bn in bns:
+        assert torch.isfinite(bn.running_mean).all() and torch.isfinite(bn.running_var).all()
+        assert not torch.allclose(bn.running_mean, torch.full_like(bn.running_mean, 5.0))
+        assert bn.momentum == 0.1  # restored
+    # Eval-mode output equals train-mode (batch-statistics) output on the same subset.
+    model.eval()
+    with torch.no_grad():
+        first = model[1](model[0](x))
+    assert first.mean(dim=(0, 2, 3)).abs().max() < 1e-4
+    assert (first.var(dim=(0, 2, 3)) - 1).abs().max() < 1e-2
+
+
+def test_initial_accuracy_beats_chance_on_separable_data():
+    torch.manual_seed(0)
+    model = tiny_cnn()
+    x, y = _data(40)
+    sylvester_init_(model, x, y, patches_per_image=8)
+    model.eval()
+    xt, yt = _data(40, seed=0)
+    acc = (model(xt).argmax(1) == yt).float().mean()
+    assert acc > 0.9
+
+
+def test_head_only_leaves_everything_else_bit_identical():
+    torch.manual_seed(0)
+    model = tiny_resnet()
+    x, y = _data()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    report = sylvester_init_(model, x, y, layers="head")
+    assert [r.name for r in report.layers] == ["6"]
+    for k, v in model.state_dict().items():
+        if k.startswith("6."):
+            assert not torch.equal(v, state[k])
+        else:
+            assert torch.equal(v, state[k]), k
+    assert model.training
+
+
+def test_head_only_without_labels_fails_clearly():
+    with pytest.raises(ValueError, match="layers='head' needs class labels"):
+        sylvester_init_(tiny_mlp(), torch.randn(10, 1, 4, 4), None, layers="head")
+
+
+def test_no_labels_all_layers_falls_back_to_pca_with_warning():
+    model = tiny_mlp()
+    with pytest.warns(UserWarning, match="no labels"):
+        report = sylvester_init_(model, torch.randn(30, 1, 4, 4), None)
+    assert report.layers[-1].code == "pca"
+
+
+def test_failure_restores_everything():
+    torch.manual_seed(0)
+    model = tiny_resnet()
+    x, y = _data()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    class Boom(PCACode):
+        calls = 0
+
+        def fit(self, *args, **kwargs):
+            Boom.calls += 1
+            if Boom.calls == 3:
+                raise RuntimeError("injected")
+            return super().fit(*args, **kwargs)
+
+    model.train()
+    with pytest.raises(SylvesterInitError, match="injected"):
+        sylvester_init_(model, x, y, latent=Boom())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert model.training and all(m.training for m in model.modules())
+    assert all(not m._forward_pre_hooks for m in model.modules())
+    assert all(bn.momentum == 0.1 for bn in model.modules() if isinstance(bn, nn.BatchNorm2d))
+
+
+def test_execution_order_follows_forward_not_registration():
+    class Swapped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = nn.Linear(4, 2)
+            self.body = nn.Linear(3, 4)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.body(x)))
+
+    model = Swapped()
+    assert execution_order(model, torch.randn(2, 3)) == ["body", "head"]
+    report = sylvester_init_(model, torch.randn(20, 3), torch.arange(2).repeat(10))
+    assert report.head == "head"
+
+
+def test_shared_module_called_twice_is_initialized_once():
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.shared = nn.Linear(4, 4)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.shared(torch.relu(self.shared(x)))))
+
+    report = sylvester_init_(Twice(), torch.randn(20, 4), torch.arange(2).repeat(10))
+    assert [r.name for r in report.layers] == ["shared", "head"]
+
+
+def test_frozen_and_unused_layers_are_skipped():
+    class WithUnused(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = tiny_mlp()
+            self.unused = nn.Linear(2, 2)
+
+        def forward(self, x):
+            return self.net(x)
+
+    model = WithUnused()
+    model.net[1].weight.requires_grad_(False)
+    w = model.net[1].weight.clone()
+    report = sylvester_init_(model, torch.randn(30, 1, 4, 4), torch.arange(3).repeat(10))
+    assert torch.equal(model.net[1].weight, w)
+    assert "frozen" in report.skipped["net.1"] and "not executed" in report.skipped["unused"]
+    assert [r.name for r in report.layers] == ["net.3", "net.5"]
+
+
+def test_grouped_and_depthwise_convs_are_solved_per_group():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(4, 8, 3, padding=1, groups=2), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
+    )
+    x = torch.randn(30, 4, 6, 6)
+    report = sylvester_init_(model, x, torch.arange(3).repeat(10), patches_per_image=None)
+    assert [(r.groups, r.in_features, r.out_features) for r in report.layers] == [(2, 18, 4), (8, 9, 1), (1, 8, 3)]
+    # Group g's filters only see group g's channels: the fit equals a fit on that slice alone.
+    rows = layer_rows(model[0], x, None).x
+    fit = fit_layer(rows[:, 2:].reshape(rows.shape[0], -1).double(),
+                    PCACode().fit(rows[:, 2:].reshape(rows.shape[0], -1).double(), 4), 10.0, True)
+    torch.testing.assert_close(model[0].weight[4:].reshape(4, -1).double(), fit.weight, rtol=1e-4, atol=1e-5)
+
+
+def test_half_precision_model_gets_finite_weights():
+    model = tiny_cnn().to(torch.bfloat16)
+    x, y = _data()
+    sylvester_init_(model, x.to(torch.bfloat16), y)
+    assert all(torch.isfinite(p).all() and p.dtype == torch.bfloat16 for p in model.parameters())
+
+
+def test_bad_arguments():
+    model, x, y = tiny_mlp(), torch.randn(6, 1, 4, 4), torch.arange(3).repeat(2)
+    with pytest.raises(ValueError, match="layers must be"):
+        sylvester_init_(model, x, y, layers="some")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="lam must be > 0"):
+        sylvester_init_(model, x, y, lam=0)
+    with pytest.raises(ValueError, match="patches_per_image"):
+        sylvester_init_(model, x, y, patches_per_image=0)
+    with pytest.raises(ValueError, match="head 'nope'"):
+        sylvester_init_(model, x, y, head="nope")
+    with pytest.raises(SylvesterInitError, match="forward failed"):
+        sylvester_init_(model, torch.randn(6, 5), y)
+    with pytest.raises(SylvesterInitError, match="NaN/Inf"):
+        sylvester_init_(model, torch.full((6, 1, 4, 4), float("nan")), y)
+    with pytest.raises(SylvesterInitError, match="one output per class"):
+        sylvester_init_(model, x, torch.tensor([0, 1, 2, 3, 4, 5]))
