@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
+from lightning_sylv.callbacks._trainer_data import stage_dataloader
 from lightning_sylv.codes import CODES
 from lightning_sylv.engine import InitReport, sylvester_init_
 from lightning_sylv.evaluation import evaluate_accuracy
@@ -24,32 +25,6 @@ from lightning_sylv.subset import balanced_subset
 __all__ = ["SylvesterInit"]
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
-
-
-def _first_dataloader(source: Any, what: str) -> DataLoader | None:
-    """The first ``DataLoader`` in what a ``*_dataloader`` hook returned (possibly a collection)."""
-    if isinstance(source, DataLoader):
-        return source
-    if isinstance(source, (list, tuple)):
-        return next((d for d in source if isinstance(d, DataLoader)), None)
-    if isinstance(source, dict):
-        return next((d for d in source.values() if isinstance(d, DataLoader)), None)
-    flattened = getattr(source, "flattened", None)  # CombinedLoader
-    if flattened:
-        return _first_dataloader(list(flattened), what)
-    return None
-
-
-def _stage_dataloader(trainer: pl.Trainer, stage: Literal["train", "val"]) -> DataLoader | None:
-    """The fit run's train or val dataloader, from the datamodule, the module, or ``trainer.fit`` arguments."""
-    loop = trainer.fit_loop if stage == "train" else trainer.fit_loop.epoch_loop.val_loop
-    source = getattr(loop, "_data_source", None)
-    try:
-        if source is not None and source.is_defined():
-            return _first_dataloader(source.dataloader(), stage)
-    except Exception:  # noqa: BLE001 - a missing/failing hook means "no such data"
-        return None
-    return None
 
 
 class SylvesterInit(Callback):
@@ -150,7 +125,16 @@ class SylvesterInit(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(layers=self.layers, head=self.head)
+        return self._generate_state_key(
+            samples_per_class=self.samples_per_class,
+            layers=self.layers,
+            latent=self.latent,
+            head_latent=self.head_latent,
+            lam=self.lam,
+            patches_per_image=self.patches_per_image,
+            seed=self.seed,
+            head=self.head,
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"initialized": self.initialized, "metrics": dict(self.metrics)}
@@ -178,13 +162,13 @@ class SylvesterInit(Callback):
         if trainer.fast_dev_run:
             rank_zero_warn("SylvesterInit: skipped under fast_dev_run.")
             return
-        train_dl = _stage_dataloader(trainer, "train")
+        train_dl = stage_dataloader(trainer, "train")
         if train_dl is None:
             raise RuntimeError(
                 "SylvesterInit needs a training DataLoader (from a datamodule, the LightningModule's "
                 "train_dataloader, or trainer.fit(train_dataloaders=...)); none was found"
             )
-        val_dl = _stage_dataloader(trainer, "val") if self.evaluate else None
+        val_dl = stage_dataloader(trainer, "val") if self.evaluate else None
         device = pl_module.device
 
         def to_device(batch: Any, dev: torch.device) -> Any:

@@ -1,0 +1,198 @@
+import csv
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.loggers import CSVLogger
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from lightning_sylv import SylvesterInit
+from lightning_sylv.data import DigitsDataModule
+from lightning_sylv.models import ImageClassifier
+
+
+def _trainer(tmp_path: Path, callbacks, **kwargs) -> Trainer:
+    opts = dict(
+        default_root_dir=tmp_path,
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=2,
+        logger=CSVLogger(tmp_path, name="csv"),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
+    opts.update(kwargs)
+    return Trainer(callbacks=callbacks, **opts)
+
+
+def _logged(tmp_path: Path) -> dict[str, float]:
+    rows = list(csv.DictReader(next(tmp_path.glob("csv/version_*/metrics.csv")).open()))
+    out = {}
+    for row in rows:
+        out.update({k: float(v) for k, v in row.items() if v and k.startswith("sylvester/")})
+    return out
+
+
+@pytest.mark.parametrize("arch", ["mlp", "cnn"])
+def test_fit_on_digits_logs_accuracies_and_improves_them(tmp_path, arch):
+    cb = SylvesterInit(samples_per_class=20, patches_per_image=8)
+    model = ImageClassifier(arch=arch)
+    _trainer(tmp_path, [cb]).fit(model, datamodule=DigitsDataModule(seed=0))
+    logged = _logged(tmp_path)
+    assert set(logged) == {"sylvester/pre_init_accuracy", "sylvester/initial_accuracy", "sylvester/init_time_s"}
+    assert 0 <= logged["sylvester/pre_init_accuracy"] <= 1
+    assert logged["sylvester/initial_accuracy"] > 0.8 > logged["sylvester/pre_init_accuracy"]
+    assert logged["sylvester/init_time_s"] > 0
+    assert cb.initialized and len(cb.report.layers) >= 3
+
+
+def test_accuracy_matches_torchmetrics_on_val_set(tmp_path):
+    from torchmetrics.functional.classification import multiclass_accuracy
+
+    dm = DigitsDataModule(seed=0)
+    cb = SylvesterInit(samples_per_class=10)
+    model = ImageClassifier(arch="mlp")
+    _trainer(tmp_path, [cb], limit_train_batches=0).fit(model, datamodule=dm)
+    model.eval()
+    x, y = zip(*[b for b in dm.val_dataloader()])
+    acc = multiclass_accuracy(model(torch.cat(x)), torch.cat(y), num_classes=10, average="micro")
+    # limit_train_batches=0: no training step ran, so the logged value is the model's accuracy now.
+    assert cb.metrics["sylvester/initial_accuracy"] == pytest.approx(float(acc), abs=1e-6)
+
+
+def test_head_only_leaves_body_bit_identical(tmp_path):
+    model = ImageClassifier(arch="cnn")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    cb = SylvesterInit(samples_per_class=10, layers="head")
+    _trainer(tmp_path, [cb], limit_train_batches=0).fit(model, datamodule=DigitsDataModule())
+    head = cb.report.head
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, state[k])}
+    assert changed and all(k.startswith(head + ".") for k in changed), changed
+
+
+class Unlabelled(Dataset):
+    def __len__(self) -> int:
+        return 40
+
+    def __getitem__(self, i):
+        return torch.randn(1, 8, 8, generator=torch.Generator().manual_seed(i))
+
+
+class UnlabelledModule(LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        return self(batch).square().mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def train_dataloader(self):
+        return DataLoader(Unlabelled(), batch_size=8)
+
+
+def test_head_only_without_labels_fails_clearly(tmp_path):
+    with pytest.raises(ValueError, match="no integer class label"):
+        _trainer(tmp_path, [SylvesterInit(layers="head")]).fit(UnlabelledModule())
+
+
+def test_all_layers_without_labels_runs_unsupervised(tmp_path):
+    cb = SylvesterInit(samples_per_class=2)
+    with pytest.warns(UserWarning, match="no labels"):
+        _trainer(tmp_path, [cb]).fit(UnlabelledModule())
+    assert cb.report.layers[0].code == "pca" and cb.report.layers[0].rows == 20
+    assert "sylvester/initial_accuracy" not in cb.metrics
+
+
+def test_dataloaders_passed_to_fit(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 1, 8, 8, generator=g)
+    y = torch.arange(10).repeat(6)
+    dl = DataLoader(TensorDataset(x, y), batch_size=16)
+    cb = SylvesterInit(samples_per_class=3)
+    _trainer(tmp_path, [cb]).fit(ImageClassifier(arch="mlp"), train_dataloaders=dl, val_dataloaders=dl)
+    assert cb.report.layers[0].rows == 30
+    assert "sylvester/initial_accuracy" in cb.metrics
+
+
+def test_resume_from_checkpoint_does_not_reinitialize(tmp_path):
+    dm = DigitsDataModule()
+    cb = SylvesterInit(samples_per_class=5)
+    trainer = _trainer(tmp_path, [cb], enable_checkpointing=True)
+    model = ImageClassifier(arch="mlp")
+    trainer.fit(model, datamodule=dm)
+    ckpt = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(ckpt)
+    saved = torch.load(ckpt, weights_only=False)
+    assert any(v.get("initialized") for k, v in saved["callbacks"].items() if "SylvesterInit" in k)
+
+    cb2 = SylvesterInit(samples_per_class=5)
+    model2 = ImageClassifier(arch="mlp")
+    trainer2 = _trainer(tmp_path, [cb2], max_epochs=2, enable_checkpointing=True)
+    trainer2.fit(model2, datamodule=dm, ckpt_path=ckpt)
+    assert cb2.initialized and cb2.report is None  # restored state: no second initialization
+
+
+def test_fast_dev_run_skips_with_warning(tmp_path):
+    cb = SylvesterInit()
+    with pytest.warns(UserWarning, match="fast_dev_run"):
+        Trainer(fast_dev_run=True, callbacks=[cb], logger=False, enable_progress_bar=False).fit(
+            ImageClassifier(arch="mlp"), datamodule=DigitsDataModule()
+        )
+    assert not cb.initialized
+
+
+def test_no_logger_still_works(tmp_path):
+    cb = SylvesterInit(samples_per_class=5, verbose=False)
+    _trainer(tmp_path, [cb], logger=False).fit(ImageClassifier(arch="mlp"), datamodule=DigitsDataModule())
+    assert cb.metrics["sylvester/initial_accuracy"] > 0.5
+
+
+def test_summary_is_printed(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        _trainer(tmp_path, [SylvesterInit(samples_per_class=5)]).fit(
+            ImageClassifier(arch="mlp"), datamodule=DigitsDataModule()
+        )
+    text = caplog.text
+    assert "without init" in text and "with init" in text and "net." in text
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"samples_per_class": 0}, "samples_per_class must be a positive int, got 0"),
+        ({"samples_per_class": 2.5}, "samples_per_class must be a positive int, got 2.5"),
+        ({"layers": "body"}, "layers must be 'all' or 'head', got 'body'"),
+        ({"latent": "svd"}, "latent must be one of .* got 'svd'"),
+        ({"head_latent": "x"}, "head_latent must be one of .* got 'x'"),
+        ({"lam": 0}, "lam must be a finite number > 0, got 0"),
+        ({"lam": float("nan")}, "lam must be a finite number > 0, got nan"),
+        ({"patches_per_image": 0}, "patches_per_image must be a positive int or None, got 0"),
+        ({"seed": "a"}, "seed must be an int, got 'a'"),
+        ({"head": ""}, "head must be a module name or None, got ''"),
+        ({"precision": "float16"}, "precision must be one of .* got 'float16'"),
+        ({"eval_batches": -1}, "eval_batches must be a positive int or None, got -1"),
+    ],
+)
+def test_bad_arguments_rejected_at_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SylvesterInit(**kwargs)
+
+
+def test_duplicate_callbacks_warn(tmp_path):
+    with pytest.warns(UserWarning, match="2 SylvesterInit callbacks"):
+        _trainer(tmp_path, [SylvesterInit(samples_per_class=3), SylvesterInit(samples_per_class=4)]).fit(
+            ImageClassifier(arch="mlp"), datamodule=DigitsDataModule()
+        )
