@@ -25,6 +25,9 @@ from types import MappingProxyType
 import torch
 from torch import Tensor
 
+from lightning_sylv.layer_fit import Moments
+from lightning_sylv.stats import InputStats
+
 __all__ = ["CODES", "LatentCode", "OneHotCode", "PCACode", "resolve_code"]
 
 
@@ -61,8 +64,41 @@ class LatentCode(ABC):
             ``S`` of shape ``(n, out_features)`` on ``x``'s device and dtype.
         """
 
+    def moments(
+        self,
+        stats: InputStats,
+        out_features: int,
+        fit_bias: bool,
+        generator: torch.Generator | None = None,
+    ) -> Moments:
+        """The layer problem's :class:`~lightning_sylv.layer_fit.Moments` from input statistics alone.
+
+        Codes that can do this work with streamed mini-batches and across processes (the statistics
+        are sums that merge). The default raises ``NotImplementedError``: such a code needs the rows
+        (:meth:`fit`).
+
+        Args:
+            stats: Sums over the layer's input rows (with per-class sums if labelled).
+            out_features: Number of code columns.
+            fit_bias: Return centred moments and the means (for a layer with a bias).
+            generator: CPU generator for random fills.
+        """
+        raise NotImplementedError(f"the {self.name!r} code needs the rows themselves (no statistics-only fit)")
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def _linear_code_moments(stats: InputStats, proj: Tensor, offset: Tensor, fit_bias: bool) -> Moments:
+    """Moments for a code ``S = (X − offset) @ proj`` from input statistics."""
+    mu = stats.mean
+    if fit_bias:
+        cov = stats.covariance(center=True)
+        return Moments(gram_x=cov, gram_s=proj.T @ cov @ proj, cross=proj.T @ cov, mean_x=mu, mean_s=(mu - offset) @ proj)
+    raw = stats.covariance(center=False)
+    e_cx = raw - torch.outer(offset, mu)  # E[(x - c) xᵀ]
+    e_cc = e_cx - torch.outer(mu, offset) + torch.outer(offset, offset)  # E[(x - c)(x - c)ᵀ]
+    return Moments(gram_x=raw, gram_s=proj.T @ e_cc @ proj, cross=proj.T @ e_cx)
 
 
 def _check_rows(x: Tensor, out_features: int) -> None:
@@ -100,7 +136,7 @@ class PCACode(LatentCode):
         self.center = center
 
     def components(self, x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Return ``(mean, components, explained_variance)`` of the top ``k`` directions.
+        """Return ``(mean, components, explained_variance)`` of the top ``k`` directions of rows ``x``.
 
         Args:
             x: Rows, shape ``(n, d)``.
@@ -110,19 +146,46 @@ class PCACode(LatentCode):
             ``mean`` ``(d,)``, ``components`` ``(k, d)`` with orthonormal rows, and the variances
             ``(k,)`` in decreasing order (normalized by ``n - 1`` like scikit-learn).
         """
-        mean = x.mean(dim=0) if self.center else torch.zeros_like(x[0])
-        xc = x - mean
-        gram = xc.T @ xc
-        evals, evecs = torch.linalg.eigh(gram)
+        stats = InputStats.from_rows(x, dtype=x.dtype)
+        comps, evals = self._eig(stats, k)
+        n = x.shape[0]
+        return self._offset(stats), comps, evals * n / max(n - 1, 1)
+
+    def _offset(self, stats: InputStats) -> Tensor:
+        return stats.mean if self.center else torch.zeros_like(stats.sum_x)
+
+    def _eig(self, stats: InputStats, k: int) -> tuple[Tensor, Tensor]:
+        evals, evecs = torch.linalg.eigh(stats.covariance(center=self.center))
         order = torch.argsort(evals, descending=True)[:k]
         comps = evecs[:, order].T.contiguous()
         # Deterministic signs: largest-magnitude entry of each component positive.
         idx = comps.abs().argmax(dim=1)
         signs = torch.sign(comps.gather(1, idx[:, None])).squeeze(1)
         signs[signs == 0] = 1
-        comps = comps * signs[:, None]
-        var = evals[order].clamp_min(0) / max(x.shape[0] - 1, 1)
-        return mean, comps, var
+        return comps * signs[:, None], evals[order].clamp_min(0)
+
+    def projection(self, stats: InputStats, out_features: int, generator: torch.Generator | None = None) -> Tensor:
+        """The ``(d, out_features)`` matrix ``P`` with ``S = (X − offset) P`` (see the class docstring).
+
+        Args:
+            stats: Statistics of the rows.
+            out_features: Number of code columns.
+            generator: CPU generator for the random fills.
+        """
+        d = stats.sum_x.shape[0]
+        n = int(stats.n)
+        k = min(out_features, d, max(n - 1, 1) if self.center else n)
+        comps, _ = self._eig(stats, k)
+        proj = comps.T  # (d, k)
+        if out_features <= k:
+            return proj
+        extra = [-proj[:, : min(k, out_features - k)]]
+        n_rand = out_features - 2 * k
+        if n_rand > 0:
+            mix = torch.randn(k, n_rand, generator=generator, dtype=torch.float64)
+            mix = (mix / mix.norm(dim=0, keepdim=True)).to(device=proj.device, dtype=proj.dtype)
+            extra.append(proj @ mix)
+        return torch.cat([proj, *extra], dim=1)
 
     def fit(
         self,
@@ -132,19 +195,20 @@ class PCACode(LatentCode):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         _check_rows(x, out_features)
-        n, d = x.shape
-        k = min(out_features, d, max(n - 1, 1) if self.center else n)
-        mean, comps, _ = self.components(x, k)
-        s = (x - mean) @ comps.T
-        if out_features <= k:
-            return s
-        extra = [-s[:, : min(k, out_features - k)]]
-        n_rand = out_features - 2 * k
-        if n_rand > 0:
-            mix = torch.randn(k, n_rand, generator=generator, dtype=torch.float64)
-            mix = (mix / mix.norm(dim=0, keepdim=True)).to(device=x.device, dtype=x.dtype)
-            extra.append(s @ mix)
-        return torch.cat([s, *extra], dim=1)
+        stats = InputStats.from_rows(x, dtype=x.dtype)
+        return (x - self._offset(stats)) @ self.projection(stats, out_features, generator)
+
+    def moments(
+        self,
+        stats: InputStats,
+        out_features: int,
+        fit_bias: bool,
+        generator: torch.Generator | None = None,
+    ) -> Moments:
+        if not isinstance(out_features, int) or out_features < 1:
+            raise ValueError(f"out_features must be a positive int, got {out_features!r}")
+        proj = self.projection(stats, out_features, generator)
+        return _linear_code_moments(stats, proj, self._offset(stats), fit_bias)
 
     def __repr__(self) -> str:
         return f"PCACode(center={self.center})"
@@ -185,6 +249,39 @@ class OneHotCode(LatentCode):
                 "needs one output per class"
             )
         return torch.nn.functional.one_hot(labels.long().to(x.device), out_features).to(x.dtype)
+
+    def moments(
+        self,
+        stats: InputStats,
+        out_features: int,
+        fit_bias: bool,
+        generator: torch.Generator | None = None,
+    ) -> Moments:
+        if stats.counts is None or stats.class_sums is None:
+            raise ValueError(
+                "the one-hot code needs class labels, but the data has none; use an unsupervised "
+                "code such as 'pca' for this layer"
+            )
+        c = stats.counts.shape[0]
+        if c > out_features:
+            raise ValueError(
+                f"labels span [0, {c - 1}] but the layer has {out_features} outputs: a one-hot head "
+                "needs one output per class"
+            )
+        pad = out_features - c
+        counts = torch.nn.functional.pad(stats.counts, (0, pad))
+        sums = torch.nn.functional.pad(stats.class_sums, (0, 0, 0, pad))
+        n = stats.n
+        if not fit_bias:
+            return Moments(gram_x=stats.covariance(center=False), gram_s=torch.diag(counts) / n, cross=sums / n)
+        p, mu = counts / n, stats.mean
+        return Moments(
+            gram_x=stats.covariance(center=True),
+            gram_s=torch.diag(p) - torch.outer(p, p),
+            cross=sums / n - torch.outer(p, mu),
+            mean_x=mu,
+            mean_s=p,
+        )
 
 
 #: Built-in codes by name (read-only).

@@ -15,6 +15,13 @@ layers before it, in **one forward pass** over the subset:
    statistics during that pass, so they end up holding the statistics of the new network on the
    subset and the model is usable in eval mode right away.
 
+With ``batch_size`` set, the subset is streamed in mini-batches instead: layer ``k``'s statistics
+are accumulated over all batches (forward passes stop right after layer ``k``), then the next layer
+follows, and a last pass recomputes the BatchNorm statistics — ``L + 1`` partial-to-full passes for
+``L`` layers, with peak memory set by the batch size. With ``reduce`` (a sum across processes), every
+layer's statistics are combined over all processes before solving, so every process writes the same
+weights.
+
 On any exception every parameter and buffer is restored, all hooks are removed and train/eval modes
 are put back before the error propagates (all-or-nothing).
 
@@ -27,15 +34,15 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-from lightning_sylv.activations import SUPPORTED_LAYERS, layer_rows
+from lightning_sylv.activations import SUPPORTED_LAYERS
 from lightning_sylv.codes import LatentCode, resolve_code
-from lightning_sylv.layer_fit import fit_layer
+from lightning_sylv.layer_init import LayerInitError, LayerJob, code_uses_stats
+from lightning_sylv.report import InitReport, LayerReport
 
 __all__ = ["InitReport", "LayerReport", "SylvesterInitError", "execution_order", "sylvester_init_"]
 
@@ -44,58 +51,6 @@ _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 class SylvesterInitError(RuntimeError):
     """Initialization failed; the model was restored to its state before the call."""
-
-
-@dataclass
-class LayerReport:
-    """What happened to one layer.
-
-    Attributes:
-        name: Qualified module name in the model.
-        kind: Module class name.
-        in_features: Input dimension of the dense problem (``C_in/groups * k_h * k_w`` for convs).
-        out_features: Output units (per group for grouped convolutions).
-        groups: Number of independent problems solved (convolution groups).
-        rows: Rows used (samples, or samples x patches).
-        code: Name of the latent code.
-        encoding_loss: ``‖X Wᵀ − S‖² / ‖S‖²`` (mean over groups).
-        decoding_loss: ``‖X − S W‖² / ‖X‖²`` (mean over groups).
-        residual: Largest relative residual of the Sylvester solve over groups.
-        cond_a: Largest condition number of ``A = SᵀS``.
-        cond_b: Largest condition number of ``B = λ XᵀX``.
-        seconds: Wall time spent on this layer (rows, code, solve, write).
-    """
-
-    name: str
-    kind: str
-    in_features: int
-    out_features: int
-    groups: int
-    rows: int
-    code: str
-    encoding_loss: float
-    decoding_loss: float
-    residual: float
-    cond_a: float
-    cond_b: float
-    seconds: float
-
-
-@dataclass
-class InitReport:
-    """Result of :func:`sylvester_init_`.
-
-    Attributes:
-        layers: One :class:`LayerReport` per initialized layer, in execution order.
-        skipped: Layers left untouched, mapped to the reason.
-        head: Name of the layer treated as the classifier head.
-        seconds: Wall time of the whole call.
-    """
-
-    layers: list[LayerReport] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)
-    head: str | None = None
-    seconds: float = 0.0
 
 
 def _default_forward(model: nn.Module, inputs: Any) -> Any:
@@ -159,14 +114,29 @@ def _restore(model: nn.Module, snap: dict[str, Tensor]) -> None:
             state[k].copy_(v)
 
 
-def _slice(inputs: Any, n: int) -> Any:
+def _slice(inputs: Any, start: int, stop: int) -> Any:
+    """Rows ``start:stop`` of every tensor in a (nested) batch."""
     if isinstance(inputs, Tensor):
-        return inputs[:n]
+        return inputs[start:stop]
     if isinstance(inputs, (list, tuple)):
-        return type(inputs)(_slice(v, n) for v in inputs)
+        return type(inputs)(_slice(v, start, stop) for v in inputs)
     if isinstance(inputs, dict):
-        return {k: _slice(v, n) for k, v in inputs.items()}
+        return {k: _slice(v, start, stop) for k, v in inputs.items()}
     return inputs
+
+
+def _batch_len(inputs: Any) -> int:
+    if isinstance(inputs, Tensor):
+        return inputs.shape[0]
+    if isinstance(inputs, (list, tuple)) and inputs:
+        return _batch_len(inputs[0])
+    if isinstance(inputs, dict) and inputs:
+        return _batch_len(next(iter(inputs.values())))
+    raise TypeError(f"cannot tell the number of samples of inputs of type {type(inputs).__name__}")
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass early (streaming mode)."""
 
 
 def sylvester_init_(
@@ -182,6 +152,8 @@ def sylvester_init_(
     head: str | None = None,
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
+    batch_size: int | None = None,
+    reduce: Callable[[Tensor], Tensor] | None = None,
     forward: Callable[[nn.Module, Any], Any] = _default_forward,
 ) -> InitReport:
     """Initialize ``model``'s layers in place from a data subset (Sylvester initialization).
@@ -203,14 +175,18 @@ def sylvester_init_(
         seed: Seed of the patch draw and of random code fills.
         dtype: Precision of the statistics and solves (``torch.float64`` by default); results are
             cast to each parameter's dtype.
+        batch_size: Stream the subset in mini-batches of this size (statistics codes only); ``None``
+            runs the whole subset as one batch in a single forward pass.
+        reduce: Sum of a tensor across processes (an all-reduce); every layer's statistics go through
+            it before solving. ``None`` for a single process.
         forward: ``forward(model, inputs)`` runs the model; defaults to ``model(inputs)``.
 
     Returns:
         An :class:`InitReport`.
 
     Raises:
-        ValueError: On invalid arguments, an unknown ``head``, or ``layers="head"`` with a
-            supervised head code and no ``labels``.
+        ValueError: On invalid arguments, an unknown ``head``, ``layers="head"`` with a supervised
+            head code and no ``labels``, or a rows-only code with ``batch_size``/``reduce``.
         SylvesterInitError: If anything fails during initialization; the model is restored first.
     """
     if layers not in ("all", "head"):
@@ -219,11 +195,17 @@ def sylvester_init_(
         raise ValueError(f"lam must be > 0, got {lam!r}")
     if patches_per_image is not None and patches_per_image < 1:
         raise ValueError(f"patches_per_image must be >= 1 or None, got {patches_per_image!r}")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1 or None, got {batch_size!r}")
     hidden_code, head_code = resolve_code(latent), resolve_code(head_latent)
     start = time.perf_counter()
     report = InitReport()
-    targets = _targets(model)
-    order = execution_order(model, _slice(inputs, 2), forward)
+    n_samples = _batch_len(inputs)
+    if n_samples == 0:
+        raise ValueError("inputs hold no samples: nothing to initialize from")
+    if labels is not None and labels.shape != (n_samples,):
+        raise ValueError(f"labels must have shape ({n_samples},) to match the inputs, got {tuple(labels.shape)}")
+    order = execution_order(model, _slice(inputs, 0, 2), forward)
     if not order:
         raise ValueError("the model's forward pass executes no Linear/Conv1d/Conv2d layer: nothing to initialize")
     head = head if head is not None else order[-1]
@@ -241,10 +223,18 @@ def sylvester_init_(
             stacklevel=2,
         )
         head_code = hidden_code
+    streaming = batch_size is not None and batch_size < n_samples
+    for code in {hidden_code, head_code} if layers == "all" else {head_code}:
+        if (streaming or reduce is not None) and not code_uses_stats(code):
+            raise ValueError(
+                f"the {code.name!r} code needs all rows at once, so it works neither with batch_size "
+                "(streaming) nor across processes; use a statistics code such as 'pca'"
+            )
     report.head = head
     names = order if layers == "all" else [head]
-    chosen: dict[nn.Module, str] = {}
-    for m, name in targets.items():
+    generator = torch.Generator().manual_seed(seed)
+    jobs: dict[str, LayerJob] = {}
+    for m, name in _targets(model).items():
         if name not in order:
             report.skipped[name] = "not executed by the forward pass"
         elif name not in names:
@@ -252,20 +242,9 @@ def sylvester_init_(
         elif not m.weight.requires_grad:
             report.skipped[name] = "frozen (requires_grad=False)"
         else:
-            chosen[m] = name
-    generator = torch.Generator().manual_seed(seed)
-    done: set[str] = set()
-
-    def make(name: str) -> Callable[..., None]:
-        code = head_code if name == head else hidden_code
-
-        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            if name in done:  # shared module called again: it already holds its new weights
-                return
-            done.add(name)
-            report.layers.append(_init_layer(module, name, args[0], labels, code, lam, patches_per_image, generator, dtype))
-
-        return hook
+            code = head_code if name == head else hidden_code
+            jobs[name] = LayerJob(m, name, code, lam, patches_per_image, generator, dtype)
+    ordered = [jobs[n] for n in order if n in jobs]
 
     snap = _snapshot(model)
     was_training = model.training
@@ -274,12 +253,19 @@ def sylvester_init_(
         model.eval()
         if layers == "all":
             for m, _, _ in bn_state:
-                if m.track_running_stats:
-                    m.reset_running_stats()
-                    m.momentum = None  # cumulative average over the pass
-                m.train()
-        with torch.no_grad(), _hooks(chosen, make):
-            forward(model, inputs)
+                m.train()  # batch statistics of the new activations during the passes
+        if streaming:
+            _streamed(model, inputs, labels, ordered, batch_size, n_samples, reduce, forward, report)  # type: ignore[arg-type]
+        else:
+            if layers == "all":
+                _reset_bn(bn_state)
+            _one_pass(model, inputs, labels, ordered, reduce, forward, report)
+        if streaming and layers == "all" and bn_state:
+            _reset_bn(bn_state)
+            with torch.no_grad():
+                for lo in range(0, n_samples, batch_size):  # type: ignore[arg-type]
+                    forward(model, _slice(inputs, lo, lo + batch_size))  # type: ignore[operator]
+            report.passes += 1
     except Exception as err:
         _restore(model, snap)
         if isinstance(err, SylvesterInitError):
@@ -294,66 +280,81 @@ def sylvester_init_(
     return report
 
 
-def _init_layer(
-    module: nn.Module,
-    name: str,
-    x: Tensor,
+def _reset_bn(bn_state: list[tuple[nn.Module, bool, float | None]]) -> None:
+    for m, _, _ in bn_state:
+        if m.track_running_stats:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over everything that follows
+
+
+def _one_pass(
+    model: nn.Module,
+    inputs: Any,
     labels: Tensor | None,
-    code: LatentCode,
-    lam: float,
-    patches_per_image: int | None,
-    generator: torch.Generator,
-    dtype: torch.dtype,
-) -> LayerReport:
-    t0 = time.perf_counter()
+    jobs: list[LayerJob],
+    reduce: Callable[[Tensor], Tensor] | None,
+    forward: Callable[[nn.Module, Any], Any],
+    report: InitReport,
+) -> None:
+    """Every layer initialized inside a single forward pass, at its first call."""
+    by_module = {job.module: job.name for job in jobs}
+    jobs_by_name = {job.name: job for job in jobs}
+    done: set[str] = set()
+
+    def make(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            if name in done:  # shared module called again: it already holds its new weights
+                return
+            done.add(name)
+            job = jobs_by_name[name]
+            job.add(args[0], labels)
+            report.layers.append(job.finish(reduce))
+
+        return hook
+
     try:
-        rows = layer_rows(module, x, patches_per_image, generator)
-    except Exception as err:
-        raise SylvesterInitError(f"layer {name!r}: could not gather its input rows: {err}") from err
-    bad = int((~torch.isfinite(rows.x)).sum())
-    if bad:
-        raise SylvesterInitError(
-            f"layer {name!r}: its input activations contain {bad} NaN/Inf values (check the data and the "
-            "layers before it)"
-        )
-    row_labels = None
-    if labels is not None and code.requires_labels:
-        n_rows = rows.x.shape[0]
-        if n_rows != labels.shape[0] * rows.per_sample:
-            raise SylvesterInitError(
-                f"layer {name!r}: its input has {n_rows // rows.per_sample} samples but {labels.shape[0]} labels were given"
-            )
-        row_labels = labels.to(rows.x.device).repeat_interleave(rows.per_sample)
-    groups = getattr(module, "groups", 1)
-    weight: Tensor = module.weight
-    out_g = weight.shape[0] // groups
-    fits = []
-    for g in range(groups):
-        xg = rows.x[:, g * (rows.x.shape[1] // groups) : (g + 1) * (rows.x.shape[1] // groups)] if groups > 1 else rows.x
-        xg = xg.reshape(xg.shape[0], -1).to(dtype)
+        with torch.no_grad(), _hooks(by_module, make):
+            forward(model, inputs)
+    except LayerInitError as err:
+        raise SylvesterInitError(str(err)) from err
+    report.passes += 1
+
+
+def _streamed(
+    model: nn.Module,
+    inputs: Any,
+    labels: Tensor | None,
+    jobs: list[LayerJob],
+    batch_size: int,
+    n_samples: int,
+    reduce: Callable[[Tensor], Tensor] | None,
+    forward: Callable[[nn.Module, Any], Any],
+    report: InitReport,
+) -> None:
+    """Layer by layer: accumulate a layer's statistics over all mini-batches, solve, go on."""
+    for job in jobs:
+        seen = [False]
+
+        def hook(module: nn.Module, args: tuple[Any, ...], job: LayerJob = job) -> None:
+            if seen[0]:
+                return
+            seen[0] = True
+            job.add(args[0], batch_labels)
+            raise _StopForward
+
+        handle = job.module.register_forward_pre_hook(hook)
         try:
-            s = code.fit(xg, out_g, labels=row_labels, generator=generator)
-            fit = fit_layer(xg, s, lam, fit_bias=module.bias is not None, dtype=dtype)
-        except ValueError as err:
-            raise SylvesterInitError(f"layer {name!r}: {err}") from err
-        fits.append(fit)
-    with torch.no_grad():
-        new_w = torch.cat([f.weight for f in fits], dim=0)
-        weight.copy_(new_w.reshape(weight.shape).to(weight.dtype))
-        if module.bias is not None:
-            module.bias.copy_(torch.cat([f.bias for f in fits]).to(module.bias.dtype))  # type: ignore[misc]
-    return LayerReport(
-        name=name,
-        kind=type(module).__name__,
-        in_features=fits[0].weight.shape[1],
-        out_features=out_g,
-        groups=groups,
-        rows=rows.x.shape[0],
-        code=code.name,
-        encoding_loss=sum(f.encoding_loss for f in fits) / groups,
-        decoding_loss=sum(f.decoding_loss for f in fits) / groups,
-        residual=max(f.residual for f in fits),
-        cond_a=max(f.cond_a for f in fits),
-        cond_b=max(f.cond_b for f in fits),
-        seconds=time.perf_counter() - t0,
-    )
+            with torch.no_grad():
+                for lo in range(0, n_samples, batch_size):
+                    seen[0] = False
+                    batch_labels = None if labels is None else labels[lo : lo + batch_size]
+                    try:
+                        forward(model, _slice(inputs, lo, lo + batch_size))
+                    except _StopForward:
+                        pass
+            report.layers.append(job.finish(reduce))
+        except LayerInitError as err:
+            raise SylvesterInitError(str(err)) from err
+        finally:
+            handle.remove()
+        report.passes += 1

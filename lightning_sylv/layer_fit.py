@@ -25,7 +25,7 @@ from torch import Tensor
 
 from lightning_sylv.solver import relative_residual, solve_sylvester_psd
 
-__all__ = ["LayerFit", "encoding_loss", "fit_layer"]
+__all__ = ["LayerFit", "Moments", "encoding_loss", "fit_layer", "moments_from_rows", "solve_moments"]
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,82 @@ def encoding_loss(weight: Tensor, x: Tensor, s: Tensor, bias: Tensor | None = No
     return _ratio((out - s).square().sum(), den)
 
 
+@dataclass(frozen=True)
+class Moments:
+    """Second moments of one layer's problem, divided by the row count ``n``.
+
+    With a bias the moments are centred (``X − mean(X)``, ``S − mean(S)``) and the means are kept to
+    recover the bias; without a bias they are raw and ``mean_x``/``mean_s`` are ``None``.
+
+    Attributes:
+        gram_x: ``XᵀX / n``, shape ``(d_in, d_in)``.
+        gram_s: ``SᵀS / n``, shape ``(d_out, d_out)``.
+        cross: ``SᵀX / n``, shape ``(d_out, d_in)``.
+        mean_x: ``mean(X)`` ``(d_in,)`` or ``None``.
+        mean_s: ``mean(S)`` ``(d_out,)`` or ``None``.
+    """
+
+    gram_x: Tensor
+    gram_s: Tensor
+    cross: Tensor
+    mean_x: Tensor | None = None
+    mean_s: Tensor | None = None
+
+
+def moments_from_rows(x: Tensor, s: Tensor, fit_bias: bool, dtype: torch.dtype = torch.float64) -> Moments:
+    """:class:`Moments` of rows ``x`` ``(n, d_in)`` and their code ``s`` ``(n, d_out)``.
+
+    Raises:
+        ValueError: On mismatched shapes, no rows, or non-finite rows.
+    """
+    if x.ndim != 2 or s.ndim != 2 or x.shape[0] != s.shape[0]:
+        raise ValueError(f"x (n, d_in) and s (n, d_out) must share n, got {tuple(x.shape)} and {tuple(s.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("no rows to fit the layer on")
+    x, s = x.to(dtype), s.to(dtype)
+    bad = int((~torch.isfinite(x)).sum())
+    if bad:
+        raise ValueError(f"the layer's input activations contain {bad} NaN/Inf values")
+    n = x.shape[0]
+    mx = ms = None
+    if fit_bias:
+        mx, ms = x.mean(0), s.mean(0)
+        x, s = x - mx, s - ms
+    return Moments(gram_x=x.T @ x / n, gram_s=s.T @ s / n, cross=s.T @ x / n, mean_x=mx, mean_s=ms)
+
+
+def solve_moments(m: Moments, lam: float) -> LayerFit:
+    """Solve ``(SᵀS) W + W (λ XᵀX) = (1 + λ) SᵀX`` from the moments, with bias and losses.
+
+    Args:
+        m: The layer's :class:`Moments`.
+        lam: λ, the weight of the encoding loss; must be ``> 0``.
+
+    Raises:
+        ValueError: If ``lam <= 0``.
+    """
+    if not lam > 0:
+        raise ValueError(f"lam must be > 0, got {lam!r}")
+    a, b, c = m.gram_s, lam * m.gram_x, (1.0 + lam) * m.cross
+    sol = solve_sylvester_psd(a, b, c, allow_singular=True)
+    w = sol.w
+    bias = None if m.mean_x is None or m.mean_s is None else m.mean_s - w @ m.mean_x
+    # Losses from the moments: no pass over the rows.
+    cross_term = 2 * (w * m.cross).sum()
+    enc = ((w @ m.gram_x) * w).sum() - cross_term + m.gram_s.trace()
+    dec = m.gram_x.trace() - cross_term + (w * (m.gram_s @ w)).sum()
+    return LayerFit(
+        weight=w,
+        bias=bias,
+        encoding_loss=_ratio(enc.clamp_min(0), m.gram_s.trace()),
+        decoding_loss=_ratio(dec.clamp_min(0), m.gram_x.trace()),
+        residual=relative_residual(a, b, c, w),
+        cond_a=sol.cond_a,
+        cond_b=sol.cond_b,
+        dropped=sol.dropped,
+    )
+
+
 def fit_layer(
     x: Tensor,
     s: Tensor,
@@ -86,7 +162,7 @@ def fit_layer(
     fit_bias: bool,
     dtype: torch.dtype = torch.float64,
 ) -> LayerFit:
-    """Solve one layer's Sylvester problem.
+    """Solve one layer's Sylvester problem from its rows and code.
 
     Args:
         x: Input rows, shape ``(n, d_in)``.
@@ -102,39 +178,6 @@ def fit_layer(
         ValueError: On mismatched shapes, no rows, ``lam <= 0``, or non-finite rows (with the
             count of bad values).
     """
-    if x.ndim != 2 or s.ndim != 2 or x.shape[0] != s.shape[0]:
-        raise ValueError(f"x (n, d_in) and s (n, d_out) must share n, got {tuple(x.shape)} and {tuple(s.shape)}")
-    if x.shape[0] == 0:
-        raise ValueError("no rows to fit the layer on")
     if not lam > 0:
         raise ValueError(f"lam must be > 0, got {lam!r}")
-    x = x.to(dtype)
-    s = s.to(dtype)
-    bad = int((~torch.isfinite(x)).sum())
-    if bad:
-        raise ValueError(f"the layer's input activations contain {bad} NaN/Inf values")
-    n = x.shape[0]
-    if fit_bias:
-        mx, ms = x.mean(0), s.mean(0)
-        x, s = x - mx, s - ms
-    gram_x = x.T @ x / n
-    gram_s = s.T @ s / n
-    cross = s.T @ x / n
-    a, b, c = gram_s, lam * gram_x, (1.0 + lam) * cross
-    sol = solve_sylvester_psd(a, b, c, allow_singular=True)
-    w = sol.w
-    bias = (ms - w @ mx) if fit_bias else None
-    # Losses from the statistics: no second pass over the rows.
-    wg = w @ gram_x
-    enc = (wg * w).sum() - 2 * (w * cross).sum() + gram_s.trace()
-    dec = gram_x.trace() - 2 * (w * cross).sum() + (w * (gram_s @ w)).sum()
-    return LayerFit(
-        weight=w,
-        bias=bias,
-        encoding_loss=_ratio(enc.clamp_min(0), gram_s.trace()),
-        decoding_loss=_ratio(dec.clamp_min(0), gram_x.trace()),
-        residual=relative_residual(a, b, c, w),
-        cond_a=sol.cond_a,
-        cond_b=sol.cond_b,
-        dropped=sol.dropped,
-    )
+    return solve_moments(moments_from_rows(x, s, fit_bias, dtype), lam)

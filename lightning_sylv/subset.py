@@ -203,6 +203,7 @@ def balanced_subset(
     *,
     require_labels: bool = False,
     unlabelled_count: int | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> tuple[Any, Tensor | None, Tensor]:
     """Load a class-balanced, seeded subset of ``dataset`` as one batch.
 
@@ -217,9 +218,12 @@ def balanced_subset(
         collate_fn: Collate function of the training dataloader (default: torch's).
         require_labels: Raise :class:`NoLabelsError` instead of falling back to an unlabelled subset.
         unlabelled_count: Subset size when the data has no labels.
+        shard: ``(rank, world_size)``: every process draws the same subset (same seed) and loads
+            only its share ``indices[rank::world_size]``.
 
     Returns:
-        ``(inputs, labels, indices)``; ``labels`` is a ``LongTensor`` ``(N,)`` or ``None``.
+        ``(inputs, labels, indices)``: this process's share of the inputs and labels (``labels`` a
+        ``LongTensor`` or ``None``), and the indices of the whole subset (all processes).
 
     Raises:
         TypeError: For iterable-style datasets.
@@ -244,6 +248,12 @@ def balanced_subset(
         indices = class_balanced_indices(targets, samples_per_class, seed)
     else:
         indices = random_indices(len(dataset), unlabelled_count or samples_per_class * 10, seed)  # type: ignore[arg-type]
-    inputs, batch_labels = split_batch(collate_subset(dataset, indices, collate_fn))
-    labels = targets[indices] if targets is not None else batch_labels
+    rank, world = shard
+    if not 0 <= rank < world:
+        raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard!r}")
+    mine = indices[rank::world]
+    if mine.numel() == 0:
+        raise ValueError(f"process {rank} of {world} got no samples: the subset has fewer samples than processes")
+    inputs, batch_labels = split_batch(collate_subset(dataset, mine, collate_fn))
+    labels = targets[mine] if targets is not None else batch_labels
     return inputs, labels, indices

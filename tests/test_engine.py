@@ -148,11 +148,11 @@ def test_failure_restores_everything():
     class Boom(PCACode):
         calls = 0
 
-        def fit(self, *args, **kwargs):
+        def moments(self, *args, **kwargs):
             Boom.calls += 1
             if Boom.calls == 3:
                 raise RuntimeError("injected")
-            return super().fit(*args, **kwargs)
+            return super().moments(*args, **kwargs)
 
     model.train()
     with pytest.raises(SylvesterInitError, match="injected"):
@@ -253,3 +253,64 @@ def test_bad_arguments():
         sylvester_init_(model, torch.full((6, 1, 4, 4), float("nan")), y)
     with pytest.raises(SylvesterInitError, match="one output per class"):
         sylvester_init_(model, x, torch.tensor([0, 1, 2, 3, 4, 5]))
+
+
+def test_streaming_matches_single_pass_without_batchnorm():
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(24, 8), nn.ReLU(), nn.Linear(8, 3))
+    b = nn.Sequential(*[m for m in __import__("copy").deepcopy(a)])
+    x, y = _data(20)
+    r1 = sylvester_init_(a, x, y, patches_per_image=None)
+    r2 = sylvester_init_(b, x, y, patches_per_image=None, batch_size=7)
+    assert r1.passes == 1 and r2.passes == 3
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+
+
+def test_streaming_with_batchnorm_recomputes_running_stats():
+    torch.manual_seed(0)
+    model = tiny_resnet()
+    x, y = _data(20)
+    report = sylvester_init_(model, x, y, batch_size=15, patches_per_image=4)  # 4 equal batches
+    assert report.passes == len(report.layers) + 1
+    bn = model[1]
+    model.eval()
+    with torch.no_grad():
+        out = bn(model[0](x))
+    assert out.mean(dim=(0, 2, 3)).abs().max() < 1e-4  # running mean = mean over all batches
+    assert bn.momentum == 0.1
+
+
+def test_statistics_path_matches_rows_path():
+    from lightning_sylv.layer_fit import moments_from_rows, solve_moments
+    from lightning_sylv.stats import InputStats
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 12, generator=g, dtype=torch.float64) @ torch.randn(12, 12, generator=g, dtype=torch.float64) + 3
+    y = torch.randint(0, 4, (200,), generator=g)
+    for code, out in ((PCACode(), 20), (PCACode(), 5), (OneHotCode(), 4)):
+        for bias in (True, False):
+            st = InputStats.from_rows(x[:90], y[:90], 4) + InputStats.from_rows(x[90:], y[90:], 4)
+            via_stats = solve_moments(code.moments(st, out, bias, torch.Generator().manual_seed(1)), 10.0)
+            s = code.fit(x, out, labels=y, generator=torch.Generator().manual_seed(1))
+            via_rows = solve_moments(moments_from_rows(x, s, bias), 10.0)
+            torch.testing.assert_close(via_stats.weight, via_rows.weight, rtol=1e-6, atol=1e-8)
+            if bias:
+                torch.testing.assert_close(via_stats.bias, via_rows.bias, rtol=1e-6, atol=1e-8)
+
+
+def test_rows_only_code_cannot_stream():
+    from lightning_sylv.codes import LatentCode
+
+    class RowsOnly(LatentCode):
+        name = "rows"
+
+        def fit(self, x, out_features, labels=None, generator=None):
+            return x[:, :out_features]
+
+    model = tiny_mlp()
+    x, y = _data(5)
+    with pytest.raises(ValueError, match="needs all rows at once"):
+        sylvester_init_(model, x, y, latent=RowsOnly(), batch_size=4)
+    report = sylvester_init_(model, x, y, latent=RowsOnly())  # single batch: fine
+    assert report.layers[0].code == "rows"

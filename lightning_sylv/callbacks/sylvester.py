@@ -16,10 +16,12 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
+from lightning_sylv.callbacks._distributed import check_strategy, sum_across_processes, sync_module
 from lightning_sylv.callbacks._trainer_data import stage_dataloader
 from lightning_sylv.codes import CODES
-from lightning_sylv.engine import InitReport, sylvester_init_
+from lightning_sylv.engine import sylvester_init_
 from lightning_sylv.evaluation import evaluate_accuracy
+from lightning_sylv.report import InitReport, format_table
 from lightning_sylv.subset import balanced_subset
 
 __all__ = ["SylvesterInit"]
@@ -54,6 +56,9 @@ class SylvesterInit(Callback):
         head_latent: Latent code of the head (``"onehot"``: one-hot class labels).
         lam: λ, the weight of the encoding loss relative to the decoding loss (``> 0``; paper: 10).
         patches_per_image: Random patch positions per image for convolutions (``None``: all).
+        batch_size: Stream the subset through the model in mini-batches of this size, accumulating
+            each layer's statistics, so peak memory does not grow with ``samples_per_class`` (costs one
+            partial forward pass per layer plus one for BatchNorm). ``None``: one pass, one batch.
         seed: Seed of the subset draw and the patch draw.
         head: Qualified name of the head module (default: the last ``Linear``/``Conv`` executed).
         precision: ``"float64"`` (default) or ``"float32"`` for the statistics and solves; results are
@@ -79,6 +84,7 @@ class SylvesterInit(Callback):
         head_latent: str = "onehot",
         lam: float = 10.0,
         patches_per_image: int | None = 16,
+        batch_size: int | None = None,
         seed: int = 0,
         head: str | None = None,
         precision: Literal["float64", "float32"] = "float64",
@@ -99,6 +105,8 @@ class SylvesterInit(Callback):
             isinstance(patches_per_image, bool) or not isinstance(patches_per_image, int) or patches_per_image < 1
         ):
             raise ValueError(f"patches_per_image must be a positive int or None, got {patches_per_image!r}")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int, got {seed!r}")
         if head is not None and (not isinstance(head, str) or not head):
@@ -113,6 +121,7 @@ class SylvesterInit(Callback):
         self.head_latent = head_latent
         self.lam = float(lam)
         self.patches_per_image = patches_per_image
+        self.batch_size = batch_size
         self.seed = seed
         self.head = head
         self.precision = precision
@@ -121,6 +130,7 @@ class SylvesterInit(Callback):
         self.verbose = verbose
         self.initialized = False
         self.report: InitReport | None = None
+        self.subset_size = 0
         self.metrics: dict[str, float] = {}
 
     @property
@@ -144,6 +154,7 @@ class SylvesterInit(Callback):
         self.metrics = dict(state_dict.get("metrics", {}))
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        check_strategy(trainer.strategy, type(self).__name__)
         others = [c for c in trainer.callbacks if isinstance(c, SylvesterInit) and c is not self]
         if others and trainer.callbacks.index(self) > trainer.callbacks.index(others[0]):
             rank_zero_warn(
@@ -176,12 +187,13 @@ class SylvesterInit(Callback):
 
         pre = self._accuracy(pl_module, val_dl, device, to_device)
         start = time.perf_counter()
-        inputs, labels, _ = balanced_subset(
+        inputs, labels, indices = balanced_subset(
             train_dl.dataset,
             self.samples_per_class,
             self.seed,
             train_dl.collate_fn,
             require_labels=self.layers == "head",
+            shard=(trainer.global_rank, trainer.world_size),
         )
         inputs = to_device(inputs, device)
         labels = labels.to(device) if labels is not None else None
@@ -197,10 +209,15 @@ class SylvesterInit(Callback):
             head=self.head,
             seed=self.seed,
             dtype=_DTYPES[self.precision],
+            batch_size=self.batch_size,
+            reduce=sum_across_processes(trainer.strategy) if trainer.world_size > 1 else None,
         )
+        if trainer.world_size > 1:
+            sync_module(pl_module, trainer.strategy)
         init_time = time.perf_counter() - start
         post = self._accuracy(pl_module, val_dl, device, to_device)
         self.initialized = True
+        self.subset_size = len(indices)
         self.metrics = {"sylvester/init_time_s": init_time}
         if pre is not None:
             self.metrics["sylvester/pre_init_accuracy"] = pre
@@ -209,29 +226,23 @@ class SylvesterInit(Callback):
         for logger in trainer.loggers:
             logger.log_metrics(self.metrics, step=trainer.global_step)
         if self.verbose:
-            rank_zero_info(self._summary(len(labels) if labels is not None else None))
+            rank_zero_info(self._summary())
 
     def _accuracy(self, model: pl.LightningModule, val_dl: DataLoader | None, device: torch.device, to_device: Any) -> float | None:
         if val_dl is None:
             return None
         return evaluate_accuracy(model, val_dl, device, max_batches=self.eval_batches, to_device=to_device)
 
-    def _summary(self, n_samples: int | None) -> str:
+    def _summary(self) -> str:
         report = self.report or InitReport()
         m = self.metrics
         pre, post = m.get("sylvester/pre_init_accuracy"), m.get("sylvester/initial_accuracy")
-        fmt = lambda v: "n/a" if v is None else f"{100 * v:.2f}%"  # noqa: E731
-        lines = [
+
+        def fmt(v: float | None) -> str:
+            return "n/a" if v is None else f"{100 * v:.2f}%"
+
+        return (
             f"SylvesterInit: {len(report.layers)} layer(s) initialized in {m['sylvester/init_time_s']:.3f} s "
-            f"from {n_samples if n_samples is not None else 'unlabelled'} samples; validation accuracy "
-            f"without init {fmt(pre)} -> with init {fmt(post)}",
-            f"  {'layer':<28} {'type':<7} {'in':>6} {'out':>5} {'rows':>7} {'code':<7} {'enc.loss':>9} {'residual':>9} {'time s':>7}",
-        ]
-        for r in report.layers:
-            lines.append(
-                f"  {r.name[:28]:<28} {r.kind[:7]:<7} {r.in_features:>6} {r.out_features:>5} {r.rows:>7} "
-                f"{r.code:<7} {r.encoding_loss:>9.4f} {r.residual:>9.1e} {r.seconds:>7.3f}"
-            )
-        for name, why in report.skipped.items():
-            lines.append(f"  skipped {name}: {why}")
-        return "\n".join(lines)
+            f"from {self.subset_size} samples ({report.passes} pass(es)); validation accuracy without init "
+            f"{fmt(pre)} -> with init {fmt(post)}\n" + format_table(report)
+        )

@@ -1,0 +1,54 @@
+"""Multi-process glue: which strategies are supported, sums across processes, syncing a module."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from lightning.pytorch.strategies import Strategy
+from torch import Tensor, nn
+
+__all__ = ["check_strategy", "sum_across_processes", "sync_module"]
+
+_SHARDED = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+
+
+def check_strategy(strategy: Strategy, who: str) -> None:
+    """Refuse strategies that shard parameters (each process would hold only a slice of a weight).
+
+    Raises:
+        RuntimeError: For FSDP, DeepSpeed and model-parallel strategies.
+    """
+    names = {cls.__name__ for cls in type(strategy).__mro__}
+    hit = names.intersection(_SHARDED)
+    if hit:
+        raise RuntimeError(
+            f"{who} does not support the sharded strategy {type(strategy).__name__}: parameters are split "
+            "across processes. Initialize with strategy='ddp' (or a single device), save a checkpoint, and "
+            "load it into the sharded run."
+        )
+
+
+def sum_across_processes(strategy: Strategy) -> Callable[[Tensor], Tensor]:
+    """A function returning the sum of a tensor over all processes of ``strategy`` (an all-reduce)."""
+
+    def reduce(t: Tensor) -> Tensor:
+        return strategy.reduce(t.clone(), reduce_op="sum")
+
+    return reduce
+
+
+def sync_module(module: nn.Module, strategy: Strategy) -> None:
+    """Average floating-point buffers (BatchNorm statistics) across processes, then broadcast every
+    parameter and buffer from rank 0, so all processes hold bit-identical state."""
+    if not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return
+    world = torch.distributed.get_world_size()
+    with torch.no_grad():
+        for buf in module.buffers():
+            if buf.is_floating_point():
+                torch.distributed.all_reduce(buf)
+                buf.div_(world)
+        for t in [*module.parameters(), *module.buffers()]:
+            torch.distributed.broadcast(t.data, src=0)
+    strategy.barrier("sylvester_sync")

@@ -1,0 +1,192 @@
+"""One layer, start to finish: input activation -> statistics -> code -> solve -> weights written.
+
+:class:`LayerJob` collects what one layer needs from one or more batches of its input
+(:meth:`LayerJob.add`), then :meth:`LayerJob.finish` merges across processes if asked, fits the code,
+solves the Sylvester problem per convolution group and writes ``weight``/``bias`` in place.
+
+Codes that work from statistics (PCA, one-hot: :meth:`LatentCode.moments`) keep only sums, so
+memory does not grow with the number of batches and the sums all-reduce across processes. Codes
+that need the rows themselves keep them (single batch, single process only).
+
+This module imports no Lightning.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from lightning_sylv.activations import layer_rows
+from lightning_sylv.codes import LatentCode
+from lightning_sylv.layer_fit import LayerFit, moments_from_rows, solve_moments
+from lightning_sylv.report import LayerReport
+from lightning_sylv.stats import InputStats
+
+__all__ = ["LayerInitError", "LayerJob", "code_uses_stats"]
+
+
+class LayerInitError(ValueError):
+    """A layer could not be initialized; the message names the layer."""
+
+
+def code_uses_stats(code: LatentCode) -> bool:
+    """Whether ``code`` fits from statistics alone (streamable, reducible across processes)."""
+    return type(code).moments is not LatentCode.moments
+
+
+class LayerJob:
+    """Initialization of one supported layer (``Linear``, ``Conv1d``, ``Conv2d``).
+
+    Args:
+        module: The layer.
+        name: Its qualified name (for messages and the report).
+        code: Its latent code.
+        lam: λ.
+        patches_per_image: Patch positions drawn per sample (``None``: all).
+        generator: CPU generator for patch draws and random code fills.
+        dtype: Precision of statistics and solves.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        name: str,
+        code: LatentCode,
+        lam: float,
+        patches_per_image: int | None,
+        generator: torch.Generator,
+        dtype: torch.dtype,
+    ) -> None:
+        self.module = module
+        self.name = name
+        self.code = code
+        self.lam = lam
+        self.patches_per_image = patches_per_image
+        self.generator = generator
+        self.dtype = dtype
+        self.groups: int = getattr(module, "groups", 1)
+        self.out_per_group: int = module.weight.shape[0] // self.groups
+        self.uses_stats = code_uses_stats(code)
+        self._stats: list[InputStats] | None = None
+        self._rows: list[Tensor] = []
+        self._labels: list[Tensor] = []
+        self.seconds = 0.0
+
+    def add(self, x: Tensor, labels: Tensor | None) -> None:
+        """Add one batch of the layer's input ``x`` (with the batch's labels, if any).
+
+        Raises:
+            LayerInitError: If the rows cannot be gathered, contain NaN/Inf, or labels mismatch.
+        """
+        t0 = time.perf_counter()
+        try:
+            rows = layer_rows(self.module, x, self.patches_per_image, self.generator)
+        except (TypeError, ValueError) as err:
+            raise LayerInitError(f"layer {self.name!r}: could not gather its input rows: {err}") from err
+        bad = int((~torch.isfinite(rows.x)).sum())
+        if bad:
+            raise LayerInitError(
+                f"layer {self.name!r}: its input activations contain {bad} NaN/Inf values (check the data "
+                "and the layers before it)"
+            )
+        row_labels = None
+        if labels is not None and self.code.requires_labels:
+            n_samples = rows.x.shape[0] // rows.per_sample
+            if n_samples != labels.shape[0]:
+                raise LayerInitError(
+                    f"layer {self.name!r}: its input has {n_samples} samples but {labels.shape[0]} labels were given"
+                )
+            lo, hi = int(labels.min()), int(labels.max())
+            if lo < 0 or hi >= self.out_per_group:
+                raise LayerInitError(
+                    f"layer {self.name!r}: labels span [{lo}, {hi}] but the layer has {self.out_per_group} "
+                    f"outputs: a {self.code.name!r} head needs one output per class"
+                )
+            row_labels = labels.to(rows.x.device).repeat_interleave(rows.per_sample)
+        width = rows.x.shape[1] // self.groups if rows.x.ndim == 3 else rows.x.shape[1]
+        groups = []
+        for g in range(self.groups):
+            xg = rows.x[:, g * width : (g + 1) * width] if self.groups > 1 else rows.x
+            groups.append(xg.reshape(xg.shape[0], -1))
+        if self.uses_stats:
+            try:
+                new = [InputStats.from_rows(xg, row_labels, self.out_per_group if row_labels is not None else None, self.dtype) for xg in groups]
+            except ValueError as err:
+                raise LayerInitError(f"layer {self.name!r}: {err}") from err
+            self._stats = new if self._stats is None else [a + b for a, b in zip(self._stats, new)]
+        else:
+            if self._rows:
+                raise LayerInitError(
+                    f"layer {self.name!r}: the {self.code.name!r} code needs all rows at once; it cannot be "
+                    "streamed over several batches (use a statistics code such as 'pca', or no batch_size)"
+                )
+            self._rows = [xg.to(self.dtype) for xg in groups]
+            self._labels = [row_labels] if row_labels is not None else []
+        self.seconds += time.perf_counter() - t0
+
+    def finish(self, reduce: Callable[[Tensor], Tensor] | None = None) -> LayerReport:
+        """Fit, solve and write the weights; return the layer's report.
+
+        Args:
+            reduce: Sum-reduction across processes (e.g. an all-reduce); applied to the statistics.
+
+        Raises:
+            LayerInitError: If nothing was added, or the code or the solve fails.
+        """
+        t0 = time.perf_counter()
+        if self._stats is None and not self._rows:
+            raise LayerInitError(f"layer {self.name!r}: no input was recorded")
+        if reduce is not None and not self.uses_stats:
+            raise LayerInitError(
+                f"layer {self.name!r}: the {self.code.name!r} code needs the rows themselves and cannot be "
+                "combined across processes; use a statistics code such as 'pca'"
+            )
+        fit_bias = self.module.bias is not None
+        fits: list[LayerFit] = []
+        n_rows = 0
+        try:
+            if self._stats is not None:
+                stats = [s.map(reduce) for s in self._stats] if reduce is not None else self._stats
+                n_rows = int(stats[0].n)
+                for st in stats:
+                    m = self.code.moments(st, self.out_per_group, fit_bias, self.generator)
+                    fits.append(solve_moments(m, self.lam))
+            else:
+                labels = self._labels[0] if self._labels else None
+                n_rows = self._rows[0].shape[0]
+                for xg in self._rows:
+                    s = self.code.fit(xg, self.out_per_group, labels=labels, generator=self.generator)
+                    fits.append(solve_moments(moments_from_rows(xg, s, fit_bias, self.dtype), self.lam))
+        except ValueError as err:
+            raise LayerInitError(f"layer {self.name!r}: {err}") from err
+        self._write(fits)
+        self._stats, self._rows, self._labels = None, [], []
+        self.seconds += time.perf_counter() - t0
+        return LayerReport(
+            name=self.name,
+            kind=type(self.module).__name__,
+            in_features=fits[0].weight.shape[1],
+            out_features=self.out_per_group,
+            groups=self.groups,
+            rows=n_rows,
+            code=self.code.name,
+            encoding_loss=sum(f.encoding_loss for f in fits) / len(fits),
+            decoding_loss=sum(f.decoding_loss for f in fits) / len(fits),
+            residual=max(f.residual for f in fits),
+            cond_a=max(f.cond_a for f in fits),
+            cond_b=max(f.cond_b for f in fits),
+            dropped=sum(f.dropped for f in fits),
+            seconds=self.seconds,
+        )
+
+    def _write(self, fits: list[LayerFit]) -> None:
+        weight: Tensor = self.module.weight
+        bias: Tensor | None = self.module.bias
+        with torch.no_grad():
+            new_w = torch.cat([f.weight for f in fits], dim=0)
+            weight.copy_(new_w.reshape(weight.shape).to(weight.dtype))
+            if bias is not None:
+                bias.copy_(torch.cat([f.bias for f in fits if f.bias is not None]).to(bias.dtype))

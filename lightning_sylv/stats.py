@@ -1,0 +1,105 @@
+"""Sufficient statistics of a layer's input rows, mergeable across batches and processes.
+
+The built-in codes (PCA, one-hot) and the Sylvester problem only need first and second moments of
+the rows ``X`` (and per-class sums for one-hot codes). :class:`InputStats` holds them as *sums*, so
+statistics of several mini-batches (streaming) or of several processes (DDP, with an all-reduce)
+combine by addition, and peak memory does not grow with the number of rows.
+
+This module imports no Lightning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+
+import torch
+from torch import Tensor
+
+__all__ = ["InputStats"]
+
+
+@dataclass(frozen=True)
+class InputStats:
+    """Sums over rows ``x_i`` (shape ``(d,)``) with optional integer labels ``y_i``.
+
+    Attributes:
+        n: Number of rows, a 0-dim tensor (so it can be all-reduced with the rest).
+        sum_x: ``Σ x_i``, shape ``(d,)``.
+        gram_x: ``Σ x_i x_iᵀ``, shape ``(d, d)``.
+        counts: Rows per class, shape ``(C,)``, or ``None`` without labels.
+        class_sums: ``Σ_{y_i = c} x_i``, shape ``(C, d)``, or ``None`` without labels.
+    """
+
+    n: Tensor
+    sum_x: Tensor
+    gram_x: Tensor
+    counts: Tensor | None = None
+    class_sums: Tensor | None = None
+
+    @classmethod
+    def from_rows(
+        cls,
+        x: Tensor,
+        labels: Tensor | None = None,
+        num_classes: int | None = None,
+        dtype: torch.dtype = torch.float64,
+    ) -> InputStats:
+        """Statistics of the rows ``x`` ``(n, d)``; with ``labels`` ``(n,)`` also per-class sums.
+
+        Args:
+            x: Rows, shape ``(n, d)``.
+            labels: Integer labels, shape ``(n,)``, in ``[0, num_classes)``.
+            num_classes: Number of classes ``C`` (default: ``labels.max() + 1``).
+            dtype: Accumulation dtype.
+
+        Raises:
+            ValueError: On shape mismatch or labels outside ``[0, num_classes)``.
+        """
+        if x.ndim != 2:
+            raise ValueError(f"x must have shape (n, d), got {tuple(x.shape)}")
+        x = x.to(dtype)
+        counts = class_sums = None
+        if labels is not None:
+            if labels.shape != (x.shape[0],):
+                raise ValueError(f"labels must have shape ({x.shape[0]},), got {tuple(labels.shape)}")
+            labels = labels.to(x.device).long()
+            c = int(labels.max()) + 1 if num_classes is None and labels.numel() else (num_classes or 0)
+            if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= c):
+                raise ValueError(f"labels span [{int(labels.min())}, {int(labels.max())}], outside [0, {c})")
+            counts = torch.bincount(labels, minlength=c).to(dtype)
+            class_sums = torch.zeros(c, x.shape[1], dtype=dtype, device=x.device).index_add_(0, labels, x)
+        return cls(
+            n=torch.tensor(float(x.shape[0]), dtype=dtype, device=x.device),
+            sum_x=x.sum(0),
+            gram_x=x.T @ x,
+            counts=counts,
+            class_sums=class_sums,
+        )
+
+    def __add__(self, other: InputStats) -> InputStats:
+        out = {}
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if (a is None) != (b is None):
+                raise ValueError(f"cannot merge statistics with and without {f.name}")
+            out[f.name] = None if a is None else a + b
+        return InputStats(**out)
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> InputStats:
+        """Apply ``fn`` to every tensor (e.g. an all-reduce sum across processes)."""
+        return replace(self, **{f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name)) for f in fields(self)})
+
+    @property
+    def mean(self) -> Tensor:
+        """``Σ x_i / n``."""
+        return self.sum_x / self.n
+
+    def covariance(self, center: bool = True) -> Tensor:
+        """``Σ (x_i − μ)(x_i − μ)ᵀ / n`` (or ``Σ x_i x_iᵀ / n`` when ``center`` is false)."""
+        second = self.gram_x / self.n
+        if not center:
+            return second
+        mu = self.mean
+        cov = second - torch.outer(mu, mu)
+        return (cov + cov.T) / 2
