@@ -47,6 +47,8 @@ from lightning_sylv.report import InitReport, LayerReport
 __all__ = ["InitReport", "LayerReport", "SylvesterInitError", "execution_order", "sylvester_init_"]
 
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+#: Parametrized layers that are not initialized but are expected (normalization keeps its affine 1/0).
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 
 
 class SylvesterInitError(RuntimeError):
@@ -101,6 +103,17 @@ def execution_order(model: nn.Module, inputs: Any, forward: Callable[[nn.Module,
     finally:
         model.train(was_training)
     return order
+
+
+def _unsupported(model: nn.Module) -> dict[str, str]:
+    """Modules with their own parameters that the initializer does not handle."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, SUPPORTED_LAYERS) or isinstance(m, _NORMS):
+            continue
+        if any(True for _ in m.parameters(recurse=False)):
+            out[name] = f"unsupported layer type {type(m).__name__} (keeps its current initialization)"
+    return out
 
 
 def _snapshot(model: nn.Module) -> dict[str, Tensor]:
@@ -245,37 +258,48 @@ def sylvester_init_(
             code = head_code if name == head else hidden_code
             jobs[name] = LayerJob(m, name, code, lam, patches_per_image, generator, dtype)
     ordered = [jobs[n] for n in order if n in jobs]
+    unsupported = _unsupported(model)
+    if unsupported:
+        report.skipped.update(unsupported)
+        warnings.warn(
+            "layers the Sylvester initializer does not handle keep their initialization: "
+            + ", ".join(f"{n or '<root>'} ({v.split()[3]})" for n, v in unsupported.items()),
+            stacklevel=2,
+        )
 
     snap = _snapshot(model)
     was_training = model.training
     bn_state = [(m, m.training, m.momentum) for m in model.modules() if isinstance(m, _BN)]
-    try:
-        model.eval()
-        if layers == "all":
-            for m, _, _ in bn_state:
-                m.train()  # batch statistics of the new activations during the passes
-        if streaming:
-            _streamed(model, inputs, labels, ordered, batch_size, n_samples, reduce, forward, report)  # type: ignore[arg-type]
-        else:
+    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    # The global RNG is left as it was: training sees the same random stream with or without init.
+    with torch.random.fork_rng(devices=cuda):
+        try:
+            model.eval()
             if layers == "all":
-                _reset_bn(bn_state)
-            _one_pass(model, inputs, labels, ordered, reduce, forward, report)
-        if streaming and layers == "all" and bn_state:
-            _reset_bn(bn_state)
-            with torch.no_grad():
-                for lo in range(0, n_samples, batch_size):  # type: ignore[arg-type]
-                    forward(model, _slice(inputs, lo, lo + batch_size))  # type: ignore[operator]
-            report.passes += 1
-    except Exception as err:
-        _restore(model, snap)
-        if isinstance(err, SylvesterInitError):
-            raise
-        raise SylvesterInitError(f"Sylvester initialization failed, the model was restored: {err}") from err
-    finally:
-        for m, training, momentum in bn_state:
-            m.momentum = momentum
-            m.train(training)
-        model.train(was_training)
+                for m, _, _ in bn_state:
+                    m.train()  # batch statistics of the new activations during the passes
+            if streaming:
+                _streamed(model, inputs, labels, ordered, batch_size, n_samples, reduce, forward, report)  # type: ignore[arg-type]
+                if layers == "all" and bn_state:  # one more pass: BatchNorm statistics of the final net
+                    _reset_bn(bn_state)
+                    with torch.no_grad():
+                        for lo in range(0, n_samples, batch_size):  # type: ignore[arg-type]
+                            forward(model, _slice(inputs, lo, lo + batch_size))  # type: ignore[operator]
+                    report.passes += 1
+            else:
+                if layers == "all":
+                    _reset_bn(bn_state)
+                _one_pass(model, inputs, labels, ordered, reduce, forward, report)
+        except Exception as err:
+            _restore(model, snap)
+            if isinstance(err, SylvesterInitError):
+                raise
+            raise SylvesterInitError(f"Sylvester initialization failed, the model was restored: {err}") from err
+        finally:
+            for m, training, momentum in bn_state:
+                m.momentum = momentum
+                m.train(training)
+            model.train(was_training)
     report.seconds = time.perf_counter() - start
     return report
 

@@ -14,6 +14,7 @@ This module imports no Lightning.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -151,6 +152,14 @@ class LayerJob:
             if self._stats is not None:
                 stats = [s.map(reduce) for s in self._stats] if reduce is not None else self._stats
                 n_rows = int(stats[0].n)
+                counts = stats[0].counts
+                if counts is not None and bool((counts == 0).any()):
+                    missing = torch.nonzero(counts == 0).squeeze(1).tolist()
+                    warnings.warn(
+                        f"layer {self.name!r}: classes {missing} have no samples in the subset; their "
+                        "outputs get zero weights and zero bias",
+                        stacklevel=2,
+                    )
                 for st in stats:
                     m = self.code.moments(st, self.out_per_group, fit_bias, self.generator)
                     fits.append(solve_moments(m, self.lam))

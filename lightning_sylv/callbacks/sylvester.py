@@ -181,11 +181,17 @@ class SylvesterInit(Callback):
             )
         val_dl = stage_dataloader(trainer, "val") if self.evaluate else None
         device = pl_module.device
+        plugin = trainer.precision_plugin
 
         def to_device(batch: Any, dev: torch.device) -> Any:
-            return trainer.strategy.batch_to_device(batch, dev)
+            # The dtype the run's precision expects ("bf16-true" etc.); integer labels are untouched.
+            return plugin.convert_input(trainer.strategy.batch_to_device(batch, dev))
 
-        pre = self._accuracy(pl_module, val_dl, device, to_device)
+        def forward(model: torch.nn.Module, inputs: Any) -> Any:
+            with plugin.forward_context():  # autocast for mixed precision
+                return model(inputs)
+
+        pre = self._accuracy(pl_module, val_dl, device, to_device, forward)
         start = time.perf_counter()
         inputs, labels, indices = balanced_subset(
             train_dl.dataset,
@@ -211,11 +217,12 @@ class SylvesterInit(Callback):
             dtype=_DTYPES[self.precision],
             batch_size=self.batch_size,
             reduce=sum_across_processes(trainer.strategy) if trainer.world_size > 1 else None,
+            forward=forward,
         )
         if trainer.world_size > 1:
             sync_module(pl_module, trainer.strategy)
         init_time = time.perf_counter() - start
-        post = self._accuracy(pl_module, val_dl, device, to_device)
+        post = self._accuracy(pl_module, val_dl, device, to_device, forward)
         self.initialized = True
         self.subset_size = len(indices)
         self.metrics = {"sylvester/init_time_s": init_time}
@@ -228,10 +235,12 @@ class SylvesterInit(Callback):
         if self.verbose:
             rank_zero_info(self._summary())
 
-    def _accuracy(self, model: pl.LightningModule, val_dl: DataLoader | None, device: torch.device, to_device: Any) -> float | None:
+    def _accuracy(
+        self, model: pl.LightningModule, val_dl: DataLoader | None, device: torch.device, to_device: Any, forward: Any
+    ) -> float | None:
         if val_dl is None:
             return None
-        return evaluate_accuracy(model, val_dl, device, max_batches=self.eval_batches, to_device=to_device)
+        return evaluate_accuracy(model, val_dl, device, max_batches=self.eval_batches, forward=forward, to_device=to_device)
 
     def _summary(self) -> str:
         report = self.report or InitReport()

@@ -1,0 +1,78 @@
+"""Run SylvesterInit under a real Trainer and save every rank's weights right after initialization.
+
+Usage: python ddp_init.py OUT_DIR DEVICES [STRATEGY]
+Lightning's subprocess launcher re-runs this script for the other ranks (strategy="ddp", gloo on CPU).
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer, seed_everything
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_sylv import SylvesterInit
+
+
+class Data(LightningDataModule):
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        y = torch.arange(4).repeat(30)
+        x = torch.randn(4, 12, generator=g)[y] + 0.3 * torch.randn(120, 12, generator=g)
+        self.ds = TensorDataset(x, y)
+
+    def train_dataloader(self):
+        return DataLoader(self.ds, batch_size=16)
+
+    def val_dataloader(self):
+        return DataLoader(self.ds, batch_size=32)
+
+
+class Net(LightningModule):
+    def __init__(self, bn: bool) -> None:
+        super().__init__()
+        layers = [nn.Linear(12, 16)] + ([nn.BatchNorm1d(16)] if bn else []) + [nn.ReLU(), nn.Linear(16, 4)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.0)
+
+
+class SaveAfterInit(Callback):
+    def __init__(self, out: Path) -> None:
+        self.out = out
+
+    def on_fit_start(self, trainer, pl_module):  # runs after SylvesterInit (callback order)
+        state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+        torch.save(state, self.out / f"world{trainer.world_size}_rank{trainer.global_rank}.pt")
+
+
+if __name__ == "__main__":
+    out, devices = Path(sys.argv[1]), int(sys.argv[2])
+    strategy = sys.argv[3] if len(sys.argv) > 3 else ("ddp" if devices > 1 else "auto")
+    bn = len(sys.argv) > 4 and sys.argv[4] == "bn"
+    seed_everything(0)
+    model = Net(bn)
+    trainer = Trainer(
+        accelerator="cpu",
+        devices=devices,
+        strategy=strategy,
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[SylvesterInit(samples_per_class=10, verbose=False), SaveAfterInit(out)],
+    )
+    trainer.fit(model, datamodule=Data())

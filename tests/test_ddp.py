@@ -1,0 +1,50 @@
+"""SylvesterInit under Lightning's own DDP (2 CPU processes, gloo), launched as a user would."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).parent / "scripts" / "ddp_init.py"
+
+
+def _run(tmp_path: Path, devices: int, *extra: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path), str(devices), *extra],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_ddp_ranks_identical_and_match_single_process(tmp_path):
+    _run(tmp_path, 2, "ddp")
+    _run(tmp_path, 1, "auto")
+    r0 = torch.load(tmp_path / "world2_rank0.pt")
+    r1 = torch.load(tmp_path / "world2_rank1.pt")
+    single = torch.load(tmp_path / "world1_rank0.pt")
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), f"{k} differs between ranks"
+        # Each rank saw half of the subset; the all-reduced statistics equal the full subset's.
+        torch.testing.assert_close(r0[k], single[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_ddp_with_batchnorm_ranks_identical(tmp_path):
+    _run(tmp_path, 2, "ddp", "bn")
+    r0 = torch.load(tmp_path / "world2_rank0.pt")
+    r1 = torch.load(tmp_path / "world2_rank1.pt")
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), f"{k} differs between ranks"
+        assert torch.isfinite(r0[k].float()).all()
+
+
+def test_sharded_strategies_refused():
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from lightning_sylv.callbacks._distributed import check_strategy
+
+    with pytest.raises(RuntimeError, match="does not support the sharded strategy FSDPStrategy"):
+        check_strategy(FSDPStrategy(), "SylvesterInit")
