@@ -33,10 +33,17 @@ class LayerRows:
         x: Rows, shape ``(N * p, C_in, K)`` for convolutions (``K = k_h * k_w``, the channel axis
             kept so grouped convolutions can be split) or ``(N * p, d_in)`` for linear layers.
         per_sample: ``p``, rows taken from each sample (the same for every sample).
+        positions: ``(N, p)`` flat output positions of the rows (row ``i * p + j`` is sample ``i`` at
+            position ``positions[i, j]`` of the layer's ``out_shape`` grid), for codes that must align
+            with another network's activations (e.g. a teacher's).
+        out_shape: Spatial shape of the layer's output (``(H_out, W_out)``, ``(1, L_out)`` for 1-D
+            convolutions, ``(T,)`` for a ``Linear`` on ``(N, T, d)``, ``()`` for plain rows).
     """
 
     x: Tensor
     per_sample: int
+    positions: Tensor | None = None
+    out_shape: tuple[int, ...] = ()
 
 
 def _sample_positions(n: int, total: int, k: int | None, generator: torch.Generator | None) -> Tensor:
@@ -115,7 +122,7 @@ def conv_patches(
     # Advanced indices separated by a slice: the indexed dims come first -> (N, p, kh, kw, C).
     patches = x[batch, :, rows[:, :, :, None], cols[:, :, None, :]]
     patches = patches.permute(0, 1, 4, 2, 3).reshape(n * p, c, kh * kw)
-    return LayerRows(x=patches, per_sample=p)
+    return LayerRows(x=patches, per_sample=p, positions=pos, out_shape=(h_out, w_out))
 
 
 def layer_rows(
@@ -143,7 +150,8 @@ def layer_rows(
         x3 = x.reshape(n, -1, module.in_features)
         pos = _sample_positions(n, x3.shape[1], patches_per_image, generator).to(x.device)
         rows = x3.gather(1, pos[:, :, None].expand(-1, -1, module.in_features))
-        return LayerRows(x=rows.reshape(-1, module.in_features), per_sample=pos.shape[1])
+        shape = tuple(x.shape[1:-1]) if x.ndim > 2 else ()
+        return LayerRows(x=rows.reshape(-1, module.in_features), per_sample=pos.shape[1], positions=pos, out_shape=shape)
     if isinstance(module, (nn.Conv1d, nn.Conv2d)):
         return conv_patches(x, module, patches_per_image, generator)
     raise TypeError(f"unsupported layer type {type(module).__name__}; supported: {[t.__name__ for t in SUPPORTED_LAYERS]}")

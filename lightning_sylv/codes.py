@@ -43,6 +43,10 @@ class LatentCode(ABC):
     name: str = "code"
     #: Whether :meth:`fit` needs ``labels``.
     requires_labels: bool = False
+    #: Whether :meth:`fit` needs to know where its rows come from; the engine then passes
+    #: ``rows=`` (a :class:`lightning_sylv.activations.LayerRows` without ``x``' group split) to
+    #: :meth:`fit`. Such codes are rows-only (no streaming, single process).
+    requires_rows: bool = False
 
     @abstractmethod
     def fit(

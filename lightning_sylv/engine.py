@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -157,7 +157,7 @@ def sylvester_init_(
     inputs: Any,
     labels: Tensor | None = None,
     *,
-    layers: Literal["all", "head"] = "all",
+    layers: Literal["all", "head"] | Sequence[str] = "all",
     latent: str | LatentCode = "pca",
     head_latent: str | LatentCode = "onehot",
     lam: float = 10.0,
@@ -167,6 +167,7 @@ def sylvester_init_(
     dtype: torch.dtype = torch.float64,
     batch_size: int | None = None,
     reduce: Callable[[Tensor], Tensor] | None = None,
+    codes: Mapping[str, str | LatentCode] | None = None,
     forward: Callable[[nn.Module, Any], Any] = _default_forward,
 ) -> InitReport:
     """Initialize ``model``'s layers in place from a data subset (Sylvester initialization).
@@ -176,9 +177,10 @@ def sylvester_init_(
             initialized. Other layer types are left as they are.
         inputs: The subset's inputs, already on the model's device, as ``forward`` expects them.
         labels: Integer class labels ``(N,)``, needed by the head's one-hot code.
-        layers: ``"all"`` (every layer, in execution order, BatchNorm statistics recomputed) or
+        layers: ``"all"`` (every layer, in execution order, BatchNorm statistics recomputed),
             ``"head"`` (only the head, from the current body's features; everything else, including
-            BatchNorm buffers, stays bit-identical).
+            BatchNorm buffers, stays bit-identical), or a list of layer names (only those, in
+            execution order; BatchNorm statistics recomputed as for ``"all"``).
         latent: Code of the hidden layers (name in :data:`lightning_sylv.codes.CODES` or instance).
         head_latent: Code of the head.
         lam: λ, the weight of the encoding loss against the decoding loss (paper: 10 or more).
@@ -192,6 +194,7 @@ def sylvester_init_(
             runs the whole subset as one batch in a single forward pass.
         reduce: Sum of a tensor across processes (an all-reduce); every layer's statistics go through
             it before solving. ``None`` for a single process.
+        codes: Per-layer code overrides, by layer name (e.g. a teacher's activations for FuseInit).
         forward: ``forward(model, inputs)`` runs the model; defaults to ``model(inputs)``.
 
     Returns:
@@ -202,8 +205,8 @@ def sylvester_init_(
             head code and no ``labels``, or a rows-only code with ``batch_size``/``reduce``.
         SylvesterInitError: If anything fails during initialization; the model is restored first.
     """
-    if layers not in ("all", "head"):
-        raise ValueError(f"layers must be 'all' or 'head', got {layers!r}")
+    if isinstance(layers, str) and layers not in ("all", "head"):
+        raise ValueError(f"layers must be 'all', 'head' or a list of layer names, got {layers!r}")
     if not lam > 0:
         raise ValueError(f"lam must be > 0, got {lam!r}")
     if patches_per_image is not None and patches_per_image < 1:
@@ -211,6 +214,7 @@ def sylvester_init_(
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 or None, got {batch_size!r}")
     hidden_code, head_code = resolve_code(latent), resolve_code(head_latent)
+    overrides = {name: resolve_code(c) for name, c in (codes or {}).items()}
     start = time.perf_counter()
     report = InitReport()
     n_samples = _batch_len(inputs)
@@ -224,7 +228,16 @@ def sylvester_init_(
     head = head if head is not None else order[-1]
     if head not in order:
         raise ValueError(f"head {head!r} is not a Linear/Conv layer executed by the forward pass; executed: {order}")
-    if head_code.requires_labels and labels is None:
+    explicit = not isinstance(layers, str)
+    if explicit:
+        unknown = [n for n in layers if n not in order]
+        if unknown:
+            raise ValueError(f"layers {unknown} are not Linear/Conv layers executed by the forward pass; executed: {order}")
+    unknown = [n for n in overrides if n not in order]
+    if unknown:
+        raise ValueError(f"codes given for {unknown}, which are not Linear/Conv layers executed by the forward pass")
+    head_in_use = layers in ("all", "head") or (explicit and head in layers)
+    if head_code.requires_labels and labels is None and head_in_use and head not in overrides:
         if layers == "head":
             raise ValueError(
                 f"layers='head' needs class labels for the {head_code.name!r} head code, but the data "
@@ -237,25 +250,25 @@ def sylvester_init_(
         )
         head_code = hidden_code
     streaming = batch_size is not None and batch_size < n_samples
-    for code in {hidden_code, head_code} if layers == "all" else {head_code}:
+    for code in {hidden_code, head_code, *overrides.values()}:
         if (streaming or reduce is not None) and not code_uses_stats(code):
             raise ValueError(
                 f"the {code.name!r} code needs all rows at once, so it works neither with batch_size "
                 "(streaming) nor across processes; use a statistics code such as 'pca'"
             )
     report.head = head
-    names = order if layers == "all" else [head]
+    names = order if layers == "all" else [head] if layers == "head" else list(layers)
     generator = torch.Generator().manual_seed(seed)
     jobs: dict[str, LayerJob] = {}
     for m, name in _targets(model).items():
         if name not in order:
             report.skipped[name] = "not executed by the forward pass"
         elif name not in names:
-            report.skipped[name] = "not selected (layers='head')"
+            report.skipped[name] = f"not selected (layers={layers!r})"
         elif not m.weight.requires_grad:
             report.skipped[name] = "frozen (requires_grad=False)"
         else:
-            code = head_code if name == head else hidden_code
+            code = overrides.get(name, head_code if name == head else hidden_code)
             jobs[name] = LayerJob(m, name, code, lam, patches_per_image, generator, dtype)
     ordered = [jobs[n] for n in order if n in jobs]
     unsupported = _unsupported(model)
@@ -275,19 +288,20 @@ def sylvester_init_(
     with torch.random.fork_rng(devices=cuda):
         try:
             model.eval()
-            if layers == "all":
+            recalibrate = layers != "head"
+            if recalibrate:
                 for m, _, _ in bn_state:
                     m.train()  # batch statistics of the new activations during the passes
             if streaming:
                 _streamed(model, inputs, labels, ordered, batch_size, n_samples, reduce, forward, report)  # type: ignore[arg-type]
-                if layers == "all" and bn_state:  # one more pass: BatchNorm statistics of the final net
+                if recalibrate and bn_state:  # one more pass: BatchNorm statistics of the final net
                     _reset_bn(bn_state)
                     with torch.no_grad():
                         for lo in range(0, n_samples, batch_size):  # type: ignore[arg-type]
                             forward(model, _slice(inputs, lo, lo + batch_size))  # type: ignore[operator]
                     report.passes += 1
             else:
-                if layers == "all":
+                if recalibrate:
                     _reset_bn(bn_state)
                 _one_pass(model, inputs, labels, ordered, reduce, forward, report)
         except Exception as err:

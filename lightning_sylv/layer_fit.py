@@ -18,6 +18,7 @@ This module imports no Lightning.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -128,13 +129,16 @@ def solve_moments(m: Moments, lam: float) -> LayerFit:
 
     Args:
         m: The layer's :class:`Moments`.
-        lam: λ, the weight of the encoding loss; must be ``> 0``.
+        lam: λ, the weight of the encoding loss; must be ``> 0``. ``math.inf`` drops the decoding
+            term: the mean-square-error-optimal (least-squares, minimum-norm) encoder.
 
     Raises:
         ValueError: If ``lam <= 0``.
     """
     if not lam > 0:
         raise ValueError(f"lam must be > 0, got {lam!r}")
+    if math.isinf(lam):
+        return _least_squares(m)
     a, b, c = m.gram_s, lam * m.gram_x, (1.0 + lam) * m.cross
     sol = solve_sylvester_psd(a, b, c, allow_singular=True)
     w = sol.w
@@ -152,6 +156,31 @@ def solve_moments(m: Moments, lam: float) -> LayerFit:
         cond_a=sol.cond_a,
         cond_b=sol.cond_b,
         dropped=sol.dropped,
+    )
+
+
+def _least_squares(m: Moments) -> LayerFit:
+    """``lam = inf``: the encoding loss alone, ``W (XᵀX) = SᵀX``, minimum-norm solution."""
+    evals, evecs = torch.linalg.eigh(m.gram_x)
+    tol = max(m.gram_x.shape) * torch.finfo(evals.dtype).eps * float(evals.abs().max())
+    keep = evals > tol
+    inv = torch.where(keep, 1.0 / torch.where(keep, evals, 1.0), torch.zeros_like(evals))
+    w = (m.cross @ evecs) * inv @ evecs.T
+    bias = None if m.mean_x is None or m.mean_s is None else m.mean_s - w @ m.mean_x
+    cross_term = 2 * (w * m.cross).sum()
+    enc = ((w @ m.gram_x) * w).sum() - cross_term + m.gram_s.trace()
+    dec = m.gram_x.trace() - cross_term + (w * (m.gram_s @ w)).sum()
+    res = torch.linalg.matrix_norm(w @ m.gram_x - m.cross) / torch.linalg.matrix_norm(m.cross).clamp_min(1e-300)
+    low = float(evals.clamp_min(0).min())
+    return LayerFit(
+        weight=w,
+        bias=bias,
+        encoding_loss=_ratio(enc.clamp_min(0), m.gram_s.trace()),
+        decoding_loss=_ratio(dec.clamp_min(0), m.gram_x.trace()),
+        residual=float(res),
+        cond_a=float("nan"),
+        cond_b=float("inf") if low == 0 else float(evals.max()) / low,
+        dropped=int((~keep).sum()),
     )
 
 

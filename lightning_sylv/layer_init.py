@@ -20,7 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from lightning_sylv.activations import layer_rows
+from lightning_sylv.activations import LayerRows, layer_rows
 from lightning_sylv.codes import LatentCode
 from lightning_sylv.layer_fit import LayerFit, moments_from_rows, solve_moments
 from lightning_sylv.report import LayerReport
@@ -74,6 +74,7 @@ class LayerJob:
         self._stats: list[InputStats] | None = None
         self._rows: list[Tensor] = []
         self._labels: list[Tensor] = []
+        self._layer_rows: LayerRows | None = None
         self.seconds = 0.0
 
     def add(self, x: Tensor, labels: Tensor | None) -> None:
@@ -126,6 +127,7 @@ class LayerJob:
                 )
             self._rows = [xg.to(self.dtype) for xg in groups]
             self._labels = [row_labels] if row_labels is not None else []
+            self._layer_rows = rows
         self.seconds += time.perf_counter() - t0
 
     def finish(self, reduce: Callable[[Tensor], Tensor] | None = None) -> LayerReport:
@@ -166,13 +168,14 @@ class LayerJob:
             else:
                 labels = self._labels[0] if self._labels else None
                 n_rows = self._rows[0].shape[0]
+                extra = {"rows": self._layer_rows} if self.code.requires_rows else {}
                 for xg in self._rows:
-                    s = self.code.fit(xg, self.out_per_group, labels=labels, generator=self.generator)
+                    s = self.code.fit(xg, self.out_per_group, labels=labels, generator=self.generator, **extra)
                     fits.append(solve_moments(moments_from_rows(xg, s, fit_bias, self.dtype), self.lam))
         except ValueError as err:
             raise LayerInitError(f"layer {self.name!r}: {err}") from err
         self._write(fits)
-        self._stats, self._rows, self._labels = None, [], []
+        self._stats, self._rows, self._labels, self._layer_rows = None, [], [], None
         self.seconds += time.perf_counter() - t0
         return LayerReport(
             name=self.name,

@@ -314,3 +314,34 @@ def test_rows_only_code_cannot_stream():
         sylvester_init_(model, x, y, latent=RowsOnly(), batch_size=4)
     report = sylvester_init_(model, x, y, latent=RowsOnly())  # single batch: fine
     assert report.layers[0].code == "rows"
+
+
+def test_explicit_layer_list_and_per_layer_codes():
+    torch.manual_seed(0)
+    model = tiny_mlp()
+    x, y = _data()
+    w_first = model[1].weight.clone()
+    report = sylvester_init_(model, x, y, layers=["3", "5"], codes={"3": "pca"})
+    assert [r.name for r in report.layers] == ["3", "5"]
+    assert torch.equal(model[1].weight, w_first)
+    assert "not selected" in report.skipped["1"]
+    with pytest.raises(ValueError, match=r"layers \['9'\] are not"):
+        sylvester_init_(model, x, y, layers=["9"])
+    with pytest.raises(ValueError, match=r"codes given for \['9'\]"):
+        sylvester_init_(model, x, y, codes={"9": "pca"})
+
+
+def test_infinite_lambda_is_least_squares():
+    from lightning_sylv.layer_fit import fit_layer
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(100, 6, generator=g, dtype=torch.float64)
+    w_true = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    s = x @ w_true.T + 0.5
+    fit = fit_layer(x, s, float("inf"), fit_bias=True)
+    torch.testing.assert_close(fit.weight, w_true)
+    torch.testing.assert_close(fit.bias, torch.full((3,), 0.5, dtype=torch.float64))
+    assert fit.encoding_loss < 1e-20 and fit.residual < 1e-10
+    # Finite but large lambda approaches the same solution.
+    near = fit_layer(x, s, 1e8, fit_bias=True)
+    torch.testing.assert_close(near.weight, w_true, rtol=1e-5, atol=1e-6)
