@@ -341,7 +341,7 @@ def test_infinite_lambda_is_least_squares():
     fit = fit_layer(x, s, float("inf"), fit_bias=True)
     torch.testing.assert_close(fit.weight, w_true)
     torch.testing.assert_close(fit.bias, torch.full((3,), 0.5, dtype=torch.float64))
-    assert fit.encoding_loss < 1e-20 and fit.residual < 1e-10
+    assert fit.encoding_loss < 1e-12 and fit.residual < 1e-10
     # Finite but large lambda approaches the same solution.
     near = fit_layer(x, s, 1e8, fit_bias=True)
     torch.testing.assert_close(near.weight, w_true, rtol=1e-5, atol=1e-6)
