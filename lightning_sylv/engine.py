@@ -169,6 +169,7 @@ def sylvester_init_(
     reduce: Callable[[Tensor], Tensor] | None = None,
     codes: Mapping[str, str | LatentCode] | None = None,
     forward: Callable[[nn.Module, Any], Any] = _default_forward,
+    on_layer: Callable[[LayerReport, int, int], None] | None = None,
 ) -> InitReport:
     """Initialize ``model``'s layers in place from a data subset (Sylvester initialization).
 
@@ -196,6 +197,7 @@ def sylvester_init_(
             it before solving. ``None`` for a single process.
         codes: Per-layer code overrides, by layer name (e.g. a teacher's activations for FuseInit).
         forward: ``forward(model, inputs)`` runs the model; defaults to ``model(inputs)``.
+        on_layer: Called as ``on_layer(layer_report, done, total)`` after each layer (progress bars).
 
     Returns:
         An :class:`InitReport`.
@@ -271,6 +273,9 @@ def sylvester_init_(
             code = overrides.get(name, head_code if name == head else hidden_code)
             jobs[name] = LayerJob(m, name, code, lam, patches_per_image, generator, dtype)
     ordered = [jobs[n] for n in order if n in jobs]
+    if on_layer is not None:
+        for job in ordered:
+            job.on_done = lambda r, total=len(ordered): on_layer(r, len(report.layers), total)
     unsupported = _unsupported(model)
     if unsupported:
         report.skipped.update(unsupported)
@@ -347,6 +352,7 @@ def _one_pass(
             job = jobs_by_name[name]
             job.add(args[0], labels)
             report.layers.append(job.finish(reduce))
+            job.notify(report.layers[-1])
 
         return hook
 
@@ -391,6 +397,7 @@ def _streamed(
                     except _StopForward:
                         pass
             report.layers.append(job.finish(reduce))
+            job.notify(report.layers[-1])
         except LayerInitError as err:
             raise SylvesterInitError(str(err)) from err
         finally:

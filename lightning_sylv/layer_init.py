@@ -76,6 +76,13 @@ class LayerJob:
         self._labels: list[Tensor] = []
         self._layer_rows: LayerRows | None = None
         self.seconds = 0.0
+        #: Optional callback receiving this layer's report once it is written.
+        self.on_done: Callable[[LayerReport], None] | None = None
+
+    def notify(self, report: LayerReport) -> None:
+        """Pass ``report`` to :attr:`on_done`, if set."""
+        if self.on_done is not None:
+            self.on_done(report)
 
     def add(self, x: Tensor, labels: Tensor | None) -> None:
         """Add one batch of the layer's input ``x`` (with the batch's labels, if any).

@@ -345,3 +345,13 @@ def test_infinite_lambda_is_least_squares():
     # Finite but large lambda approaches the same solution.
     near = fit_layer(x, s, 1e8, fit_bias=True)
     torch.testing.assert_close(near.weight, w_true, rtol=1e-5, atol=1e-6)
+
+
+def test_on_layer_progress_callback():
+    seen = []
+    x, y = _data()
+    sylvester_init_(tiny_mlp(), x, y, on_layer=lambda r, done, total: seen.append((r.name, done, total)))
+    assert seen == [("1", 1, 3), ("3", 2, 3), ("5", 3, 3)]
+    seen.clear()
+    sylvester_init_(tiny_mlp(), x, y, batch_size=16, on_layer=lambda r, done, total: seen.append((done, total)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
