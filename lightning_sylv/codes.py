@@ -28,7 +28,7 @@ from torch import Tensor
 from lightning_sylv.layer_fit import Moments
 from lightning_sylv.stats import InputStats
 
-__all__ = ["CODES", "LatentCode", "OneHotCode", "PCACode", "resolve_code"]
+__all__ = ["CODES", "LatentCode", "OneHotCode", "PCACode", "fill_columns", "resolve_code"]
 
 
 class LatentCode(ABC):
@@ -103,6 +103,30 @@ def _linear_code_moments(stats: InputStats, proj: Tensor, offset: Tensor, fit_bi
     e_cx = raw - torch.outer(offset, mu)  # E[(x - c) xᵀ]
     e_cc = e_cx - torch.outer(mu, offset) + torch.outer(offset, offset)  # E[(x - c)(x - c)ᵀ]
     return Moments(gram_x=raw, gram_s=proj.T @ e_cc @ proj, cross=proj.T @ e_cx)
+
+
+def fill_columns(s: Tensor, out_features: int, generator: torch.Generator | None = None) -> Tensor:
+    """Extend a code ``s`` ``(n, k)`` to ``out_features`` columns without exact duplicates.
+
+    Columns ``k .. 2k-1`` are the negated columns ``-s`` (after a ReLU both halves of every direction
+    survive); columns from ``2k`` on are random unit-norm combinations of the ``k`` columns (drawn from
+    ``generator``). With ``out_features <= k`` the first ``out_features`` columns are returned.
+
+    Args:
+        s: Code columns, shape ``(n, k)``, ``k >= 1``.
+        out_features: Columns wanted.
+        generator: CPU generator for the random combinations.
+    """
+    k = s.shape[1]
+    if out_features <= k:
+        return s[:, :out_features]
+    extra = [-s[:, : min(k, out_features - k)]]
+    n_rand = out_features - 2 * k
+    if n_rand > 0:
+        mix = torch.randn(k, n_rand, generator=generator, dtype=torch.float64)
+        mix = (mix / mix.norm(dim=0, keepdim=True)).to(device=s.device, dtype=s.dtype)
+        extra.append(s @ mix)
+    return torch.cat([s, *extra], dim=1)
 
 
 def _check_rows(x: Tensor, out_features: int) -> None:
@@ -180,16 +204,7 @@ class PCACode(LatentCode):
         n = int(stats.n)
         k = min(out_features, d, max(n - 1, 1) if self.center else n)
         comps, _ = self._eig(stats, k)
-        proj = comps.T  # (d, k)
-        if out_features <= k:
-            return proj
-        extra = [-proj[:, : min(k, out_features - k)]]
-        n_rand = out_features - 2 * k
-        if n_rand > 0:
-            mix = torch.randn(k, n_rand, generator=generator, dtype=torch.float64)
-            mix = (mix / mix.norm(dim=0, keepdim=True)).to(device=proj.device, dtype=proj.dtype)
-            extra.append(proj @ mix)
-        return torch.cat([proj, *extra], dim=1)
+        return fill_columns(comps.T, out_features, generator)  # S = (X - offset) @ P is linear in P
 
     def fit(
         self,
@@ -288,8 +303,29 @@ class OneHotCode(LatentCode):
         )
 
 
-#: Built-in codes by name (read-only).
-CODES: Mapping[str, Callable[[], LatentCode]] = MappingProxyType({"pca": PCACode, "onehot": OneHotCode})
+def _lda() -> LatentCode:
+    from lightning_sylv.sklearn_codes import LDACode
+
+    return LDACode()
+
+
+def _ica() -> LatentCode:
+    from lightning_sylv.sklearn_codes import ICACode
+
+    return ICACode()
+
+
+def _kmeans() -> LatentCode:
+    from lightning_sylv.sklearn_codes import KMeansCode
+
+    return KMeansCode()
+
+
+#: Built-in codes by name (read-only): ``pca``, ``onehot``, and the scikit-learn backed ``lda``,
+#: ``ica`` and ``kmeans`` (Fig. 3 of the paper; see :mod:`lightning_sylv.sklearn_codes`).
+CODES: Mapping[str, Callable[[], LatentCode]] = MappingProxyType(
+    {"pca": PCACode, "onehot": OneHotCode, "lda": _lda, "ica": _ica, "kmeans": _kmeans}
+)
 
 
 def resolve_code(code: str | LatentCode) -> LatentCode:

@@ -108,12 +108,8 @@ class LayerJob:
                 raise LayerInitError(
                     f"layer {self.name!r}: its input has {n_samples} samples but {labels.shape[0]} labels were given"
                 )
-            lo, hi = int(labels.min()), int(labels.max())
-            if lo < 0 or hi >= self.out_per_group:
-                raise LayerInitError(
-                    f"layer {self.name!r}: labels span [{lo}, {hi}] but the layer has {self.out_per_group} "
-                    f"outputs: a {self.code.name!r} head needs one output per class"
-                )
+            if int(labels.min()) < 0:
+                raise LayerInitError(f"layer {self.name!r}: labels must be >= 0, got {int(labels.min())}")
             row_labels = labels.to(rows.x.device).repeat_interleave(rows.per_sample)
         width = rows.x.shape[1] // self.groups if rows.x.ndim == 3 else rows.x.shape[1]
         groups = []
@@ -122,7 +118,14 @@ class LayerJob:
             groups.append(xg.reshape(xg.shape[0], -1))
         if self.uses_stats:
             try:
-                new = [InputStats.from_rows(xg, row_labels, self.out_per_group if row_labels is not None else None, self.dtype) for xg in groups]
+                if row_labels is not None and int(row_labels.max()) >= self.out_per_group:
+                    raise LayerInitError(
+                        f"layer {self.name!r}: labels span [0, {int(row_labels.max())}] but the layer has "
+                        f"{self.out_per_group} outputs: a {self.code.name!r} code needs one output per class"
+                    )
+                # A fixed class count keeps statistics of batches and processes mergeable.
+                classes = None if row_labels is None else self.out_per_group
+                new = [InputStats.from_rows(xg, row_labels, classes, self.dtype) for xg in groups]
             except ValueError as err:
                 raise LayerInitError(f"layer {self.name!r}: {err}") from err
             self._stats = new if self._stats is None else [a + b for a, b in zip(self._stats, new)]
