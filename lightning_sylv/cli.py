@@ -15,16 +15,21 @@ import lightning_sylv.callbacks  # noqa: F401 - registers SylvesterInit
 import lightning_sylv.data  # noqa: F401 - registers the datamodules
 import lightning_sylv.models  # noqa: F401 - registers the LightningModules
 
-__all__ = ["main"]
+__all__ = ["cli", "main"]
 
 
-def main(args: list[str] | None = None) -> LightningCLI:
-    """Run the CLI (``args`` defaults to ``sys.argv[1:]``) and return the ``LightningCLI`` object."""
+def cli(args: list[str] | None = None) -> LightningCLI:
+    """Build and run the CLI (``args`` defaults to ``sys.argv[1:]``); return the ``LightningCLI`` object."""
     return LightningCLI(
         args=args,
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"description": "Train with data-driven (Sylvester) weight initialization."},
     )
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``lightning-sylv`` console script and ``python -m lightning_sylv``."""
+    cli(args)
 
 
 if __name__ == "__main__":  # pragma: no cover
