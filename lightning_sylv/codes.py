@@ -93,12 +93,23 @@ class LatentCode(ABC):
         return f"{type(self).__name__}()"
 
 
-def _linear_code_moments(stats: InputStats, proj: Tensor, offset: Tensor, fit_bias: bool) -> Moments:
-    """Moments for a code ``S = (X − offset) @ proj`` from input statistics."""
+def _linear_code_moments(
+    stats: InputStats,
+    proj: Tensor,
+    offset: Tensor,
+    fit_bias: bool,
+    eig_cov: tuple[Tensor, Tensor] | None = None,
+) -> Moments:
+    """Moments for a code ``S = (X − offset) @ proj`` from input statistics.
+
+    ``eig_cov``, the eigendecomposition of the centred covariance if known, is handed on to the solver.
+    """
     mu = stats.mean
     if fit_bias:
         cov = stats.covariance(center=True)
-        return Moments(gram_x=cov, gram_s=proj.T @ cov @ proj, cross=proj.T @ cov, mean_x=mu, mean_s=(mu - offset) @ proj)
+        return Moments(
+            gram_x=cov, gram_s=proj.T @ cov @ proj, cross=proj.T @ cov, mean_x=mu, mean_s=(mu - offset) @ proj, eig_x=eig_cov
+        )
     raw = stats.covariance(center=False)
     e_cx = raw - torch.outer(offset, mu)  # E[(x - c) xᵀ]
     e_cc = e_cx - torch.outer(mu, offset) + torch.outer(offset, offset)  # E[(x - c)(x - c)ᵀ]
@@ -182,8 +193,10 @@ class PCACode(LatentCode):
     def _offset(self, stats: InputStats) -> Tensor:
         return stats.mean if self.center else torch.zeros_like(stats.sum_x)
 
-    def _eig(self, stats: InputStats, k: int) -> tuple[Tensor, Tensor]:
+    def _eig(self, stats: InputStats, k: int, full: list[tuple[Tensor, Tensor]] | None = None) -> tuple[Tensor, Tensor]:
         evals, evecs = torch.linalg.eigh(stats.covariance(center=self.center))
+        if full is not None:
+            full.append((evals, evecs))
         order = torch.argsort(evals, descending=True)[:k]
         comps = evecs[:, order].T.contiguous()
         # Deterministic signs: largest-magnitude entry of each component positive.
@@ -192,7 +205,13 @@ class PCACode(LatentCode):
         signs[signs == 0] = 1
         return comps * signs[:, None], evals[order].clamp_min(0)
 
-    def projection(self, stats: InputStats, out_features: int, generator: torch.Generator | None = None) -> Tensor:
+    def projection(
+        self,
+        stats: InputStats,
+        out_features: int,
+        generator: torch.Generator | None = None,
+        _eig_out: list[tuple[Tensor, Tensor]] | None = None,
+    ) -> Tensor:
         """The ``(d, out_features)`` matrix ``P`` with ``S = (X − offset) P`` (see the class docstring).
 
         Args:
@@ -203,7 +222,7 @@ class PCACode(LatentCode):
         d = stats.sum_x.shape[0]
         n = int(stats.n)
         k = min(out_features, d, max(n - 1, 1) if self.center else n)
-        comps, _ = self._eig(stats, k)
+        comps, _ = self._eig(stats, k, _eig_out)
         return fill_columns(comps.T, out_features, generator)  # S = (X - offset) @ P is linear in P
 
     def fit(
@@ -226,8 +245,10 @@ class PCACode(LatentCode):
     ) -> Moments:
         if not isinstance(out_features, int) or out_features < 1:
             raise ValueError(f"out_features must be a positive int, got {out_features!r}")
-        proj = self.projection(stats, out_features, generator)
-        return _linear_code_moments(stats, proj, self._offset(stats), fit_bias)
+        full: list[tuple[Tensor, Tensor]] = []
+        proj = self.projection(stats, out_features, generator, _eig_out=full)
+        eig = full[0] if (self.center and fit_bias) else None  # the solver's B is this covariance
+        return _linear_code_moments(stats, proj, self._offset(stats), fit_bias, eig)
 
     def __repr__(self) -> str:
         return f"PCACode(center={self.center})"

@@ -93,6 +93,8 @@ class Moments:
         cross: ``SᵀX / n``, shape ``(d_out, d_in)``.
         mean_x: ``mean(X)`` ``(d_in,)`` or ``None``.
         mean_s: ``mean(S)`` ``(d_out,)`` or ``None``.
+        eig_x: Optional eigendecomposition ``(eigenvalues, eigenvectors)`` of ``gram_x`` that the code
+            already computed (PCA does), so the solver need not repeat it.
     """
 
     gram_x: Tensor
@@ -100,6 +102,7 @@ class Moments:
     cross: Tensor
     mean_x: Tensor | None = None
     mean_s: Tensor | None = None
+    eig_x: tuple[Tensor, Tensor] | None = None
 
 
 def moments_from_rows(x: Tensor, s: Tensor, fit_bias: bool, dtype: torch.dtype = torch.float64) -> Moments:
@@ -140,7 +143,8 @@ def solve_moments(m: Moments, lam: float) -> LayerFit:
     if math.isinf(lam):
         return _least_squares(m)
     a, b, c = m.gram_s, lam * m.gram_x, (1.0 + lam) * m.cross
-    sol = solve_sylvester_psd(a, b, c, allow_singular=True)
+    eig_b = None if m.eig_x is None else (lam * m.eig_x[0], m.eig_x[1])
+    sol = solve_sylvester_psd(a, b, c, allow_singular=True, eig_b=eig_b)
     w = sol.w
     bias = None if m.mean_x is None or m.mean_s is None else m.mean_s - w @ m.mean_x
     # Losses from the moments: no pass over the rows.

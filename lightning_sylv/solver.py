@@ -85,6 +85,7 @@ def solve_sylvester_psd(
     *,
     rcond: float | None = None,
     allow_singular: bool = False,
+    eig_b: tuple[Tensor, Tensor] | None = None,
 ) -> SylvesterSolution:
     """Solve ``A W + W B = C`` for symmetric positive semi-definite ``A`` and ``B``.
 
@@ -108,6 +109,8 @@ def solve_sylvester_psd(
             ``max(m, n) * eps`` of the dtype.
         allow_singular: Return the minimum-norm least-squares solution for a singular system instead
             of raising.
+        eig_b: A known eigendecomposition ``(eigenvalues, eigenvectors)`` of ``b`` (as returned by
+            ``torch.linalg.eigh``), to skip recomputing it. It is trusted, not checked.
 
     Returns:
         A :class:`SylvesterSolution` with ``w`` of shape ``(m, n)``.
@@ -132,7 +135,7 @@ def solve_sylvester_psd(
         if float((t - t.T).abs().max()) > 1e3 * eps * max(scale, 1.0) * t.shape[0]:
             raise ValueError(f"{name} must be symmetric for solve_sylvester_psd; use solve_sylvester")
     alpha, qa = torch.linalg.eigh(a)
-    beta, qb = torch.linalg.eigh(b)
+    beta, qb = torch.linalg.eigh(b) if eig_b is None else (eig_b[0].to(dtype), eig_b[1].to(dtype))
     top = float(alpha.abs().max()) + float(beta.abs().max())
     if rcond is None:
         rcond = max(a.shape[0], b.shape[0]) * eps

@@ -33,7 +33,8 @@ class SylvesterInit(Callback):
     r"""Data-driven initialization with Sylvester solvers (Das, Bhalgat & Porikli, 2021).
 
     At the start of ``trainer.fit`` the callback draws ``samples_per_class`` training examples of
-    every class (seeded), then initializes the model's ``Linear``/``Conv1d``/``Conv2d`` layers in
+    every class (seeded; from ``datamodule.init_dataset()`` when the datamodule defines it, e.g. the
+    training set without augmentation, else from the training dataloader's dataset), then initializes the model's ``Linear``/``Conv1d``/``Conv2d`` layers in
     execution order: each layer's weight ``W`` minimizes ``‖X − WᵀS‖² + λ‖WX − S‖²`` for its input
     activations ``X`` on the subset and a latent code ``S`` (principal components for hidden
     layers, one-hot labels for the head), i.e. solves the Sylvester equation
@@ -193,8 +194,11 @@ class SylvesterInit(Callback):
 
         pre = self._accuracy(pl_module, val_dl, device, to_device, forward)
         start = time.perf_counter()
+        # A datamodule whose training set is augmented can offer the same data without augmentation.
+        init_dataset = getattr(trainer.datamodule, "init_dataset", None)
+        dataset = init_dataset() if callable(init_dataset) else train_dl.dataset
         inputs, labels, indices = balanced_subset(
-            train_dl.dataset,
+            dataset,
             self.samples_per_class,
             self.seed,
             train_dl.collate_fn,
