@@ -165,14 +165,22 @@ class PCACode(LatentCode):
     * columns from ``2k`` on are random unit-norm combinations of the ``k`` components (drawn from
       ``generator``).
 
+    With ``signed=True`` the layer's units come in pairs instead: the leading ``ceil(out / 2)``
+    components and their negations (``k`` is then at most ``ceil(out / 2)``). Every kept direction
+    then survives a ReLU with both signs, at the price of half as many distinct directions.
+
     Args:
         center: Subtract the mean of ``x`` before projecting (standard PCA).
+        signed: Pair every component with its negation (see above).
     """
 
     name = "pca"
 
-    def __init__(self, center: bool = True) -> None:
+    def __init__(self, center: bool = True, signed: bool = False) -> None:
         self.center = center
+        self.signed = signed
+        if signed:
+            self.name = "signed_pca"
 
     def components(self, x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
         """Return ``(mean, components, explained_variance)`` of the top ``k`` directions of rows ``x``.
@@ -221,7 +229,8 @@ class PCACode(LatentCode):
         """
         d = stats.sum_x.shape[0]
         n = int(stats.n)
-        k = min(out_features, d, max(n - 1, 1) if self.center else n)
+        wanted = -(-out_features // 2) if self.signed else out_features
+        k = min(wanted, d, max(n - 1, 1) if self.center else n)
         comps, _ = self._eig(stats, k, _eig_out)
         return fill_columns(comps.T, out_features, generator)  # S = (X - offset) @ P is linear in P
 
@@ -251,7 +260,7 @@ class PCACode(LatentCode):
         return _linear_code_moments(stats, proj, self._offset(stats), fit_bias, eig)
 
     def __repr__(self) -> str:
-        return f"PCACode(center={self.center})"
+        return f"PCACode(center={self.center}, signed={self.signed})"
 
 
 class OneHotCode(LatentCode):
@@ -342,10 +351,17 @@ def _kmeans() -> LatentCode:
     return KMeansCode()
 
 
-#: Built-in codes by name (read-only): ``pca``, ``onehot``, and the scikit-learn backed ``lda``,
+#: Built-in codes by name (read-only): ``pca``, ``signed_pca``, ``onehot``, and the scikit-learn backed ``lda``,
 #: ``ica`` and ``kmeans`` (Fig. 3 of the paper; see :mod:`lightning_sylv.sklearn_codes`).
 CODES: Mapping[str, Callable[[], LatentCode]] = MappingProxyType(
-    {"pca": PCACode, "onehot": OneHotCode, "lda": _lda, "ica": _ica, "kmeans": _kmeans}
+    {
+        "pca": PCACode,
+        "signed_pca": lambda: PCACode(signed=True),
+        "onehot": OneHotCode,
+        "lda": _lda,
+        "ica": _ica,
+        "kmeans": _kmeans,
+    }
 )
 
 

@@ -89,3 +89,12 @@ def test_resolve_code():
         resolve_code(3)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         LatentCode()  # type: ignore[abstract]
+
+
+def test_signed_pca_pairs_components_with_negations():
+    x = torch.randn(200, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    s = resolve_code("signed_pca").fit(x, 7)
+    plain = PCACode().fit(x, 4)
+    torch.testing.assert_close(s[:, :4], plain)
+    torch.testing.assert_close(s[:, 4:7], -plain[:, :3])
+    assert resolve_code("signed_pca").name == "signed_pca"
