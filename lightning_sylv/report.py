@@ -5,10 +5,11 @@ This module imports no Lightning.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["InitReport", "LayerReport", "format_table"]
+__all__ = ["SCALAR_FIELDS", "InitReport", "LayerReport", "format_markdown", "format_table", "layer_scalars"]
 
 
 @dataclass
@@ -71,17 +72,86 @@ class InitReport:
         return [asdict(r) for r in self.layers]
 
 
-def format_table(report: InitReport) -> str:
-    """A compact fixed-width table of the per-layer records and the skipped layers."""
+def _rows_per_sample(r: LayerReport, samples: int | None) -> str:
+    if not samples:
+        return "-"
+    return str(r.rows // samples) if r.rows % samples == 0 else f"{r.rows / samples:.1f}"
+
+
+def _sci(value: float) -> str:
+    return "-" if value != value else f"{value:.1e}"  # NaN (not defined, e.g. cond_a for lam=inf)
+
+
+def format_table(report: InitReport, samples: int | None = None) -> str:
+    """A compact fixed-width table of the per-layer records and the skipped layers.
+
+    Args:
+        report: The report.
+        samples: Size of the initialization subset (all processes). With it a ``rows/smp`` column
+            shows the rows per sample: patches per image for convolutions, 1 for a plain ``Linear``.
+    """
     lines = [
-        f"  {'layer':<28} {'type':<7} {'in':>6} {'out':>5} {'rows':>7} {'code':<7} "
-        f"{'enc.loss':>9} {'dec.loss':>9} {'residual':>9} {'time s':>7}"
+        f"  {'layer':<28} {'type':<7} {'in':>6} {'out':>5} {'grp':>4} {'rows':>7} {'rows/smp':>8} {'code':<7} "
+        f"{'enc.loss':>9} {'dec.loss':>9} {'residual':>9} {'cond A':>8} {'cond B':>8} {'drop':>5} {'time s':>7}"
     ]
     for r in report.layers:
         lines.append(
-            f"  {r.name[:28]:<28} {r.kind[:7]:<7} {r.in_features:>6} {r.out_features:>5} {r.rows:>7} "
-            f"{r.code[:7]:<7} {r.encoding_loss:>9.4f} {r.decoding_loss:>9.4f} {r.residual:>9.1e} {r.seconds:>7.3f}"
+            f"  {r.name[:28]:<28} {r.kind[:7]:<7} {r.in_features:>6} {r.out_features:>5} {r.groups:>4} {r.rows:>7} "
+            f"{_rows_per_sample(r, samples):>8} {r.code[:7]:<7} {r.encoding_loss:>9.4f} {r.decoding_loss:>9.4f} "
+            f"{r.residual:>9.1e} {_sci(r.cond_a):>8} {_sci(r.cond_b):>8} {r.dropped:>5} {r.seconds:>7.3f}"
         )
     for name, why in report.skipped.items():
         lines.append(f"  skipped {name}: {why}")
     return "\n".join(lines)
+
+
+def _md(text: str) -> str:
+    return "`" + text.replace("`", "'").replace("|", "\\|") + "`"
+
+
+def format_markdown(report: InitReport, samples: int | None = None) -> str:
+    """The per-layer records as a Markdown table (for TensorBoard's Text tab), then the skipped layers.
+
+    Args:
+        report: The report.
+        samples: Size of the initialization subset (all processes), for the rows-per-sample column.
+    """
+    head = (
+        "| layer | type | in | out | groups | rows | rows/sample | code | encoding loss | decoding loss "
+        "| residual | cond A | cond B | dropped | time s |"
+    )
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for r in report.layers:
+        name = _md(r.name) + (" (head)" if r.name == report.head else "")
+        lines.append(
+            f"| {name} | {r.kind} | {r.in_features} | {r.out_features} | {r.groups} | {r.rows} "
+            f"| {_rows_per_sample(r, samples)} | {r.code} | {r.encoding_loss:.4f} | {r.decoding_loss:.4f} "
+            f"| {r.residual:.1e} | {_sci(r.cond_a)} | {_sci(r.cond_b)} | {r.dropped} | {r.seconds:.3f} |"
+        )
+    summary = (
+        f"{len(report.layers)} layer(s) initialized in {report.seconds:.3f} s, {report.passes} forward pass(es)"
+        + (f", {samples} samples" if samples else "")
+        + "."
+    )
+    lines += ["", summary]
+    if report.skipped:
+        lines += ["", "Skipped:", ""] + [f"* {_md(name or '<root>')}: {why}" for name, why in report.skipped.items()]
+    return "\n".join(lines)
+
+
+#: Per-layer fields reported as scalars by :func:`layer_scalars`.
+SCALAR_FIELDS = ("encoding_loss", "decoding_loss", "residual", "cond_a", "cond_b", "dropped", "rows", "seconds")
+
+
+def layer_scalars(report: InitReport, prefix: str = "sylvester/layer") -> dict[str, float]:
+    """Per-layer numbers as flat scalar metrics ``{prefix}/{layer}/{field}``.
+
+    Fields are :data:`SCALAR_FIELDS`; non-finite values (an undefined condition number) are left out.
+    """
+    out: dict[str, float] = {}
+    for r in report.layers:
+        for f in SCALAR_FIELDS:
+            value = float(getattr(r, f))
+            if math.isfinite(value):
+                out[f"{prefix}/{r.name}/{f}"] = value
+    return out

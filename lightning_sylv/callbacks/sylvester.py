@@ -3,6 +3,8 @@
 The callback holds no math. In ``on_fit_start`` it pulls a class-balanced subset from the training
 dataloader's dataset (:mod:`lightning_sylv.subset`), measures validation accuracy, runs
 :func:`lightning_sylv.engine.sylvester_init_`, measures again, and logs to every attached logger.
+What goes to TensorBoard (report table, embeddings, t-SNE) and the progress bar are in
+:mod:`lightning_sylv.callbacks._logging`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from lightning_sylv.callbacks._distributed import check_strategy, sum_across_processes, sync_module
+from lightning_sylv.callbacks._logging import FeatureInspection, layer_progress, log_callback_hparams, log_report
 from lightning_sylv.callbacks._trainer_data import stage_dataloader
 from lightning_sylv.codes import CODES
 from lightning_sylv.engine import sylvester_init_
@@ -44,8 +47,17 @@ class SylvesterInit(Callback):
     It logs ``sylvester/pre_init_accuracy`` and ``sylvester/initial_accuracy`` (validation accuracy
     before and after, fractions in ``[0, 1]``; skipped when there is no labelled validation data)
     and ``sylvester/init_time_s`` (subset loading plus initialization, without the accuracy
-    evaluations) to every attached logger. When training resumes from a checkpoint the callback
-    does nothing: its state records that the model was initialized.
+    evaluations and the inspection) to every attached logger, and records its arguments as hparams
+    ``sylvester/<argument>``. When training resumes from a checkpoint the callback does nothing: its
+    state records that the model was initialized.
+
+    With a ``TensorBoardLogger`` attached (rank zero only) it also logs the per-layer report (Text tab
+    ``sylvester/layers``, scalars ``sylvester/layer/<name>/<field>``) and, on the first
+    ``embedding_samples`` validation samples, the head's input features before and after
+    initialization: Projector embeddings ``sylvester/features_before_init`` and
+    ``sylvester/features_after_init`` (class labels, image thumbnails), a side-by-side t-SNE figure
+    ``sylvester/tsne``, silhouette scores ``sylvester/silhouette_{before,after}_init`` and
+    ``sylvester/inspection_time_s`` (the time all this took; also sent to the other loggers).
 
     Args:
         samples_per_class: Training examples drawn per class (classes with fewer use all of theirs,
@@ -66,7 +78,15 @@ class SylvesterInit(Callback):
             cast to each parameter's dtype either way.
         evaluate: Measure validation accuracy before and after initialization.
         eval_batches: Cap on validation batches per evaluation (``None``: the whole set).
-        verbose: Print a summary line and the per-layer table when done.
+        verbose: Print a summary line and the per-layer table when done, and show a progress bar over
+            the layers when initialization takes more than a second (only while the trainer's
+            progress bar is enabled).
+        embedding_samples: Validation samples whose penultimate features (the head's input) are
+            logged to TensorBoard, before and after initialization (the first ones in the validation
+            dataloader's order). t-SNE time grows quickly with this number; 500 takes seconds.
+        log_embeddings: Write the features to TensorBoard's Projector (needs a ``TensorBoardLogger``).
+        log_tsne: Log a 2-D t-SNE scatter plot of the features before and after, side by side, as an
+            image (needs a ``TensorBoardLogger``).
 
     Raises:
         ValueError: At construction, for any invalid argument (the message names it and its value).
@@ -92,6 +112,9 @@ class SylvesterInit(Callback):
         evaluate: bool = True,
         eval_batches: int | None = None,
         verbose: bool = True,
+        embedding_samples: int = 500,
+        log_embeddings: bool = True,
+        log_tsne: bool = True,
     ) -> None:
         if isinstance(samples_per_class, bool) or not isinstance(samples_per_class, int) or samples_per_class < 1:
             raise ValueError(f"samples_per_class must be a positive int, got {samples_per_class!r}")
@@ -116,6 +139,11 @@ class SylvesterInit(Callback):
             raise ValueError(f"precision must be one of {sorted(_DTYPES)}, got {precision!r}")
         if eval_batches is not None and (isinstance(eval_batches, bool) or not isinstance(eval_batches, int) or eval_batches < 1):
             raise ValueError(f"eval_batches must be a positive int or None, got {eval_batches!r}")
+        if isinstance(embedding_samples, bool) or not isinstance(embedding_samples, int) or embedding_samples < 1:
+            raise ValueError(f"embedding_samples must be a positive int, got {embedding_samples!r}")
+        for arg, value in (("log_embeddings", log_embeddings), ("log_tsne", log_tsne)):
+            if not isinstance(value, bool):
+                raise ValueError(f"{arg} must be a bool, got {value!r}")
         self.samples_per_class = samples_per_class
         self.layers = layers
         self.latent = latent
@@ -129,6 +157,9 @@ class SylvesterInit(Callback):
         self.evaluate = evaluate
         self.eval_batches = eval_batches
         self.verbose = verbose
+        self.embedding_samples = embedding_samples
+        self.log_embeddings = log_embeddings
+        self.log_tsne = log_tsne
         self.initialized = False
         self.report: InitReport | None = None
         self.subset_size = 0
@@ -163,7 +194,17 @@ class SylvesterInit(Callback):
                 "again in turn. Keep one unless that is intended."
             )
 
+    def hyperparameters(self) -> dict[str, Any]:
+        """The callback's arguments as hparams ``{"sylvester/<argument>": value}``."""
+        names = (
+            "samples_per_class", "layers", "latent", "head_latent", "lam", "patches_per_image", "batch_size",
+            "seed", "head", "precision", "evaluate", "eval_batches", "verbose", "embedding_samples",
+            "log_embeddings", "log_tsne",
+        )  # fmt: skip
+        return {f"sylvester/{n}": getattr(self, n) for n in names}
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        log_callback_hparams(trainer, pl_module, self.hyperparameters())
         if self.initialized:
             rank_zero_info("SylvesterInit: the model was already initialized (restored from a checkpoint); skipping.")
             return
@@ -193,6 +234,19 @@ class SylvesterInit(Callback):
                 return model(inputs)
 
         pre = self._accuracy(pl_module, val_dl, device, to_device, forward)
+        inspection = FeatureInspection.create(
+            trainer,
+            val_dl,
+            samples=self.embedding_samples,
+            projector=self.log_embeddings,
+            tsne=self.log_tsne,
+            seed=self.seed,
+            device=device,
+            forward=forward,
+            to_device=to_device,
+        )
+        if inspection is not None:
+            inspection.before(pl_module, self.head)
         start = time.perf_counter()
         # A datamodule whose training set is augmented can offer the same data without augmentation.
         init_dataset = getattr(trainer.datamodule, "init_dataset", None)
@@ -207,22 +261,24 @@ class SylvesterInit(Callback):
         )
         inputs = to_device(inputs, device)
         labels = labels.to(device) if labels is not None else None
-        self.report = sylvester_init_(
-            pl_module,
-            inputs,
-            labels,
-            layers=self.layers,
-            latent=self.latent,
-            head_latent=self.head_latent,
-            lam=self.lam,
-            patches_per_image=self.patches_per_image,
-            head=self.head,
-            seed=self.seed,
-            dtype=_DTYPES[self.precision],
-            batch_size=self.batch_size,
-            reduce=sum_across_processes(trainer.strategy) if trainer.world_size > 1 else None,
-            forward=forward,
-        )
+        with layer_progress(trainer, self.verbose) as on_layer:
+            self.report = sylvester_init_(
+                pl_module,
+                inputs,
+                labels,
+                layers=self.layers,
+                latent=self.latent,
+                head_latent=self.head_latent,
+                lam=self.lam,
+                patches_per_image=self.patches_per_image,
+                head=self.head,
+                seed=self.seed,
+                dtype=_DTYPES[self.precision],
+                batch_size=self.batch_size,
+                reduce=sum_across_processes(trainer.strategy) if trainer.world_size > 1 else None,
+                forward=forward,
+                on_layer=on_layer,
+            )
         if trainer.world_size > 1:
             sync_module(pl_module, trainer.strategy)
         init_time = time.perf_counter() - start
@@ -234,8 +290,12 @@ class SylvesterInit(Callback):
             self.metrics["sylvester/pre_init_accuracy"] = pre
         if post is not None:
             self.metrics["sylvester/initial_accuracy"] = post
+        if inspection is not None:
+            inspection.after(pl_module, self.report.head, pre, post, f"layers={self.layers}, λ={self.lam:g}")
+            self.metrics["sylvester/inspection_time_s"] = inspection.seconds
         for logger in trainer.loggers:
             logger.log_metrics(self.metrics, step=trainer.global_step)
+        log_report(trainer, self.report, self.subset_size)
         if self.verbose:
             rank_zero_info(self._summary())
 
@@ -257,5 +317,5 @@ class SylvesterInit(Callback):
         return (
             f"SylvesterInit: {len(report.layers)} layer(s) initialized in {m['sylvester/init_time_s']:.3f} s "
             f"from {self.subset_size} samples ({report.passes} pass(es)); validation accuracy without init "
-            f"{fmt(pre)} -> with init {fmt(post)}\n" + format_table(report)
+            f"{fmt(pre)} -> with init {fmt(post)}\n" + format_table(report, self.subset_size or None)
         )

@@ -1,0 +1,140 @@
+"""Build the CIFAR-10 tables (markdown) and figures (PNG) from ``examples/results/runs.csv``.
+
+    python examples/reproduce.py report
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+INITS = ("sylvester", "he_uniform", "he_normal", "xavier_uniform", "xavier_normal")
+PAPER_T1 = {  # Table 1, CIFAR-10 column of the paper: final (initial) accuracy in %
+    "he_uniform": {10: (27.91, 9.96), 50: (40.84, 9.96), 100: (51.98, 9.96), 500: (75.20, 9.96)},
+    "he_normal": {10: (26.97, 10.0), 50: (43.70, 10.0), 100: (51.56, 10.0), 500: (77.31, 10.0)},
+    "xavier_uniform": {10: (25.51, 10.0), 50: (40.03, 10.0), 100: (49.19, 10.0), 500: (75.58, 10.0)},
+    "xavier_normal": {10: (26.37, 8.45), 50: (39.53, 8.45), 100: (48.67, 8.45), 500: (75.72, 8.45)},
+    "sylvester": {10: (26.84, 7.35), 50: (43.86, 10.03), 100: (53.86, 16.15), 500: (77.44, 29.61)},
+}
+PAPER_T2 = {10: (7.28, 17.96), 100: (26.0, 24.5), 300: (38.85, 25.14)}  # time s, initial accuracy %
+
+
+def _ms(values: list[float], scale: float = 100.0, digits: int = 2) -> str:
+    if not values:
+        return "-"
+    m = statistics.mean(values) * scale
+    if len(values) == 1:
+        return f"{m:.{digits}f} (n=1)"
+    return f"{m:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f} (n={len(values)})"
+
+
+def _f(row: dict[str, str], key: str) -> float | None:
+    return float(row[key]) if row.get(key) not in ("", None) else None
+
+
+def build_report(csv_path: Path, out_dir: Path) -> Path:
+    rows = list(csv.DictReader(csv_path.open())) if csv_path.exists() else []
+    figs = out_dir.parent / "figures"
+    figs.mkdir(parents=True, exist_ok=True)
+    lines = ["# CIFAR-10 results (ResNet-20)", "", f"Built from `{csv_path.name}` ({len(rows)} runs) by `python examples/reproduce.py report`.", ""]
+    machines = sorted({r["machine"] for r in rows if r.get("machine")})
+    dates = sorted({r["date"] for r in rows if r.get("date")})
+    lines += [f"Machines: {', '.join(machines) or '-'}; dates: {', '.join(dates) or '-'}; data: the JPEG copy of CIFAR-10 "
+              "(`prepare_cifar10.py`), test accuracy on the official 10,000 test images unless a row says otherwise.", ""]
+
+    t2 = [r for r in rows if r["experiment"] == "table2"]
+    if t2:
+        lines += ["## Table 2 analog: initialization time and initial test accuracy", "",
+                  "| samples/class | Sylvester init time (s) | init ÷ one forward pass of the subset | initial acc. (%) | He-u initial acc. (%) | paper: time (s) / acc. (%) |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        by = defaultdict(list)
+        for r in t2:
+            by[(r["initializer"], int(r["samples_per_class"]))].append(r)
+        for spc in sorted({int(r["samples_per_class"]) for r in t2}):
+            syl = by[("sylvester", spc)]
+            he = by[("he_uniform", spc)]
+            ratio = [float(r["init_time_s"]) / float(r["forward_time_s"]) for r in syl if r.get("forward_time_s")]
+            paper = PAPER_T2.get(spc)
+            lines.append(
+                f"| {spc} | {_ms([float(r['init_time_s']) for r in syl], 1, 3)} | {_ms(ratio, 1, 2)} | "
+                f"{_ms([float(r['initial_acc']) for r in syl])} | {_ms([float(r['initial_acc']) for r in he])} | "
+                f"{'-' if paper is None else f'{paper[0]} / {paper[1]}'} |"
+            )
+        lines.append("")
+
+    for exp, title, inits in (("table1", "Table 1 analog: few-shot training from scratch", INITS),
+                              ("finetune", "Fine-tuning analog: head-only init after pretraining on classes 0-4", ("sylvester_head",) + INITS[1:])):
+        sub = [r for r in rows if r["experiment"] == exp]
+        if not sub:
+            continue
+        shots = sorted({int(r["shots"]) for r in sub})
+        epochs = sorted({r["epochs"] for r in sub})
+        lines += [f"## {title}", "", f"Final test accuracy % (initial in parentheses), mean ± std over seeds; epochs: {', '.join(epochs)}.", "",
+                  "| initializer | " + " | ".join(f"{s} shots" for s in shots) + " |", "| --- |" + " --- |" * len(shots)]
+        for init in inits:
+            cells = []
+            for s in shots:
+                rs = [r for r in sub if r["initializer"] == init and int(r["shots"]) == s]
+                fin = [float(r["final_acc"]) for r in rs]
+                ini = [float(r["initial_acc"]) for r in rs]
+                paper = PAPER_T1.get(init, {}).get(s) if exp == "table1" else None
+                cell = f"{_ms(fin)} ({_ms(ini, 100, 1).split(' (n')[0]})" if rs else "-"
+                if paper:
+                    cell += f"; paper {paper[0]} ({paper[1]})"
+                cells.append(cell)
+            lines.append(f"| {init} | " + " | ".join(cells) + " |")
+        lines.append("")
+
+    for exp, key, title, fname in (("fig2", "lam", "Figure 2 analog: effect of λ", "fig2_lambda.png"),
+                                   ("fig3", "latent", "Figure 3 analog: latent codes", "fig3_codes.png")):
+        sub = [r for r in rows if r["experiment"] == exp]
+        if not sub:
+            continue
+        groups = defaultdict(list)
+        for r in sub:
+            groups[r[key]].append(r)
+        keys = sorted(groups, key=lambda k: float(k) if exp == "fig2" else k)
+        lines += [f"## {title}", "", f"| {key} | initial acc. (%) | final acc. (%) |", "| --- | --- | --- |"]
+        for k in keys:
+            lines.append(f"| {k} | {_ms([float(r['initial_acc']) for r in groups[k]])} | {_ms([float(r['final_acc']) for r in groups[k]])} |")
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        xs = range(len(keys))
+        ax.plot(xs, [100 * statistics.mean(float(r["initial_acc"]) for r in groups[k]) for k in keys], "o-", label="initial")
+        ax.plot(xs, [100 * statistics.mean(float(r["final_acc"]) for r in groups[k]) for k in keys], "s-", label="final")
+        ax.set_xticks(list(xs), keys)
+        ax.set_xlabel(key)
+        ax.set_ylabel("test accuracy (%)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(figs / fname, dpi=120)
+        plt.close(fig)
+        lines += ["", f"![{title}](../figures/{fname})", ""]
+
+    sub = [r for r in rows if r["experiment"] == "fig1" and r.get("curve")]
+    if sub:
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        for init in INITS:
+            rs = [r for r in sub if r["initializer"] == init]
+            if not rs:
+                continue
+            pts = [tuple(map(float, p.split(":"))) for p in rs[0]["curve"].split(";")]
+            offset = float(rs[0]["init_time_s"] or 0)
+            ax.plot([offset] + [t + offset for t, _ in pts], [100 * float(rs[0]["initial_acc"])] + [100 * a for _, a in pts], label=init)
+        ax.set_xlabel("wall-clock time incl. initialization (s)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(figs / "fig1_accuracy_vs_time.png", dpi=120)
+        plt.close(fig)
+        lines += ["## Figure 1 analog: test accuracy vs wall-clock time", "", "![Figure 1](../figures/fig1_accuracy_vs_time.png)", ""]
+    out = out_dir / "cifar10.md"
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+    return out
