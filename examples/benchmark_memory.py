@@ -1,0 +1,75 @@
+"""Peak memory and time of the initialization: one pass over the whole subset vs streaming.
+
+Each setting runs in a fresh subprocess; peak memory is the growth of the process's resident-set
+high-water mark (``ru_maxrss``) during ``sylvester_init_`` — data and model are loaded before the
+baseline is taken. On a GPU (``--device cuda``) ``torch.cuda.max_memory_allocated`` is reported too.
+
+    python examples/benchmark_memory.py --data-dir /tmp/cifar --spc 10 100 1000 --batch-size 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+
+def _child(data_dir: str, spc: int, batch_size: int | None, ppi: int, device: str) -> dict:
+    import torch
+
+    from lightning_sylv import sylvester_init_
+    from lightning_sylv.data import CIFAR10DataModule
+    from lightning_sylv.models import build_network
+    from lightning_sylv.subset import balanced_subset
+
+    dm = CIFAR10DataModule(data_dir=data_dir, val_size=5000, seed=0)
+    dm.setup("fit")
+    x, y, _ = balanced_subset(dm.init_dataset(), spc, 0)
+    net = build_network("resnet20", (3, 32, 32), 10).to(device)
+    x, y = x.to(device), y.to(device)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base_gpu = torch.cuda.memory_allocated()
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    report = sylvester_init_(net, x, y, patches_per_image=ppi, batch_size=batch_size)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = {"spc": spc, "batch_size": batch_size, "passes": report.passes, "seconds": seconds,
+           "peak_rss_growth_mb": (peak - base) / 1024}
+    if device == "cuda":
+        out["peak_gpu_mb"] = (torch.cuda.max_memory_allocated() - base_gpu) / 2**20
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default="/tmp/cifar")
+    p.add_argument("--spc", type=int, nargs="+", default=[10, 100, 1000])
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--patches-per-image", type=int, default=16)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        spc, bs = json.loads(args.child)
+        print(json.dumps(_child(args.data_dir, spc, bs, args.patches_per_image, args.device)))
+        return
+    print(f"{'samples/class':>13} {'mode':<16} {'passes':>6} {'time s':>8} {'peak RSS growth MB':>19} {'peak GPU MB':>12}")
+    for spc in args.spc:
+        for bs in (None, args.batch_size):
+            cmd = [sys.executable, __file__, "--data-dir", args.data_dir, "--patches-per-image", str(args.patches_per_image),
+                   "--device", args.device, "--child", json.dumps([spc, bs])]
+            res = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+            mode = "one pass" if bs is None or bs >= 10 * spc else f"stream bs={bs}"
+            gpu = f"{res['peak_gpu_mb']:.0f}" if "peak_gpu_mb" in res else "-"
+            print(f"{spc:>13} {mode:<16} {res['passes']:>6} {res['seconds']:>8.2f} {res['peak_rss_growth_mb']:>19.0f} {gpu:>12}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
