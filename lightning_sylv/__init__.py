@@ -14,6 +14,8 @@ works on any ``nn.Module`` without Lightning; :class:`SylvesterInit` is the Ligh
 """
 
 from lightning_sylv.callbacks import SylvesterInit
+from lightning_sylv.callbacks.fuse import FuseInit
+from lightning_sylv.callbacks.lowrank import LowRankInit
 from lightning_sylv.codes import CODES, LatentCode, OneHotCode, PCACode
 from lightning_sylv.engine import InitReport, LayerReport, SylvesterInitError, sylvester_init_
 from lightning_sylv.solver import SylvesterSingularError, solve_sylvester, solve_sylvester_psd
@@ -22,9 +24,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CODES",
+    "FuseInit",
     "InitReport",
     "LatentCode",
     "LayerReport",
+    "LowRankInit",
     "OneHotCode",
     "PCACode",
     "SylvesterInit",

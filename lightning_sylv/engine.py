@@ -168,6 +168,7 @@ def sylvester_init_(
     batch_size: int | None = None,
     reduce: Callable[[Tensor], Tensor] | None = None,
     codes: Mapping[str, str | LatentCode] | None = None,
+    lams: Mapping[str, float] | None = None,
     forward: Callable[[nn.Module, Any], Any] = _default_forward,
     on_layer: Callable[[LayerReport, int, int], None] | None = None,
 ) -> InitReport:
@@ -196,6 +197,7 @@ def sylvester_init_(
         reduce: Sum of a tensor across processes (an all-reduce); every layer's statistics go through
             it before solving. ``None`` for a single process.
         codes: Per-layer code overrides, by layer name (e.g. a teacher's activations for FuseInit).
+        lams: Per-layer λ overrides, by layer name (e.g. ``math.inf`` for FuseInit's teacher targets).
         forward: ``forward(model, inputs)`` runs the model; defaults to ``model(inputs)``.
         on_layer: Called as ``on_layer(layer_report, done, total)`` after each layer (progress bars).
 
@@ -211,6 +213,8 @@ def sylvester_init_(
         raise ValueError(f"layers must be 'all', 'head' or a list of layer names, got {layers!r}")
     if not lam > 0:
         raise ValueError(f"lam must be > 0, got {lam!r}")
+    if not all(v > 0 for v in (lams or {}).values()):
+        raise ValueError(f"every value of lams must be > 0, got {lams!r}")
     if patches_per_image is not None and patches_per_image < 1:
         raise ValueError(f"patches_per_image must be >= 1 or None, got {patches_per_image!r}")
     if batch_size is not None and batch_size < 1:
@@ -238,6 +242,9 @@ def sylvester_init_(
     unknown = [n for n in overrides if n not in order]
     if unknown:
         raise ValueError(f"codes given for {unknown}, which are not Linear/Conv layers executed by the forward pass")
+    unknown = [n for n in lams or {} if n not in order]
+    if unknown:
+        raise ValueError(f"lams given for {unknown}, which are not Linear/Conv layers executed by the forward pass")
     head_in_use = layers in ("all", "head") or (explicit and head in layers)
     if head_code.requires_labels and labels is None and head_in_use and head not in overrides:
         if layers == "head":
@@ -271,7 +278,7 @@ def sylvester_init_(
             report.skipped[name] = "frozen (requires_grad=False)"
         else:
             code = overrides.get(name, head_code if name == head else hidden_code)
-            jobs[name] = LayerJob(m, name, code, lam, patches_per_image, generator, dtype)
+            jobs[name] = LayerJob(m, name, code, (lams or {}).get(name, lam), patches_per_image, generator, dtype)
     ordered = [jobs[n] for n in order if n in jobs]
     if on_layer is not None:
         for job in ordered:

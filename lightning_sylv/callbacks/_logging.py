@@ -6,7 +6,7 @@ Everything that draws or computes lives in :mod:`lightning_sylv.inspection` and
 
 * scalars (accuracies, times) go to every attached logger (the callback does that);
 * the Markdown table, per-layer scalars, embeddings and the t-SNE figure go only to
-  ``TensorBoardLogger``\\ s (their ``experiment`` is a ``SummaryWriter``), and only on global rank 0.
+  ``TensorBoardLogger`` loggers (their ``experiment`` is a ``SummaryWriter``), and only on global rank 0.
   Nothing here is a collective operation, so ranks may take different paths.
 """
 
@@ -176,7 +176,7 @@ class FeatureInspection:
     a picture must not end a training run. :attr:`seconds` is the time spent in here.
 
     Args:
-        writers: The ``SummaryWriter``\ s to write to.
+        writers: The ``SummaryWriter`` objects to write to.
         sample: The held-out validation sample.
         projector: Write Projector embeddings.
         tsne: Write the t-SNE figure.

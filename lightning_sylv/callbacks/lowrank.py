@@ -1,0 +1,297 @@
+"""Lightning glue: the :class:`LowRankInit` callback (low-rank layers with function-aware init).
+
+The callback holds no math. In ``setup`` — before Lightning calls ``configure_optimizers`` — it
+converts the chosen layers with :func:`lightning_sylv.lowrank.to_low_rank`, so the optimizer is built
+over the factors. In ``on_fit_start`` it draws a class-balanced subset of the training data and runs
+:func:`lightning_sylv.lowrank.low_rank_init_`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from lightning_sylv.callbacks._distributed import check_strategy, sync_module
+from lightning_sylv.callbacks._trainer_data import stage_dataloader
+from lightning_sylv.callbacks.sylvester import SylvesterInit
+from lightning_sylv.evaluation import evaluate_accuracy
+from lightning_sylv.lowrank import LowRankLayer, LowRankReport, format_low_rank_table, low_rank_init_, to_low_rank
+from lightning_sylv.subset import balanced_subset
+
+__all__ = ["LowRankInit"]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_fraction(value: object) -> bool:
+    return isinstance(value, float) and math.isfinite(value) and 0 < value <= 1
+
+
+class LowRankInit(Callback):
+    r"""Train a low-rank (factorized, ``W = U·V``) version of the model, initialized from data.
+
+    **Conversion (in ``setup``).** The chosen ``nn.Linear``/``nn.Conv2d`` layers of the
+    LightningModule are replaced in place by ``LowRankLinear``/``LowRankConv2d`` layers (a ``k x k``
+    convolution to ``rank`` channels, then a ``1 x 1`` one). This happens in ``setup``, before
+    Lightning calls ``configure_optimizers``, so the optimizer holds the factor parameters. An
+    already-converted model works too: low-rank layers are left as they are (conversion is
+    idempotent), which is also what happens when training resumes from a checkpoint.
+
+    **Initialization (in ``on_fit_start``).** Each low-rank layer approximates the full-rank layer it
+    replaced — its weight when converted (a random init or a pretrained layer), or with
+    ``full_weight="sylvester"`` the Sylvester solution for its input — by ``method``:
+
+    * ``"spectral"``: truncated SVD of ``W`` (prior art; ignores the data);
+    * ``"data"``: the rank-``r`` factors that best reproduce ``W x`` on the subset (reduced-rank
+      regression in the metric of the input covariance);
+    * ``"relu"``: the data-aware factors refined so that ``relu(U V x + b)`` matches
+      ``relu(W x + b)`` (through a BatchNorm that directly follows the layer).
+
+    Layers are processed in one forward pass over ``samples_per_class`` training examples per class,
+    in execution order, each from the activations of the already-initialized layers before it;
+    BatchNorm statistics are recomputed in the same pass. Logs ``lowrank/relu_error`` and
+    ``lowrank/spectral_relu_error`` (mean over layers, on the subset), ``lowrank/init_time_s`` and,
+    with a labelled validation set, ``lowrank/initial_accuracy``. When training resumes from a
+    checkpoint nothing is initialized.
+
+    Args:
+        ranks: A fraction in ``(0, 1]`` of each layer's full rank ``min(out, in)``, applied to the
+            layers chosen by ``layers``/``exclude``; or ``{layer name: rank}`` (int, or fraction),
+            naming layers relative to the LightningModule (e.g. ``"net.layer1.0.conv1"``).
+        method: ``"spectral"``, ``"data"`` or ``"relu"``.
+        layers: With a float ``ranks``: ``fnmatch`` patterns of the layer names to convert
+            (``None``: every ``nn.Linear`` and ungrouped ``nn.Conv2d``).
+        exclude: With a float ``ranks``: patterns of layers kept full-rank (e.g. ``["net.stem.*",
+            "net.head"]``).
+        full_weight: ``"current"``: approximate the weights the layers had when converted.
+            ``"sylvester"``: approximate the Sylvester solution for each layer's input, and
+            Sylvester-initialize the remaining ``Linear``/``Conv`` layers in the same pass.
+        samples_per_class: Training examples drawn per class (unlabelled data: ``10 *`` that many).
+        patches_per_image: Random patch positions per image for convolutions (``None``: all).
+        seed: Seed of the subset and patch draws.
+        relu_iters: Refinement iterations of ``"relu"`` (each costs less than one data-aware solve).
+        ridge: Relative ridge added to the input covariance (``ridge * trace / d``), for singular
+            covariances; larger values move ``"data"`` towards ``"spectral"``.
+        through_batchnorm: For a layer followed directly by a BatchNorm, fit the ReLU after the
+            BatchNorm (its statistics on the subset), as the network computes it.
+        lam: λ of the Sylvester solve (``full_weight="sylvester"`` only).
+        keep_full: Keep the full-rank weights in the layers' ``full_weight`` buffers after
+            initialization (they are never saved in checkpoints); ``False`` frees their memory.
+        evaluate: Measure validation accuracy after initialization.
+        eval_batches: Cap on validation batches for that evaluation (``None``: all).
+        verbose: Print a summary and a per-layer table.
+
+    Raises:
+        ValueError: At construction, for any invalid argument (the message names it and its value).
+
+    Example::
+
+        trainer = Trainer(callbacks=[LowRankInit(ranks=0.25, method="relu", exclude=["net.head"])])
+        trainer.fit(model, datamodule=dm)
+    """
+
+    def __init__(
+        self,
+        ranks: dict[str, int | float] | float = 0.25,
+        method: Literal["spectral", "data", "relu"] = "relu",
+        layers: list[str] | None = None,
+        exclude: list[str] | None = None,
+        full_weight: Literal["current", "sylvester"] = "current",
+        samples_per_class: int = 100,
+        patches_per_image: int | None = 16,
+        seed: int = 0,
+        relu_iters: int = 5,
+        ridge: float = 1e-6,
+        through_batchnorm: bool = True,
+        lam: float = 10.0,
+        keep_full: bool = False,
+        evaluate: bool = True,
+        eval_batches: int | None = None,
+        verbose: bool = True,
+    ) -> None:
+        if isinstance(ranks, dict):
+            for name, r in ranks.items():
+                if not isinstance(name, str) or not name or not (_is_int(r) and r >= 1 or _is_fraction(r)):
+                    raise ValueError(
+                        f"ranks must map layer names to positive ints or fractions in (0, 1], got {name!r}: {r!r}"
+                    )
+            if not ranks:
+                raise ValueError("ranks must name at least one layer, got {}")
+            if layers is not None or exclude:
+                raise ValueError("layers and exclude only apply to a float ranks; with a dict, name the layers in it")
+        elif not _is_fraction(ranks):
+            raise ValueError(f"ranks must be a fraction in (0, 1] or a dict of layer ranks, got {ranks!r}")
+        if method not in ("spectral", "data", "relu"):
+            raise ValueError(f"method must be one of ['spectral', 'data', 'relu'], got {method!r}")
+        for arg, value in (("layers", layers), ("exclude", exclude)):
+            is_patterns = isinstance(value, (list, tuple)) and all(isinstance(p, str) and p for p in value)
+            if value is not None and not is_patterns:
+                raise ValueError(f"{arg} must be a list of layer-name patterns or None, got {value!r}")
+        if full_weight not in ("current", "sylvester"):
+            raise ValueError(f"full_weight must be 'current' or 'sylvester', got {full_weight!r}")
+        if not _is_int(samples_per_class) or samples_per_class < 1:
+            raise ValueError(f"samples_per_class must be a positive int, got {samples_per_class!r}")
+        if patches_per_image is not None and (not _is_int(patches_per_image) or patches_per_image < 1):
+            raise ValueError(f"patches_per_image must be a positive int or None, got {patches_per_image!r}")
+        if not _is_int(seed):
+            raise ValueError(f"seed must be an int, got {seed!r}")
+        if not _is_int(relu_iters) or relu_iters < 0:
+            raise ValueError(f"relu_iters must be an int >= 0, got {relu_iters!r}")
+        if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not math.isfinite(ridge) or ridge < 0:
+            raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}")
+        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam <= 0:
+            raise ValueError(f"lam must be a finite number > 0, got {lam!r}")
+        flags = {"through_batchnorm": through_batchnorm, "keep_full": keep_full, "evaluate": evaluate, "verbose": verbose}
+        for arg, value in flags.items():
+            if not isinstance(value, bool):
+                raise ValueError(f"{arg} must be a bool, got {value!r}")
+        if eval_batches is not None and (not _is_int(eval_batches) or eval_batches < 1):
+            raise ValueError(f"eval_batches must be a positive int or None, got {eval_batches!r}")
+        self.ranks = dict(ranks) if isinstance(ranks, dict) else float(ranks)
+        self.method = method
+        self.layers = None if layers is None else list(layers)
+        self.exclude = list(exclude or [])
+        self.full_weight = full_weight
+        self.samples_per_class = samples_per_class
+        self.patches_per_image = patches_per_image
+        self.seed = seed
+        self.relu_iters = relu_iters
+        self.ridge = float(ridge)
+        self.through_batchnorm = through_batchnorm
+        self.lam = float(lam)
+        self.keep_full = keep_full
+        self.evaluate = evaluate
+        self.eval_batches = eval_batches
+        self.verbose = verbose
+        self.initialized = False
+        self.converted: list[str] = []
+        self.report: LowRankReport | None = None
+        self.metrics: dict[str, float] = {}
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(ranks=self.ranks, method=self.method, full_weight=self.full_weight, seed=self.seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"initialized": self.initialized, "metrics": dict(self.metrics)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.initialized = bool(state_dict.get("initialized", False))
+        self.metrics = dict(state_dict.get("metrics", {}))
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        check_strategy(trainer.strategy, type(self).__name__)
+        if any(isinstance(c, SylvesterInit) for c in trainer.callbacks):
+            rank_zero_warn(
+                "LowRankInit and SylvesterInit are both attached: SylvesterInit treats the two factors of each "
+                "low-rank layer as separate layers, and whichever runs last decides their values. For a "
+                "Sylvester-initialized low-rank network use LowRankInit(full_weight='sylvester') alone."
+            )
+        if isinstance(self.ranks, dict):
+            to_low_rank(pl_module, self.ranks, keep_full=True)
+        else:
+            to_low_rank(pl_module, self.ranks, layers=self.layers, exclude=self.exclude, keep_full=True)
+        self.converted = [n for n, m in pl_module.named_modules() if isinstance(m, LowRankLayer)]
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.initialized:
+            rank_zero_info("LowRankInit: the model was already initialized (restored from a checkpoint); skipping.")
+            return
+        if trainer.ckpt_path is not None:
+            rank_zero_info(f"LowRankInit: resuming from {trainer.ckpt_path}; keeping the checkpoint's weights.")
+            self.initialized = True
+            return
+        self._check_optimizers(trainer, pl_module)
+        if trainer.fast_dev_run:
+            rank_zero_warn("LowRankInit: initialization skipped under fast_dev_run (the layers keep their spectral init).")
+            return
+        train_dl = stage_dataloader(trainer, "train")
+        if train_dl is None:
+            raise RuntimeError(
+                "LowRankInit needs a training DataLoader (from a datamodule, the LightningModule's "
+                "train_dataloader, or trainer.fit(train_dataloaders=...)); none was found"
+            )
+        device, plugin = pl_module.device, trainer.precision_plugin
+
+        def to_device(batch: Any, dev: torch.device) -> Any:
+            return plugin.convert_input(trainer.strategy.batch_to_device(batch, dev))
+
+        def forward(model: torch.nn.Module, inputs: Any) -> Any:
+            with plugin.forward_context():
+                return model(inputs)
+
+        start = time.perf_counter()
+        # Every process draws and loads the whole subset, so all compute the same factors.
+        inputs, labels, _ = balanced_subset(train_dl.dataset, self.samples_per_class, self.seed, train_dl.collate_fn)
+        inputs = to_device(inputs, device)
+        self.report = low_rank_init_(
+            pl_module,
+            inputs,
+            None if labels is None else labels.to(device),
+            method=self.method,
+            full_weight=self.full_weight,
+            patches_per_image=self.patches_per_image,
+            seed=self.seed,
+            ridge=self.ridge,
+            relu_iters=self.relu_iters,
+            through_batchnorm=self.through_batchnorm,
+            lam=self.lam,
+            forward=forward,
+        )
+        if trainer.world_size > 1:
+            sync_module(pl_module, trainer.strategy)
+        if not self.keep_full:
+            for m in pl_module.modules():
+                if isinstance(m, LowRankLayer):
+                    m.drop_full()
+        self.metrics = {"lowrank/init_time_s": time.perf_counter() - start}
+        fits = [r.fit for r in self.report.layers if r.fit.relu_error is not None]
+        if fits:
+            self.metrics["lowrank/relu_error"] = sum(f.relu_error or 0.0 for f in fits) / len(fits)
+            self.metrics["lowrank/spectral_relu_error"] = sum(f.spectral_relu_error or 0.0 for f in fits) / len(fits)
+        val_dl = stage_dataloader(trainer, "val") if self.evaluate else None
+        if val_dl is not None:
+            acc = evaluate_accuracy(
+                pl_module, val_dl, device, max_batches=self.eval_batches, forward=forward, to_device=to_device
+            )
+            if acc is not None:
+                self.metrics["lowrank/initial_accuracy"] = acc
+        self.initialized = True
+        for logger in trainer.loggers:
+            logger.log_metrics(self.metrics, step=trainer.global_step)
+        if self.verbose:
+            rank_zero_info(self._summary())
+
+    def _summary(self) -> str:
+        m, nan = self.metrics, float("nan")
+        acc = m.get("lowrank/initial_accuracy")
+        acc_text = "" if acc is None else f"; validation accuracy {100 * acc:.2f}%"
+        return (
+            f"LowRankInit: {len(self.report.layers) if self.report else 0} low-rank layer(s) initialized "
+            f"({self.method}, W: {self.full_weight}) in {m['lowrank/init_time_s']:.3f} s; mean ReLU error "
+            f"{m.get('lowrank/relu_error', nan):.4f} (spectral {m.get('lowrank/spectral_relu_error', nan):.4f})"
+            f"{acc_text}\n" + (format_low_rank_table(self.report) if self.report else "")
+        )
+
+    def _check_optimizers(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Warn if the optimizers were built before the conversion (they would not train the factors)."""
+        if not trainer.optimizers:
+            return
+        held = {id(p) for opt in trainer.optimizers for group in opt.param_groups for p in group["params"]}
+        missing = [
+            n for n, m in pl_module.named_modules()
+            if isinstance(m, LowRankLayer) and any(p.requires_grad and id(p) not in held for p in m.parameters())
+        ]
+        if missing:
+            rank_zero_warn(
+                f"LowRankInit: the optimizer does not hold the factors of {missing}; were the optimizers "
+                "created before the conversion? Build them in configure_optimizers from self.parameters()."
+            )

@@ -1,0 +1,374 @@
+"""Initialize every low-rank layer of a model from data, in execution order, in one forward pass.
+
+:func:`low_rank_init_` is the model-level counterpart of :func:`lightning_sylv.engine.sylvester_init_`:
+
+1. A trace pass on two samples records the execution order of the low-rank layers, which
+   BatchNorm (if any) directly consumes each one's output, and (for ``full_weight="sylvester"``) the
+   plain ``Linear``/``Conv`` layers and the head.
+2. During the main pass a forward pre-hook on each low-rank layer receives its real input — the
+   output of the already-initialized layers before it — gathers rows (random patches of the
+   original convolution's geometry), takes the full-rank ``W`` (the stored one, or the Sylvester
+   solution on this input), computes the factors with :func:`lightning_sylv.lowrank.init.init_low_rank_`
+   and writes them before the layer runs. BatchNorm layers recompute their statistics in the same
+   pass (as in the Sylvester engine), so the model is usable in eval mode right away.
+3. With ``through_batchnorm`` the ReLU-aware fit of a layer feeding a BatchNorm matches
+   ``relu(BN(W x))`` instead of ``relu(W x)``: the BatchNorm's affine map, with the statistics of
+   ``W x`` on the subset (or its running statistics when BatchNorm is not recomputed), is passed
+   as ``affine``.
+
+On any exception the model's parameters and buffers are restored before the error propagates. The
+global RNG is left untouched. This module imports no Lightning.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from lightning_sylv.activations import SUPPORTED_LAYERS
+from lightning_sylv.codes import LatentCode, resolve_code
+from lightning_sylv.layer_init import LayerJob
+from lightning_sylv.lowrank.factorize import METHODS
+from lightning_sylv.lowrank.init import LowRankFit, init_low_rank_, input_rows
+from lightning_sylv.lowrank.layers import LowRankLayer, LowRankLinear
+from lightning_sylv.report import LayerReport
+
+__all__ = ["LowRankInitError", "LowRankLayerReport", "LowRankReport", "format_low_rank_table", "low_rank_init_"]
+
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+class LowRankInitError(RuntimeError):
+    """Low-rank initialization failed; the model was restored to its state before the call."""
+
+
+@dataclass(frozen=True)
+class LowRankLayerReport:
+    """One low-rank layer's initialization (errors on the subset's rows, through ``batchnorm`` if set).
+
+    Attributes:
+        name: Qualified module name.
+        kind: ``LowRankLinear`` or ``LowRankConv2d``.
+        full_weight: Where ``W`` came from: ``"current"`` or ``"sylvester"``.
+        batchnorm: Name of the BatchNorm whose affine map the ReLU errors go through, or ``None``.
+        fit: The :class:`~lightning_sylv.lowrank.init.LowRankFit` (method, rank, errors, time).
+    """
+
+    name: str
+    kind: str
+    full_weight: str
+    batchnorm: str | None
+    fit: LowRankFit
+
+
+@dataclass
+class LowRankReport:
+    """Result of :func:`low_rank_init_`.
+
+    Attributes:
+        layers: One record per low-rank layer, in execution order.
+        sylvester: Records of the plain layers Sylvester-initialized (``full_weight="sylvester"``).
+        skipped: Low-rank layers left untouched, mapped to the reason.
+        passes: Forward passes over the subset (after the trace).
+        seconds: Wall time of the call.
+    """
+
+    layers: list[LowRankLayerReport] = field(default_factory=list)
+    sylvester: list[LayerReport] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    passes: int = 0
+    seconds: float = 0.0
+
+
+def format_low_rank_table(report: LowRankReport) -> str:
+    """A fixed-width table of the per-layer records (ReLU errors of the method and of spectral init)."""
+    lines = [
+        f"  {'layer':<30} {'method':<8} {'rank':>4} {'in':>5} {'out':>5} {'rows':>7} "
+        f"{'relu err':>9} {'spectral':>9} {'lin err':>8}"
+    ]
+    for r in report.layers:
+        f = r.fit
+
+        def num(v: float | None) -> str:
+            return "n/a" if v is None else f"{v:.4f}"
+
+        lines.append(
+            f"  {r.name[:30]:<30} {f.method:<8} {f.rank:>4} {f.in_features:>5} {f.out_features:>5} {f.rows:>7} "
+            f"{num(f.relu_error):>9} {num(f.spectral_relu_error):>9} {num(f.linear_error):>8}"
+        )
+    for name, why in report.skipped.items():
+        lines.append(f"  skipped {name}: {why}")
+    return "\n".join(lines)
+
+
+def _default_forward(model: nn.Module, inputs: Any) -> Any:
+    return model(inputs)
+
+
+def _first(inputs: Any, k: int) -> Any:
+    if isinstance(inputs, Tensor):
+        return inputs[:k]
+    if isinstance(inputs, (list, tuple)):
+        return type(inputs)(_first(v, k) for v in inputs)
+    if isinstance(inputs, dict):
+        return {key: _first(v, k) for key, v in inputs.items()}
+    return inputs
+
+
+@contextmanager
+def _handles(handles: list[Any]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@dataclass
+class _Trace:
+    order: list[str] = field(default_factory=list)  # low-rank and (plain) supported layers, first calls
+    followers: dict[str, str] = field(default_factory=dict)  # low-rank layer -> BatchNorm consuming its output
+
+
+def _trace(model: nn.Module, inputs: Any, forward: Callable[[nn.Module, Any], Any], units: dict[nn.Module, str]) -> _Trace:
+    trace = _Trace()
+    outputs: dict[int, tuple[Tensor, str]] = {}
+    names = {m: n for n, m in model.named_modules()}
+    handles = []
+    for m, name in units.items():
+
+        def pre(module: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
+            if name not in trace.order:
+                trace.order.append(name)
+
+        handles.append(m.register_forward_pre_hook(pre))
+        if isinstance(m, LowRankLayer):
+
+            def post(module: nn.Module, args: tuple[Any, ...], out: Any, name: str = name) -> None:
+                if isinstance(out, Tensor):
+                    outputs[id(out)] = (out, name)
+
+            handles.append(m.register_forward_hook(post))
+    for bn in (m for m in model.modules() if isinstance(m, _BN)):
+
+        def bn_pre(module: nn.Module, args: tuple[Any, ...]) -> None:
+            hit = outputs.get(id(args[0])) if args else None
+            if hit is not None and hit[0] is args[0] and hit[1] not in trace.followers:
+                trace.followers[hit[1]] = names[module]
+
+        handles.append(bn.register_forward_pre_hook(bn_pre))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), _handles(handles):
+            forward(model, inputs)
+    except Exception as err:
+        raise LowRankInitError(
+            f"the model's forward failed on the initialization batch ({type(err).__name__}: {err})"
+        ) from err
+    finally:
+        model.train(was_training)
+    return trace
+
+
+def _dense_proxy(layer: LowRankLayer) -> nn.Module:
+    """A float64 full-rank layer with ``layer``'s geometry holding its ``W`` (for the Sylvester solve)."""
+    dev = layer.v.weight.device  # type: ignore[union-attr]
+    bias = layer.bias is not None
+    if isinstance(layer, LowRankLinear):
+        proxy: nn.Module = nn.Linear(layer.in_features, layer.out_features, bias=bias, device=dev, dtype=torch.float64)
+    else:
+        v: nn.Conv2d = layer.v  # type: ignore[assignment]
+        proxy = nn.Conv2d(
+            v.in_channels, layer.out_channels, v.kernel_size, stride=v.stride, padding=v.padding,  # type: ignore[arg-type]
+            dilation=v.dilation, bias=bias, padding_mode=v.padding_mode, device=dev, dtype=torch.float64,
+        )
+    return proxy
+
+
+def _bn_affine(bn: nn.Module, z: Tensor, recalibrated: bool) -> tuple[Tensor, Tensor]:
+    """``(scale, offset)`` of ``bn`` on pre-activations ``z`` ``(n, C)``: batch statistics of ``z`` when the
+    BatchNorm uses batch statistics (recomputed, or no running statistics), else its running ones."""
+    c = z.shape[1]
+    if recalibrated or not bn.track_running_stats or bn.running_mean is None:  # type: ignore[union-attr]
+        mean, var = z.mean(0), z.var(0, unbiased=False)
+    else:
+        mean = bn.running_mean.to(z)  # type: ignore[union-attr]
+        var = bn.running_var.to(z)  # type: ignore[union-attr]
+    ones = torch.ones(c, dtype=z.dtype, device=z.device)
+    gamma = bn.weight.detach().to(z) if bn.affine else ones  # type: ignore[union-attr]
+    beta = bn.bias.detach().to(z) if bn.affine else torch.zeros_like(ones)  # type: ignore[union-attr]
+    scale = gamma / (var + bn.eps).sqrt()  # type: ignore[operator]
+    return scale, beta - scale * mean
+
+
+def low_rank_init_(
+    model: nn.Module,
+    inputs: Any,
+    labels: Tensor | None = None,
+    *,
+    method: str = "relu",
+    full_weight: Literal["current", "sylvester"] = "current",
+    patches_per_image: int | None = 16,
+    seed: int = 0,
+    ridge: float = 1e-6,
+    relu_iters: int = 5,
+    through_batchnorm: bool = True,
+    recalibrate_bn: bool = True,
+    lam: float = 10.0,
+    latent: str | LatentCode = "pca",
+    head_latent: str | LatentCode = "onehot",
+    forward: Callable[[nn.Module, Any], Any] = _default_forward,
+) -> LowRankReport:
+    """Initialize the model's low-rank layers in place from a data subset.
+
+    Args:
+        model: A model containing :class:`~lightning_sylv.lowrank.layers.LowRankLinear` /
+            ``LowRankConv2d`` layers (see :func:`~lightning_sylv.lowrank.layers.to_low_rank`).
+        inputs: The subset's inputs, on the model's device, as ``forward`` expects them.
+        labels: Integer labels ``(N,)``; used only by a one-hot head code with ``"sylvester"``.
+        method: ``"spectral"``, ``"data"`` or ``"relu"``.
+        full_weight: ``"current"``: approximate each layer's stored ``full_weight`` (the weight it was
+            converted from; the product ``U V`` if none is stored). ``"sylvester"``: approximate the
+            Sylvester solution for the layer's actual input (``lam``, ``latent``; ``head_latent`` for
+            the last executed layer), and Sylvester-initialize the plain ``Linear``/``Conv`` layers
+            in the same pass — a data-driven initialization of the whole low-rank network.
+        patches_per_image: Random patch positions per image for convolutions (``None``: all).
+        seed: Seed of the patch draws.
+        ridge: Relative ridge on the input covariance (``"data"``, ``"relu"``).
+        relu_iters: Refinement iterations of ``"relu"``.
+        through_batchnorm: Fit (and report) the ReLU error through a BatchNorm that directly consumes
+            the layer's output.
+        recalibrate_bn: Recompute every BatchNorm's running statistics during the pass.
+        lam: λ of the Sylvester solve (``"sylvester"`` only).
+        latent: Code of hidden layers for the Sylvester solve.
+        head_latent: Code of the head for the Sylvester solve.
+        forward: ``forward(model, inputs)`` runs the model.
+
+    Returns:
+        A :class:`LowRankReport`.
+
+    Raises:
+        ValueError: On bad arguments or a model without executed low-rank layers.
+        LowRankInitError: If the initialization fails; the model is restored first.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+    if full_weight not in ("current", "sylvester"):
+        raise ValueError(f"full_weight must be 'current' or 'sylvester', got {full_weight!r}")
+    if patches_per_image is not None and (
+        isinstance(patches_per_image, bool) or not isinstance(patches_per_image, int) or patches_per_image < 1
+    ):
+        raise ValueError(f"patches_per_image must be a positive int or None, got {patches_per_image!r}")
+    if not lam > 0:
+        raise ValueError(f"lam must be > 0, got {lam!r}")
+    start = time.perf_counter()
+    report = LowRankReport()
+    modules = dict(model.named_modules())
+    low = {m: n for n, m in modules.items() if isinstance(m, LowRankLayer)}
+    if not low:
+        raise ValueError("the model has no LowRankLinear/LowRankConv2d layer: convert it with to_low_rank first")
+    inner = tuple(n + "." for n in low.values())
+    units: dict[nn.Module, str] = dict(low)
+    if full_weight == "sylvester":
+        units.update({m: n for n, m in modules.items() if isinstance(m, SUPPORTED_LAYERS) and not n.startswith(inner)})
+    trace = _trace(model, _first(inputs, 2), forward, units)
+    executed = set(trace.order)
+    jobs: dict[str, nn.Module] = {}
+    for m, name in units.items():
+        if name not in executed:
+            report.skipped[name] = "not executed by the forward pass"
+        elif not all(p.requires_grad for p in m.parameters()):
+            report.skipped[name] = "frozen (requires_grad=False)"
+        else:
+            jobs[name] = m
+    if not any(isinstance(m, LowRankLayer) for m in jobs.values()):
+        raise ValueError(f"no trainable low-rank layer is executed by the forward pass: {report.skipped}")
+    head = trace.order[-1]
+    hidden_code, head_code = resolve_code(latent), resolve_code(head_latent)
+    if full_weight == "sylvester" and head_code.requires_labels and labels is None:
+        warnings.warn(f"no labels: the head {head!r} gets the {hidden_code.name!r} code", stacklevel=2)
+        head_code = hidden_code
+    generator = torch.Generator().manual_seed(seed)
+    bn_state = [(m, m.training, m.momentum) for m in model.modules() if isinstance(m, _BN)]
+    snap = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items() if isinstance(v, Tensor)}
+    fulls = {m: (m.full_weight, m.full_bias) for m in low}
+    was_training = model.training
+    done: set[str] = set()
+
+    def run_job(name: str, module: nn.Module, x: Tensor) -> None:
+        code = head_code if name == head else hidden_code
+        if not isinstance(module, LowRankLayer):
+            job = LayerJob(module, name, code, lam, patches_per_image, generator, torch.float64)
+            job.add(x, labels)
+            report.sylvester.append(job.finish())
+            return
+        if full_weight == "sylvester":
+            proxy = _dense_proxy(module)
+            job = LayerJob(proxy, name, code, lam, patches_per_image, generator, torch.float64)
+            job.add(x, labels)
+            job.finish()
+            w, b = proxy.weight.detach(), None if proxy.bias is None else proxy.bias.detach()
+            dtype = module.v.weight.dtype  # type: ignore[union-attr]
+            module.set_full(w.to(dtype), None if b is None else b.to(dtype))
+        elif module.full_weight is not None:
+            w, b = module.full_weight, module.full_bias
+        else:  # no stored full-rank weight: re-fit the current product
+            w, b = module.merged_weight().detach(), None if module.bias is None else module.bias.detach()
+        rows = input_rows(module, x, patches_per_image, generator)
+        bn_name = trace.followers.get(name) if through_batchnorm else None
+        affine = None
+        if bn_name is not None:
+            z = rows.double() @ w.reshape(w.shape[0], -1).double().T
+            if b is not None:
+                z = z + b.double()
+            affine = _bn_affine(modules[bn_name], z, recalibrate_bn)
+        fit = init_low_rank_(module, w, b, rows, method, ridge=ridge, relu_iters=relu_iters, affine=affine)
+        report.layers.append(LowRankLayerReport(name, type(module).__name__, full_weight, bn_name, fit))
+
+    def make(name: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            if name in done:
+                return
+            done.add(name)
+            run_job(name, module, args[0])
+
+        return hook
+
+    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=cuda):
+        try:
+            model.eval()
+            if recalibrate_bn:
+                for m, _, _ in bn_state:
+                    m.train()
+                    if m.track_running_stats:
+                        m.reset_running_stats()
+                        m.momentum = None
+            hooks = [m.register_forward_pre_hook(make(n)) for n, m in jobs.items()]
+            with torch.no_grad(), _handles(hooks):
+                forward(model, inputs)
+            report.passes = 1
+        except Exception as err:
+            state = model.state_dict(keep_vars=True)
+            with torch.no_grad():
+                for k, v in snap.items():
+                    state[k].copy_(v)
+            for m, (fw, fb) in fulls.items():
+                m.full_weight, m.full_bias = fw, fb
+            raise LowRankInitError(f"low-rank initialization failed, the model was restored: {err}") from err
+        finally:
+            for m, training, momentum in bn_state:
+                m.momentum = momentum
+                m.train(training)
+            model.train(was_training)
+    report.seconds = time.perf_counter() - start
+    return report
+
