@@ -1,8 +1,8 @@
 """Peak memory and time of the initialization: one pass over the whole subset vs streaming.
 
-Each setting runs in a fresh subprocess; peak memory is the growth of the process's resident-set
-high-water mark (``ru_maxrss``) during ``sylvester_init_`` — data and model are loaded before the
-baseline is taken. On a GPU (``--device cuda``) ``torch.cuda.max_memory_allocated`` is reported too.
+Each setting runs in a fresh subprocess that loads only the saved subset (so loading CIFAR-10 does
+not set the high-water mark); peak memory is the growth of the process's resident-set high-water mark
+(``ru_maxrss``) during ``sylvester_init_`` over the resident size right before it. On a GPU (``--device cuda``) ``torch.cuda.max_memory_allocated`` is reported too.
 
     python examples/benchmark_memory.py --data-dir /tmp/cifar --spc 10 100 1000 --batch-size 256
 """
@@ -15,25 +15,27 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 
-def _child(data_dir: str, spc: int, batch_size: int | None, ppi: int, device: str) -> dict:
+def _rss_kb() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() // 1024
+
+
+def _child(subset_file: str, spc: int, batch_size: int | None, ppi: int, device: str) -> dict:
     import torch
 
     from lightning_sylv import sylvester_init_
-    from lightning_sylv.data import CIFAR10DataModule
     from lightning_sylv.models import build_network
-    from lightning_sylv.subset import balanced_subset
 
-    dm = CIFAR10DataModule(data_dir=data_dir, val_size=5000, seed=0)
-    dm.setup("fit")
-    x, y, _ = balanced_subset(dm.init_dataset(), spc, 0)
+    x, y = torch.load(subset_file)
     net = build_network("resnet20", (3, 32, 32), 10).to(device)
     x, y = x.to(device), y.to(device)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base_gpu = torch.cuda.memory_allocated()
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = _rss_kb()
     t0 = time.perf_counter()
     report = sylvester_init_(net, x, y, patches_per_image=ppi, batch_size=batch_size)
     if device == "cuda":
@@ -57,14 +59,30 @@ def main() -> None:
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        spc, bs = json.loads(args.child)
-        print(json.dumps(_child(args.data_dir, spc, bs, args.patches_per_image, args.device)))
+        spc, bs, path = json.loads(args.child)
+        print(json.dumps(_child(path, spc, bs, args.patches_per_image, args.device)))
         return
+    import tempfile
+
+    import torch
+
+    from lightning_sylv.data import CIFAR10DataModule
+    from lightning_sylv.subset import balanced_subset
+
+    dm = CIFAR10DataModule(data_dir=args.data_dir, val_size=5000, seed=0)
+    dm.setup("fit")
+    tmp = Path(tempfile.mkdtemp())
+    files = {}
+    for spc in args.spc:
+        x, y, _ = balanced_subset(dm.init_dataset(), spc, 0)
+        files[spc] = str(tmp / f"subset_{spc}.pt")
+        torch.save((x, y), files[spc])
+    print(f"ResNet-20, CIFAR-10 subset, patches_per_image={args.patches_per_image}, device={args.device}")
     print(f"{'samples/class':>13} {'mode':<16} {'passes':>6} {'time s':>8} {'peak RSS growth MB':>19} {'peak GPU MB':>12}")
     for spc in args.spc:
         for bs in (None, args.batch_size):
             cmd = [sys.executable, __file__, "--data-dir", args.data_dir, "--patches-per-image", str(args.patches_per_image),
-                   "--device", args.device, "--child", json.dumps([spc, bs])]
+                   "--device", args.device, "--child", json.dumps([spc, bs, files[spc]])]
             res = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
             mode = "one pass" if bs is None or bs >= 10 * spc else f"stream bs={bs}"
             gpu = f"{res['peak_gpu_mb']:.0f}" if "peak_gpu_mb" in res else "-"

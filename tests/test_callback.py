@@ -1,10 +1,9 @@
 import csv
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
@@ -174,7 +173,7 @@ def test_summary_is_printed(tmp_path, caplog):
     [
         ({"samples_per_class": 0}, "samples_per_class must be a positive int, got 0"),
         ({"samples_per_class": 2.5}, "samples_per_class must be a positive int, got 2.5"),
-        ({"layers": "body"}, "layers must be 'all' or 'head', got 'body'"),
+        ({"layers": "body"}, r"layers must be one of \['all', 'head'\], got 'body'"),
         ({"latent": "svd"}, "latent must be one of .* got 'svd'"),
         ({"head_latent": "x"}, "head_latent must be one of .* got 'x'"),
         ({"lam": 0}, "lam must be a finite number > 0, got 0"),

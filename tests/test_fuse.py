@@ -283,7 +283,7 @@ def test_callback_validates_arguments_eagerly(tmp_path, teacher_ckpt):
         (dict(teacher_class=None), "teacher_class must name"),
         (dict(teacher_checkpoint=None), "teacher_checkpoint must be a checkpoint path"),
         (dict(teacher=nn.Linear(2, 2)), "give either teacher or teacher_class"),
-        (dict(unmapped="pca"), "unmapped must be 'keep' or 'sylvester', got 'pca'"),
+        (dict(unmapped="pca"), r"unmapped must be one of \['keep', 'sylvester'\], got 'pca'"),
         (dict(lam=math.inf), "lam must be a finite number > 0, got inf"),
         (dict(samples_per_class=0), "samples_per_class must be a positive int, got 0"),
         (dict(patches_per_image=0), "patches_per_image must be"),

@@ -8,23 +8,20 @@ accuracy, runs :func:`lightning_sylv.fuse.fuse_init_`, measures again, and logs 
 from __future__ import annotations
 
 import importlib
-import math
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from lightning_sylv.callbacks._distributed import check_strategy, sync_module
-from lightning_sylv.callbacks._trainer_data import stage_dataloader
-from lightning_sylv.evaluation import evaluate_accuracy
+from lightning_sylv._checks import check_choice, check_int, check_positive_int, check_positive_number
+from lightning_sylv.callbacks._base import DataDrivenInit, percent
+from lightning_sylv.callbacks._distributed import sync_module
 from lightning_sylv.fuse import fuse_init_
 from lightning_sylv.report import InitReport, format_table
-from lightning_sylv.subset import balanced_subset
 
 __all__ = ["FuseInit", "resolve_lightning_class"]
 
@@ -52,7 +49,7 @@ def resolve_lightning_class(path: str) -> type[pl.LightningModule]:
     return cls
 
 
-class FuseInit(Callback):
+class FuseInit(DataDrivenInit):
     r"""FuseInit (Lan, Studer, Ghods & Goldstein, 2020): initialize a shallower student from a trained
     deeper teacher by fusing neighbouring teacher layers.
 
@@ -146,24 +143,14 @@ class FuseInit(Callback):
                 raise ValueError(f"teacher_checkpoint must be a checkpoint path, got {teacher_checkpoint!r}")
             if not Path(teacher_checkpoint).is_file():
                 raise FileNotFoundError(f"teacher_checkpoint {str(teacher_checkpoint)!r} is not a file")
-        if isinstance(samples_per_class, bool) or not isinstance(samples_per_class, int) or samples_per_class < 1:
-            raise ValueError(f"samples_per_class must be a positive int, got {samples_per_class!r}")
-        if unmapped not in ("keep", "sylvester"):
-            raise ValueError(f"unmapped must be 'keep' or 'sylvester', got {unmapped!r}")
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam > 0 or math.isinf(lam):
-            raise ValueError(f"lam must be a finite number > 0, got {lam!r}")
-        if patches_per_image is not None and (
-            isinstance(patches_per_image, bool) or not isinstance(patches_per_image, int) or patches_per_image < 1
-        ):
-            raise ValueError(f"patches_per_image must be a positive int or None, got {patches_per_image!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an int, got {seed!r}")
-        if precision not in _DTYPES:
-            raise ValueError(f"precision must be one of {sorted(_DTYPES)}, got {precision!r}")
-        if eval_batches is not None and (
-            isinstance(eval_batches, bool) or not isinstance(eval_batches, int) or eval_batches < 1
-        ):
-            raise ValueError(f"eval_batches must be a positive int or None, got {eval_batches!r}")
+        check_positive_int("samples_per_class", samples_per_class)
+        check_choice("unmapped", unmapped, ("keep", "sylvester"))
+        check_positive_number("lam", lam)
+        check_positive_int("patches_per_image", patches_per_image, allow_none=True)
+        check_int("seed", seed)
+        check_choice("precision", precision, _DTYPES)
+        check_positive_int("eval_batches", eval_batches, allow_none=True)
+        super().__init__()
         self.mapping = dict(mapping)
         self.teacher_class = teacher_class
         self.teacher_checkpoint = None if teacher_checkpoint is None else str(teacher_checkpoint)
@@ -177,26 +164,12 @@ class FuseInit(Callback):
         self.evaluate = evaluate
         self.eval_batches = eval_batches
         self.verbose = verbose
-        self.initialized = False
-        self.report: InitReport | None = None
-        self.subset_size = 0
-        self.metrics: dict[str, float] = {}
 
     @property
     def state_key(self) -> str:
         return self._generate_state_key(
             mapping=sorted(self.mapping.items()), teacher_checkpoint=self.teacher_checkpoint
         )
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"initialized": self.initialized, "metrics": dict(self.metrics)}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.initialized = bool(state_dict.get("initialized", False))
-        self.metrics = dict(state_dict.get("metrics", {}))
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        check_strategy(trainer.strategy, type(self).__name__)
 
     def _load_teacher(self, device: torch.device) -> nn.Module:
         if self.teacher is not None:
@@ -206,90 +179,51 @@ class FuseInit(Callback):
         return teacher.eval()
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.initialized:
-            rank_zero_info("FuseInit: the model was already initialized (restored from a checkpoint); skipping.")
+        if not self._should_run(trainer):
             return
-        if trainer.ckpt_path is not None:
-            rank_zero_info(f"FuseInit: resuming from {trainer.ckpt_path}; keeping the checkpoint's weights.")
-            self.initialized = True
-            return
-        if trainer.fast_dev_run:
-            rank_zero_warn("FuseInit: skipped under fast_dev_run.")
-            return
-        train_dl = stage_dataloader(trainer, "train")
-        if train_dl is None:
-            raise RuntimeError(
-                "FuseInit needs a training DataLoader (from a datamodule, the LightningModule's "
-                "train_dataloader, or trainer.fit(train_dataloaders=...)); none was found"
-            )
-        val_dl = stage_dataloader(trainer, "val") if self.evaluate else None
-        device = pl_module.device
-        plugin = trainer.precision_plugin
-        teacher = self._load_teacher(device)
-        t_device = next((p.device for p in teacher.parameters()), device)
-
-        def to_device(batch: Any, dev: torch.device) -> Any:
-            return plugin.convert_input(trainer.strategy.batch_to_device(batch, dev))
-
-        def forward(model: nn.Module, inputs: Any) -> Any:
-            with plugin.forward_context():
-                return model(inputs)
-
-        teacher_acc = None
-        if val_dl is not None:
-            teacher_acc = evaluate_accuracy(teacher, val_dl, t_device, max_batches=self.eval_batches)
+        ctx = self._context(trainer, pl_module, self.evaluate)
+        teacher = self._load_teacher(ctx.device)
+        teacher_acc = self._accuracy(ctx, teacher, self.eval_batches, precision_aware=False)
         start = time.perf_counter()
         # Every process draws and fits on the whole subset (the teacher code needs all rows at
         # once), so all processes compute the same weights; rank 0's are broadcast to be exact.
-        dataset, collate = train_dl.dataset, train_dl.collate_fn
-        raw, labels, indices = balanced_subset(dataset, self.samples_per_class, self.seed, collate)
-        inputs = to_device(raw, device)
-        labels = labels.to(device) if labels is not None else None
+        subset = self._subset(ctx, self.samples_per_class, self.seed, require_labels=False)
         self.report = fuse_init_(
             pl_module,
             teacher,
-            inputs,
+            subset.inputs,
             self.mapping,
-            labels,
+            subset.labels,
             unmapped=self.unmapped,
             lam=self.lam,
             patches_per_image=self.patches_per_image,
             seed=self.seed,
             dtype=_DTYPES[self.precision],
-            forward=forward,
-            teacher_inputs=raw,
+            forward=ctx.forward,
+            teacher_inputs=subset.raw,
         )
         if trainer.world_size > 1:
             sync_module(pl_module, trainer.strategy)
         init_time = time.perf_counter() - start
-        post = None
-        if val_dl is not None:
-            post = evaluate_accuracy(
-                pl_module, val_dl, device, max_batches=self.eval_batches, forward=forward, to_device=to_device
-            )
+        post = self._accuracy(ctx, pl_module, self.eval_batches)
         self.initialized = True
-        self.subset_size = len(indices)
+        self.subset_size = len(subset.indices)
         self.metrics = {"fuse/init_time_s": init_time}
         if teacher_acc is not None:
             self.metrics["fuse/teacher_accuracy"] = teacher_acc
         if post is not None:
             self.metrics["fuse/initial_accuracy"] = post
-        for logger in trainer.loggers:
-            logger.log_metrics(self.metrics, step=trainer.global_step)
+        self._publish(trainer)
         if self.verbose:
             rank_zero_info(self._summary())
 
     def _summary(self) -> str:
         report = self.report or InitReport()
         m = self.metrics
-
-        def fmt(v: float | None) -> str:
-            return "n/a" if v is None else f"{100 * v:.2f}%"
-
         fused = sum(1 for r in report.layers if r.code == "teacher")
         return (
             f"FuseInit: {fused} layer(s) fitted to the teacher ({len(report.layers) - fused} by Sylvester) in "
             f"{m['fuse/init_time_s']:.3f} s from {self.subset_size} samples; validation accuracy: teacher "
-            f"{fmt(m.get('fuse/teacher_accuracy'))}, fused student {fmt(m.get('fuse/initial_accuracy'))}\n"
+            f"{percent(m.get('fuse/teacher_accuracy'))}, fused student {percent(m.get('fuse/initial_accuracy'))}\n"
             + format_table(report)
         )

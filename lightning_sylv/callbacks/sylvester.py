@@ -14,25 +14,22 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader
 
-from lightning_sylv.callbacks._distributed import check_strategy, sum_across_processes, sync_module
+from lightning_sylv._checks import check_choice, check_int, check_positive_int, check_positive_number
+from lightning_sylv.callbacks._base import DataDrivenInit, percent
+from lightning_sylv.callbacks._distributed import sum_across_processes, sync_module
 from lightning_sylv.callbacks._logging import FeatureInspection, layer_progress, log_callback_hparams, log_report
-from lightning_sylv.callbacks._trainer_data import stage_dataloader
 from lightning_sylv.codes import CODES
 from lightning_sylv.engine import sylvester_init_
-from lightning_sylv.evaluation import evaluate_accuracy
 from lightning_sylv.report import InitReport, format_table
-from lightning_sylv.subset import balanced_subset
 
 __all__ = ["SylvesterInit"]
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
-class SylvesterInit(Callback):
+class SylvesterInit(DataDrivenInit):
     r"""Data-driven initialization with Sylvester solvers (Das, Bhalgat & Porikli, 2021).
 
     At the start of ``trainer.fit`` the callback draws ``samples_per_class`` training examples of
@@ -116,32 +113,21 @@ class SylvesterInit(Callback):
         log_embeddings: bool = True,
         log_tsne: bool = True,
     ) -> None:
-        if isinstance(samples_per_class, bool) or not isinstance(samples_per_class, int) or samples_per_class < 1:
-            raise ValueError(f"samples_per_class must be a positive int, got {samples_per_class!r}")
-        if layers not in ("all", "head"):
-            raise ValueError(f"layers must be 'all' or 'head', got {layers!r}")
-        for arg, value in (("latent", latent), ("head_latent", head_latent)):
-            if value not in CODES:
-                raise ValueError(f"{arg} must be one of {sorted(CODES)}, got {value!r}")
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not lam > 0 or lam == float("inf"):
-            raise ValueError(f"lam must be a finite number > 0, got {lam!r}")
-        if patches_per_image is not None and (
-            isinstance(patches_per_image, bool) or not isinstance(patches_per_image, int) or patches_per_image < 1
-        ):
-            raise ValueError(f"patches_per_image must be a positive int or None, got {patches_per_image!r}")
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-            raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"seed must be an int, got {seed!r}")
+        super().__init__()
+        check_positive_int("samples_per_class", samples_per_class)
+        check_choice("layers", layers, ("all", "head"))
+        check_choice("latent", latent, CODES)
+        check_choice("head_latent", head_latent, CODES)
+        check_positive_number("lam", lam)
+        check_positive_int("patches_per_image", patches_per_image, allow_none=True)
+        check_positive_int("batch_size", batch_size, allow_none=True)
+        check_int("seed", seed)
         if head is not None and (not isinstance(head, str) or not head):
             raise ValueError(f"head must be a module name or None, got {head!r}")
-        if precision not in _DTYPES:
-            raise ValueError(f"precision must be one of {sorted(_DTYPES)}, got {precision!r}")
-        if eval_batches is not None and (isinstance(eval_batches, bool) or not isinstance(eval_batches, int) or eval_batches < 1):
-            raise ValueError(f"eval_batches must be a positive int or None, got {eval_batches!r}")
-        if isinstance(embedding_samples, bool) or not isinstance(embedding_samples, int) or embedding_samples < 1:
-            raise ValueError(f"embedding_samples must be a positive int, got {embedding_samples!r}")
-        for arg, value in (("log_embeddings", log_embeddings), ("log_tsne", log_tsne)):
+        check_choice("precision", precision, _DTYPES)
+        check_positive_int("eval_batches", eval_batches, allow_none=True)
+        check_positive_int("embedding_samples", embedding_samples)
+        for arg, value in (("evaluate", evaluate), ("verbose", verbose), ("log_embeddings", log_embeddings), ("log_tsne", log_tsne)):
             if not isinstance(value, bool):
                 raise ValueError(f"{arg} must be a bool, got {value!r}")
         self.samples_per_class = samples_per_class
@@ -160,10 +146,6 @@ class SylvesterInit(Callback):
         self.embedding_samples = embedding_samples
         self.log_embeddings = log_embeddings
         self.log_tsne = log_tsne
-        self.initialized = False
-        self.report: InitReport | None = None
-        self.subset_size = 0
-        self.metrics: dict[str, float] = {}
 
     @property
     def state_key(self) -> str:
@@ -178,15 +160,8 @@ class SylvesterInit(Callback):
             head=self.head,
         )
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"initialized": self.initialized, "metrics": dict(self.metrics)}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.initialized = bool(state_dict.get("initialized", False))
-        self.metrics = dict(state_dict.get("metrics", {}))
-
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        check_strategy(trainer.strategy, type(self).__name__)
+        super().setup(trainer, pl_module, stage)
         others = [c for c in trainer.callbacks if isinstance(c, SylvesterInit) and c is not self]
         if others and trainer.callbacks.index(self) > trainer.callbacks.index(others[0]):
             rank_zero_warn(
@@ -205,67 +180,36 @@ class SylvesterInit(Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         log_callback_hparams(trainer, pl_module, self.hyperparameters())
-        if self.initialized:
-            rank_zero_info("SylvesterInit: the model was already initialized (restored from a checkpoint); skipping.")
+        if not self._should_run(trainer):
             return
-        if trainer.ckpt_path is not None:
-            rank_zero_info(f"SylvesterInit: resuming from {trainer.ckpt_path}; keeping the checkpoint's weights.")
-            self.initialized = True
-            return
-        if trainer.fast_dev_run:
-            rank_zero_warn("SylvesterInit: skipped under fast_dev_run.")
-            return
-        train_dl = stage_dataloader(trainer, "train")
-        if train_dl is None:
-            raise RuntimeError(
-                "SylvesterInit needs a training DataLoader (from a datamodule, the LightningModule's "
-                "train_dataloader, or trainer.fit(train_dataloaders=...)); none was found"
-            )
-        val_dl = stage_dataloader(trainer, "val") if self.evaluate else None
-        device = pl_module.device
-        plugin = trainer.precision_plugin
-
-        def to_device(batch: Any, dev: torch.device) -> Any:
-            # The dtype the run's precision expects ("bf16-true" etc.); integer labels are untouched.
-            return plugin.convert_input(trainer.strategy.batch_to_device(batch, dev))
-
-        def forward(model: torch.nn.Module, inputs: Any) -> Any:
-            with plugin.forward_context():  # autocast for mixed precision
-                return model(inputs)
-
-        pre = self._accuracy(pl_module, val_dl, device, to_device, forward)
+        ctx = self._context(trainer, pl_module, self.evaluate)
+        pre = self._accuracy(ctx, pl_module, self.eval_batches)
         inspection = FeatureInspection.create(
             trainer,
-            val_dl,
+            ctx.val_dl,
             samples=self.embedding_samples,
             projector=self.log_embeddings,
             tsne=self.log_tsne,
             seed=self.seed,
-            device=device,
-            forward=forward,
-            to_device=to_device,
+            device=ctx.device,
+            forward=ctx.forward,
+            to_device=ctx.to_device,
         )
         if inspection is not None:
             inspection.before(pl_module, self.head)
         start = time.perf_counter()
-        # A datamodule whose training set is augmented can offer the same data without augmentation.
-        init_dataset = getattr(trainer.datamodule, "init_dataset", None)
-        dataset = init_dataset() if callable(init_dataset) else train_dl.dataset
-        inputs, labels, indices = balanced_subset(
-            dataset,
+        subset = self._subset(
+            ctx,
             self.samples_per_class,
             self.seed,
-            train_dl.collate_fn,
             require_labels=self.layers == "head",
             shard=(trainer.global_rank, trainer.world_size),
         )
-        inputs = to_device(inputs, device)
-        labels = labels.to(device) if labels is not None else None
         with layer_progress(trainer, self.verbose) as on_layer:
             self.report = sylvester_init_(
                 pl_module,
-                inputs,
-                labels,
+                subset.inputs,
+                subset.labels,
                 layers=self.layers,
                 latent=self.latent,
                 head_latent=self.head_latent,
@@ -276,15 +220,15 @@ class SylvesterInit(Callback):
                 dtype=_DTYPES[self.precision],
                 batch_size=self.batch_size,
                 reduce=sum_across_processes(trainer.strategy) if trainer.world_size > 1 else None,
-                forward=forward,
+                forward=ctx.forward,
                 on_layer=on_layer,
             )
         if trainer.world_size > 1:
             sync_module(pl_module, trainer.strategy)
         init_time = time.perf_counter() - start
-        post = self._accuracy(pl_module, val_dl, device, to_device, forward)
+        post = self._accuracy(ctx, pl_module, self.eval_batches)
         self.initialized = True
-        self.subset_size = len(indices)
+        self.subset_size = len(subset.indices)
         self.metrics = {"sylvester/init_time_s": init_time}
         if pre is not None:
             self.metrics["sylvester/pre_init_accuracy"] = pre
@@ -293,29 +237,17 @@ class SylvesterInit(Callback):
         if inspection is not None:
             inspection.after(pl_module, self.report.head, pre, post, f"layers={self.layers}, λ={self.lam:g}")
             self.metrics["sylvester/inspection_time_s"] = inspection.seconds
-        for logger in trainer.loggers:
-            logger.log_metrics(self.metrics, step=trainer.global_step)
+        self._publish(trainer)
         log_report(trainer, self.report, self.subset_size)
         if self.verbose:
             rank_zero_info(self._summary())
-
-    def _accuracy(
-        self, model: pl.LightningModule, val_dl: DataLoader | None, device: torch.device, to_device: Any, forward: Any
-    ) -> float | None:
-        if val_dl is None:
-            return None
-        return evaluate_accuracy(model, val_dl, device, max_batches=self.eval_batches, forward=forward, to_device=to_device)
 
     def _summary(self) -> str:
         report = self.report or InitReport()
         m = self.metrics
         pre, post = m.get("sylvester/pre_init_accuracy"), m.get("sylvester/initial_accuracy")
-
-        def fmt(v: float | None) -> str:
-            return "n/a" if v is None else f"{100 * v:.2f}%"
-
         return (
             f"SylvesterInit: {len(report.layers)} layer(s) initialized in {m['sylvester/init_time_s']:.3f} s "
             f"from {self.subset_size} samples ({report.passes} pass(es)); validation accuracy without init "
-            f"{fmt(pre)} -> with init {fmt(post)}\n" + format_table(report, self.subset_size or None)
+            f"{percent(pre)} -> with init {percent(post)}\n" + format_table(report, self.subset_size or None)
         )
