@@ -331,9 +331,10 @@ def relu_factors(
             best = (err, u, v, nb, it)
         if it == iters:
             break
-        post_p = pre if aff is None else aff[0] * pre + aff[1]
         dead_channel = torch.zeros_like(active) if aff is None else (aff[0] == 0).expand_as(active)
-        censored = torch.where(post_p <= 0, pre, threshold.expand_as(pre))
+        # Censored entries: anywhere between the full-rank value and the threshold (the current value
+        # clipped into that interval), so the low-rank output's statistics stay close to W x's.
+        censored = torch.minimum(torch.maximum(pre, torch.minimum(z, threshold)), torch.maximum(z, threshold))
         target = torch.where(active | dead_channel, torch.where(dead_channel, pre, z), censored)
         t_mean = target.mean(0)
         cross = target.T @ xs / n
