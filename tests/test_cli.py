@@ -89,3 +89,30 @@ def test_bad_flag_value_is_rejected_with_the_argument_named(tmp_path):
     )
     assert proc.returncode != 0
     assert "samples_per_class" in proc.stderr
+
+
+def test_lowrank_config_converts_and_initializes_through_the_cli(tmp_path):
+    proc = _run(
+        ["fit", "--config", str(ROOT / "configs/digits_lowrank.yaml"), "--trainer.callbacks.init_args.samples_per_class=5",
+         "--trainer.logger=false", *FAST],
+        tmp_path,
+    )
+    out = proc.stdout + proc.stderr
+    m = re.search(r"LowRankInit: 2 low-rank layer\(s\) initialized \(relu, W: current\) .* from 50 samples; "
+                  r"mean ReLU error (\d+\.\d+) \(spectral (\d+\.\d+)\); validation accuracy (\d+\.\d+)%", out)
+    assert m, out[-2000:]
+    assert float(m.group(1)) < float(m.group(2))
+
+
+def test_python_dash_m_help_lists_the_lowrank_arguments(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_sylv", "fit", "--trainer.callbacks.help", "LowRankInit"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import inspect
+
+    from lightning_sylv import LowRankInit
+
+    for name in inspect.signature(LowRankInit).parameters:
+        assert f"--trainer.callbacks.{name}" in proc.stdout or f"--{name}" in proc.stdout, name

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
@@ -324,7 +324,7 @@ def test_callback_converts_before_optimizers_and_trains_the_factors(tmp_path):
     cb = LowRankInit(ranks=0.25, method="relu", exclude=["net.head"], samples_per_class=10, relu_iters=2)
     seen = {}
 
-    class Spy(LowRankInit.__mro__[1]):  # a plain Callback recording the factors right after init
+    class Spy(Callback):  # a plain Callback recording the factors right after init
         def on_fit_start(self, trainer, pl_module):
             seen["u"] = pl_module.net.features[1].u.weight.detach().clone()
             seen["opt"] = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
@@ -366,8 +366,8 @@ def test_callback_skips_on_resume_and_keeps_the_checkpoint(tmp_path):
         ({"ranks": 1.5}, "ranks must be a fraction in (0, 1] or a dict of layer ranks, got 1.5"),
         ({"ranks": {"a": 0}}, "ranks must map layer names to positive ints or fractions in (0, 1], got 'a': 0"),
         ({"ranks": {"a": 2}, "exclude": ["b"]}, "layers and exclude only apply to a float ranks"),
-        ({"method": "svd"}, "method must be one of ['spectral', 'data', 'relu'], got 'svd'"),
-        ({"full_weight": "x"}, "full_weight must be 'current' or 'sylvester', got 'x'"),
+        ({"method": "svd"}, "method must be one of ['data', 'relu', 'spectral'], got 'svd'"),
+        ({"full_weight": "x"}, "full_weight must be one of ['current', 'sylvester'], got 'x'"),
         ({"samples_per_class": 0}, "samples_per_class must be a positive int, got 0"),
         ({"patches_per_image": 0}, "patches_per_image must be a positive int or None, got 0"),
         ({"relu_iters": -1}, "relu_iters must be an int >= 0, got -1"),
@@ -375,6 +375,8 @@ def test_callback_skips_on_resume_and_keeps_the_checkpoint(tmp_path):
         ({"lam": 0}, "lam must be a finite number > 0, got 0"),
         ({"layers": "net.*"}, "layers must be a list of layer-name patterns or None, got 'net.*'"),
         ({"keep_full": "yes"}, "keep_full must be a bool, got 'yes'"),
+        ({"seed": 1.0}, "seed must be an int, got 1.0"),
+        ({"eval_batches": 0}, "eval_batches must be a positive int or None, got 0"),
     ],
 )
 def test_callback_validates_arguments_eagerly(kwargs, message):

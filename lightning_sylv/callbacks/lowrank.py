@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Literal
+from typing import Literal
 
 import lightning.pytorch as pl
-import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_sylv.callbacks._distributed import check_strategy, sync_module
-from lightning_sylv.callbacks._trainer_data import stage_dataloader
+from lightning_sylv._checks import check_choice, check_int, check_positive_int, check_positive_number
+from lightning_sylv.callbacks._base import DataDrivenInit, percent
+from lightning_sylv.callbacks._distributed import sync_module
 from lightning_sylv.callbacks.sylvester import SylvesterInit
-from lightning_sylv.evaluation import evaluate_accuracy
-from lightning_sylv.lowrank import LowRankLayer, LowRankReport, format_low_rank_table, low_rank_init_, to_low_rank
-from lightning_sylv.subset import balanced_subset
+from lightning_sylv.lowrank import (
+    METHODS,
+    LowRankLayer,
+    LowRankReport,
+    format_low_rank_table,
+    low_rank_init_,
+    to_low_rank,
+)
 
 __all__ = ["LowRankInit"]
 
@@ -35,7 +39,7 @@ def _is_fraction(value: object) -> bool:
     return isinstance(value, float) and math.isfinite(value) and 0 < value <= 1
 
 
-class LowRankInit(Callback):
+class LowRankInit(DataDrivenInit):
     r"""Train a low-rank (factorized, ``W = U·V``) version of the model, initialized from data.
 
     **Conversion (in ``setup``).** The chosen ``nn.Linear``/``nn.Conv2d`` layers of the
@@ -129,32 +133,26 @@ class LowRankInit(Callback):
                 raise ValueError("layers and exclude only apply to a float ranks; with a dict, name the layers in it")
         elif not _is_fraction(ranks):
             raise ValueError(f"ranks must be a fraction in (0, 1] or a dict of layer ranks, got {ranks!r}")
-        if method not in ("spectral", "data", "relu"):
-            raise ValueError(f"method must be one of ['spectral', 'data', 'relu'], got {method!r}")
+        check_choice("method", method, METHODS)
         for arg, value in (("layers", layers), ("exclude", exclude)):
             is_patterns = isinstance(value, (list, tuple)) and all(isinstance(p, str) and p for p in value)
             if value is not None and not is_patterns:
                 raise ValueError(f"{arg} must be a list of layer-name patterns or None, got {value!r}")
-        if full_weight not in ("current", "sylvester"):
-            raise ValueError(f"full_weight must be 'current' or 'sylvester', got {full_weight!r}")
-        if not _is_int(samples_per_class) or samples_per_class < 1:
-            raise ValueError(f"samples_per_class must be a positive int, got {samples_per_class!r}")
-        if patches_per_image is not None and (not _is_int(patches_per_image) or patches_per_image < 1):
-            raise ValueError(f"patches_per_image must be a positive int or None, got {patches_per_image!r}")
-        if not _is_int(seed):
-            raise ValueError(f"seed must be an int, got {seed!r}")
+        check_choice("full_weight", full_weight, ("current", "sylvester"))
+        check_positive_int("samples_per_class", samples_per_class)
+        check_positive_int("patches_per_image", patches_per_image, allow_none=True)
+        check_int("seed", seed)
         if not _is_int(relu_iters) or relu_iters < 0:
             raise ValueError(f"relu_iters must be an int >= 0, got {relu_iters!r}")
         if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not math.isfinite(ridge) or ridge < 0:
             raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}")
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam) or lam <= 0:
-            raise ValueError(f"lam must be a finite number > 0, got {lam!r}")
+        check_positive_number("lam", lam)
         flags = {"through_batchnorm": through_batchnorm, "keep_full": keep_full, "evaluate": evaluate, "verbose": verbose}
         for arg, value in flags.items():
             if not isinstance(value, bool):
                 raise ValueError(f"{arg} must be a bool, got {value!r}")
-        if eval_batches is not None and (not _is_int(eval_batches) or eval_batches < 1):
-            raise ValueError(f"eval_batches must be a positive int or None, got {eval_batches!r}")
+        check_positive_int("eval_batches", eval_batches, allow_none=True)
+        super().__init__()
         self.ranks = dict(ranks) if isinstance(ranks, dict) else float(ranks)
         self.method = method
         self.layers = None if layers is None else list(layers)
@@ -171,24 +169,15 @@ class LowRankInit(Callback):
         self.evaluate = evaluate
         self.eval_batches = eval_batches
         self.verbose = verbose
-        self.initialized = False
         self.converted: list[str] = []
-        self.report: LowRankReport | None = None
-        self.metrics: dict[str, float] = {}
+        self.report: LowRankReport | None = None  # type: ignore[assignment]
 
     @property
     def state_key(self) -> str:
         return self._generate_state_key(ranks=self.ranks, method=self.method, full_weight=self.full_weight, seed=self.seed)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"initialized": self.initialized, "metrics": dict(self.metrics)}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.initialized = bool(state_dict.get("initialized", False))
-        self.metrics = dict(state_dict.get("metrics", {}))
-
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        check_strategy(trainer.strategy, type(self).__name__)
+        super().setup(trainer, pl_module, stage)  # refuses sharded strategies
         if any(isinstance(c, SylvesterInit) for c in trainer.callbacks):
             rank_zero_warn(
                 "LowRankInit and SylvesterInit are both attached: SylvesterInit treats the two factors of each "
@@ -202,40 +191,17 @@ class LowRankInit(Callback):
         self.converted = [n for n, m in pl_module.named_modules() if isinstance(m, LowRankLayer)]
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.initialized:
-            rank_zero_info("LowRankInit: the model was already initialized (restored from a checkpoint); skipping.")
-            return
-        if trainer.ckpt_path is not None:
-            rank_zero_info(f"LowRankInit: resuming from {trainer.ckpt_path}; keeping the checkpoint's weights.")
-            self.initialized = True
+        if not self._should_run(trainer):  # restored from a checkpoint, resuming, or fast_dev_run
             return
         self._check_optimizers(trainer, pl_module)
-        if trainer.fast_dev_run:
-            rank_zero_warn("LowRankInit: initialization skipped under fast_dev_run (the layers keep their spectral init).")
-            return
-        train_dl = stage_dataloader(trainer, "train")
-        if train_dl is None:
-            raise RuntimeError(
-                "LowRankInit needs a training DataLoader (from a datamodule, the LightningModule's "
-                "train_dataloader, or trainer.fit(train_dataloaders=...)); none was found"
-            )
-        device, plugin = pl_module.device, trainer.precision_plugin
-
-        def to_device(batch: Any, dev: torch.device) -> Any:
-            return plugin.convert_input(trainer.strategy.batch_to_device(batch, dev))
-
-        def forward(model: torch.nn.Module, inputs: Any) -> Any:
-            with plugin.forward_context():
-                return model(inputs)
-
+        ctx = self._context(trainer, pl_module, self.evaluate)
         start = time.perf_counter()
         # Every process draws and loads the whole subset, so all compute the same factors.
-        inputs, labels, _ = balanced_subset(train_dl.dataset, self.samples_per_class, self.seed, train_dl.collate_fn)
-        inputs = to_device(inputs, device)
+        subset = self._subset(ctx, self.samples_per_class, self.seed, require_labels=False)
         self.report = low_rank_init_(
             pl_module,
-            inputs,
-            None if labels is None else labels.to(device),
+            subset.inputs,
+            subset.labels,
             method=self.method,
             full_weight=self.full_weight,
             patches_per_image=self.patches_per_image,
@@ -244,7 +210,7 @@ class LowRankInit(Callback):
             relu_iters=self.relu_iters,
             through_batchnorm=self.through_batchnorm,
             lam=self.lam,
-            forward=forward,
+            forward=ctx.forward,
         )
         if trainer.world_size > 1:
             sync_module(pl_module, trainer.strategy)
@@ -252,33 +218,28 @@ class LowRankInit(Callback):
             for m in pl_module.modules():
                 if isinstance(m, LowRankLayer):
                     m.drop_full()
+        self.subset_size = len(subset.indices)
         self.metrics = {"lowrank/init_time_s": time.perf_counter() - start}
         fits = [r.fit for r in self.report.layers if r.fit.relu_error is not None]
         if fits:
             self.metrics["lowrank/relu_error"] = sum(f.relu_error or 0.0 for f in fits) / len(fits)
             self.metrics["lowrank/spectral_relu_error"] = sum(f.spectral_relu_error or 0.0 for f in fits) / len(fits)
-        val_dl = stage_dataloader(trainer, "val") if self.evaluate else None
-        if val_dl is not None:
-            acc = evaluate_accuracy(
-                pl_module, val_dl, device, max_batches=self.eval_batches, forward=forward, to_device=to_device
-            )
-            if acc is not None:
-                self.metrics["lowrank/initial_accuracy"] = acc
+        acc = self._accuracy(ctx, pl_module, self.eval_batches)
+        if acc is not None:
+            self.metrics["lowrank/initial_accuracy"] = acc
         self.initialized = True
-        for logger in trainer.loggers:
-            logger.log_metrics(self.metrics, step=trainer.global_step)
+        self._publish(trainer)
         if self.verbose:
             rank_zero_info(self._summary())
 
     def _summary(self) -> str:
         m, nan = self.metrics, float("nan")
-        acc = m.get("lowrank/initial_accuracy")
-        acc_text = "" if acc is None else f"; validation accuracy {100 * acc:.2f}%"
         return (
             f"LowRankInit: {len(self.report.layers) if self.report else 0} low-rank layer(s) initialized "
-            f"({self.method}, W: {self.full_weight}) in {m['lowrank/init_time_s']:.3f} s; mean ReLU error "
-            f"{m.get('lowrank/relu_error', nan):.4f} (spectral {m.get('lowrank/spectral_relu_error', nan):.4f})"
-            f"{acc_text}\n" + (format_low_rank_table(self.report) if self.report else "")
+            f"({self.method}, W: {self.full_weight}) in {m['lowrank/init_time_s']:.3f} s from {self.subset_size} "
+            f"samples; mean ReLU error {m.get('lowrank/relu_error', nan):.4f} (spectral "
+            f"{m.get('lowrank/spectral_relu_error', nan):.4f}); validation accuracy "
+            f"{percent(m.get('lowrank/initial_accuracy'))}\n" + (format_low_rank_table(self.report) if self.report else "")
         )
 
     def _check_optimizers(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
