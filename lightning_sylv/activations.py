@@ -50,7 +50,8 @@ def _sample_positions(n: int, total: int, k: int | None, generator: torch.Genera
     """Return ``(n, p)`` position indices in ``[0, total)``; random without replacement if ``k < total``."""
     if k is None or k >= total:
         return torch.arange(total).expand(n, total)
-    return torch.rand(n, total, generator=generator).argsort(dim=1)[:, :k]
+    # The k largest of uniform keys: a uniform k-subset, without sorting all ``total`` keys.
+    return torch.rand(n, total, generator=generator).topk(k, dim=1, sorted=False).indices
 
 
 def _pads(conv: nn.Conv1d | nn.Conv2d, spatial: int) -> list[int]:
@@ -97,30 +98,36 @@ def conv_patches(
     if x.ndim != spatial + 2:
         raise ValueError(f"{type(conv).__name__} expects a batched {spatial + 2}-D input, got shape {tuple(x.shape)}")
     pads = _pads(conv, spatial)
-    if any(pads):
-        mode = "constant" if conv.padding_mode == "zeros" else conv.padding_mode
-        x = F.pad(x, pads, mode=mode)
+    # Zero padding is applied to the gathered patches only (a mask), not to the whole activation;
+    # other padding modes pad the activation first.
+    zero_pad = conv.padding_mode == "zeros"
+    if any(pads) and not zero_pad:
+        x = F.pad(x, pads, mode=conv.padding_mode)
+        pads = [0] * len(pads)
     if spatial == 1:
         x = x.unsqueeze(2)
+        pads = [pads[0], pads[1], 0, 0]
         kh, kw = 1, conv.kernel_size[0]
         sh, sw = 1, conv.stride[0]
         dh, dw = 1, conv.dilation[0]
     else:
         (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
-    n, c, hp, wp = x.shape
+    n, c, h, w = x.shape
+    hp, wp = h + pads[2] + pads[3], w + pads[0] + pads[1]
     h_out = (hp - dh * (kh - 1) - 1) // sh + 1
     w_out = (wp - dw * (kw - 1) - 1) // sw + 1
     if h_out < 1 or w_out < 1:
         raise ValueError(f"input of spatial size {(hp, wp)} (padded) is smaller than the kernel {(kh, kw)}")
     pos = _sample_positions(n, h_out * w_out, patches_per_image, generator).to(x.device)
     p = pos.shape[1]
-    top = (pos // w_out) * sh
-    left = (pos % w_out) * sw
-    rows = top[:, :, None] + dh * torch.arange(kh, device=x.device)  # (N, p, kh)
-    cols = left[:, :, None] + dw * torch.arange(kw, device=x.device)  # (N, p, kw)
+    rows = (pos // w_out * sh - pads[2])[:, :, None, None] + dh * torch.arange(kh, device=x.device)[:, None]  # (N, p, kh, 1)
+    cols = (pos % w_out * sw - pads[0])[:, :, None, None] + dw * torch.arange(kw, device=x.device)  # (N, p, 1, kw)
     batch = torch.arange(n, device=x.device)[:, None, None, None]
     # Advanced indices separated by a slice: the indexed dims come first -> (N, p, kh, kw, C).
-    patches = x[batch, :, rows[:, :, :, None], cols[:, :, None, :]]
+    patches = x[batch, :, rows.clamp(0, h - 1), cols.clamp(0, w - 1)]
+    if any(pads):
+        inside = ((rows >= 0) & (rows < h)) & ((cols >= 0) & (cols < w))
+        patches = patches * inside[..., None].to(patches.dtype)
     patches = patches.permute(0, 1, 4, 2, 3).reshape(n * p, c, kh * kw)
     return LayerRows(x=patches, per_sample=p, positions=pos, out_shape=(h_out, w_out))
 

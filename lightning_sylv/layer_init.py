@@ -49,6 +49,8 @@ class LayerJob:
         patches_per_image: Patch positions drawn per sample (``None``: all).
         generator: CPU generator for patch draws and random code fills.
         dtype: Precision of statistics and solves.
+        gram_dtype: Precision of the row products behind the second moments (``None``: ``dtype``;
+            see :meth:`InputStats.from_rows`).
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class LayerJob:
         patches_per_image: int | None,
         generator: torch.Generator,
         dtype: torch.dtype,
+        gram_dtype: torch.dtype | None = None,
     ) -> None:
         self.module = module
         self.name = name
@@ -68,6 +71,7 @@ class LayerJob:
         self.patches_per_image = patches_per_image
         self.generator = generator
         self.dtype = dtype
+        self.gram_dtype = gram_dtype
         self.groups: int = getattr(module, "groups", 1)
         self.out_per_group: int = module.weight.shape[0] // self.groups
         self.uses_stats = code_uses_stats(code)
@@ -119,7 +123,7 @@ class LayerJob:
                     )
                 # A fixed class count keeps statistics of batches and processes mergeable.
                 classes = None if row_labels is None else self.out_per_group
-                new = [InputStats.from_rows(xg, row_labels, classes, self.dtype) for xg in groups]
+                new = [InputStats.from_rows(xg, row_labels, classes, self.dtype, self.gram_dtype) for xg in groups]
             except ValueError as err:
                 raise LayerInitError(f"layer {self.name!r}: {err}") from err
             # NaN/Inf in any row propagates into the sums: checking them is O(d²), not O(n d).

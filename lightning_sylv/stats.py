@@ -16,7 +16,23 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import Tensor
 
-__all__ = ["InputStats"]
+__all__ = ["GRAM_BLOCK", "InputStats"]
+
+#: Rows per block when the Gram matrix is formed in a lower precision than it is accumulated in.
+GRAM_BLOCK = 2048
+
+
+def _gram(x: Tensor, xd: Tensor, gram_dtype: torch.dtype) -> Tensor:
+    """``xᵀx`` in ``xd``'s dtype (``xd`` is ``x`` in it); products in ``gram_dtype``, summed block by block."""
+    dtype = xd.dtype
+    if torch.finfo(gram_dtype).bits >= torch.finfo(dtype).bits:
+        return xd.T @ xd
+    xl = x.to(gram_dtype)
+    out = torch.zeros(x.shape[1], x.shape[1], dtype=dtype, device=x.device)
+    for lo in range(0, x.shape[0], GRAM_BLOCK):
+        block = xl[lo : lo + GRAM_BLOCK]
+        out += (block.T @ block).to(dtype)
+    return out
 
 
 @dataclass(frozen=True)
@@ -44,6 +60,7 @@ class InputStats:
         labels: Tensor | None = None,
         num_classes: int | None = None,
         dtype: torch.dtype = torch.float64,
+        gram_dtype: torch.dtype | None = None,
     ) -> InputStats:
         """Statistics of the rows ``x`` ``(n, d)``; with ``labels`` ``(n,)`` also per-class sums.
 
@@ -51,14 +68,20 @@ class InputStats:
             x: Rows, shape ``(n, d)``.
             labels: Integer labels, shape ``(n,)``, in ``[0, num_classes)``.
             num_classes: Number of classes ``C`` (default: ``labels.max() + 1``).
-            dtype: Accumulation dtype.
+            dtype: Accumulation dtype (of the sums and of everything returned).
+            gram_dtype: Precision of the row products ``x_i x_iᵀ`` (the ``O(n d²)`` part), ``None``
+                for ``dtype``. A lower one (``torch.float32`` for ``float64`` sums) forms the Gram
+                matrix in blocks of :data:`GRAM_BLOCK` rows and adds the blocks up in ``dtype``, so
+                the rounding error of an entry is that of a ``GRAM_BLOCK``-term float32 dot product
+                (relative ``~1e-6``), whatever ``n``.
 
         Raises:
             ValueError: On shape mismatch or labels outside ``[0, num_classes)``.
         """
         if x.ndim != 2:
             raise ValueError(f"x must have shape (n, d), got {tuple(x.shape)}")
-        x = x.to(dtype)
+        raw, x = x, x.to(dtype)
+        gram = _gram(raw, x, gram_dtype or dtype)
         counts = class_sums = None
         if labels is not None:
             if labels.shape != (x.shape[0],):
@@ -72,7 +95,7 @@ class InputStats:
         return cls(
             n=torch.tensor(float(x.shape[0]), dtype=dtype, device=x.device),
             sum_x=x.sum(0),
-            gram_x=x.T @ x,
+            gram_x=gram,
             counts=counts,
             class_sums=class_sums,
         )

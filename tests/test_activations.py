@@ -80,3 +80,17 @@ def test_errors():
         conv_patches(torch.randn(2, 3, 3), conv, None)
     with pytest.raises(TypeError, match="unsupported layer type LSTM"):
         layer_rows(nn.LSTM(2, 2), torch.randn(1, 2), None)
+
+
+@pytest.mark.parametrize("kwargs", [dict(kernel_size=4, padding="same"), dict(kernel_size=(2, 3), padding="same", dilation=2),
+                                    dict(kernel_size=3, stride=3, padding=2)])
+def test_zero_padding_by_mask_reproduces_conv(kwargs):
+    """Zero padding (also asymmetric 'same' padding) is a mask on the gathered patches, not a padded copy."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, bias=False, **kwargs)
+    x = torch.randn(2, 2, 7, 8)
+    rows = conv_patches(x, conv, None)
+    out = rows.x.reshape(rows.x.shape[0], -1) @ conv.weight.reshape(3, -1).T
+    y = conv(x)
+    torch.testing.assert_close(out.reshape(2, -1, 3), y.flatten(2).transpose(1, 2), rtol=1e-5, atol=1e-5)
+    assert rows.out_shape == tuple(y.shape[2:])

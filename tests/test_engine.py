@@ -355,3 +355,41 @@ def test_on_layer_progress_callback():
     seen.clear()
     sylvester_init_(tiny_mlp(), x, y, batch_size=16, on_layer=lambda r, done, total: seen.append((done, total)))
     assert seen == [(1, 3), (2, 3), (3, 3)]
+
+
+def test_float32_gram_products_match_float64_on_real_digits():
+    """gram_dtype=float32 ("mixed" precision) is safe: same weights to ~1e-4 (deep layers ~1e-3), same predictions."""
+    from sklearn.datasets import load_digits
+
+    from lightning_sylv.models import build_network
+
+    data = load_digits()
+    x = torch.tensor(data.images, dtype=torch.float32)[:, None] / 16.0
+    y = torch.tensor(data.target)
+    nets = []
+    for gram_dtype in (None, torch.float32):
+        torch.manual_seed(0)
+        net = build_network("cnn", (1, 8, 8), 10)
+        sylvester_init_(net, x[:500], y[:500], gram_dtype=gram_dtype, patches_per_image=16)
+        nets.append(net.eval())
+    for (name, a), b in zip(nets[0].state_dict().items(), nets[1].state_dict().values()):
+        if a.is_floating_point():
+            rel = float((a - b).norm() / a.norm().clamp_min(1e-12))
+            assert rel < 1e-3, (name, rel)
+    with torch.no_grad():
+        pred = [net(x[500:]).argmax(1) for net in nets]
+    assert float((pred[0] == pred[1]).float().mean()) > 0.99
+
+
+def test_input_stats_blockwise_low_precision_gram():
+    from lightning_sylv.stats import GRAM_BLOCK, InputStats
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.relu(torch.randn(2 * GRAM_BLOCK + 17, 40, generator=g)) + 1.0  # mean >> spread of some entries
+    ref = InputStats.from_rows(x.double())
+    low = InputStats.from_rows(x, dtype=torch.float64, gram_dtype=torch.float32)
+    assert low.gram_x.dtype == torch.float64
+    torch.testing.assert_close(low.gram_x, ref.gram_x, rtol=1e-6, atol=0)
+    torch.testing.assert_close(low.covariance(), ref.covariance(), rtol=2e-5, atol=2e-5 * float(ref.covariance().abs().max()))
+    same = InputStats.from_rows(x.double(), gram_dtype=torch.float64)
+    torch.testing.assert_close(same.gram_x, ref.gram_x, rtol=0, atol=0)

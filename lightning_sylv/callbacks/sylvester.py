@@ -26,7 +26,12 @@ from lightning_sylv.report import InitReport, format_table
 
 __all__ = ["SylvesterInit"]
 
-_DTYPES = {"float64": torch.float64, "float32": torch.float32}
+#: precision -> (dtype of statistics and solves, dtype of the row products behind the second moments)
+_DTYPES = {
+    "float64": (torch.float64, None),
+    "mixed": (torch.float64, torch.float32),
+    "float32": (torch.float32, None),
+}
 
 
 class SylvesterInit(DataDrivenInit):
@@ -71,7 +76,10 @@ class SylvesterInit(DataDrivenInit):
             partial forward pass per layer plus one for BatchNorm). ``None``: one pass, one batch.
         seed: Seed of the subset draw and the patch draw.
         head: Qualified name of the head module (default: the last ``Linear``/``Conv`` executed).
-        precision: ``"float64"`` (default) or ``"float32"`` for the statistics and solves; results are
+        precision: ``"float64"`` (default): statistics, codes and solves in float64; ``"mixed"``: the
+            row products behind each layer's second moments (the ``O(n d²)`` bulk of the work) in
+            float32, summed, factorized and solved in float64 — about twice as fast on CPUs, with
+            entries accurate to ~1e-6 relative; ``"float32"``: everything in float32. Results are
             cast to each parameter's dtype either way.
         evaluate: Measure validation accuracy before and after initialization.
         eval_batches: Cap on validation batches per evaluation (``None``: the whole set).
@@ -105,7 +113,7 @@ class SylvesterInit(DataDrivenInit):
         batch_size: int | None = None,
         seed: int = 0,
         head: str | None = None,
-        precision: Literal["float64", "float32"] = "float64",
+        precision: Literal["float64", "mixed", "float32"] = "float64",
         evaluate: bool = True,
         eval_batches: int | None = None,
         verbose: bool = True,
@@ -217,7 +225,8 @@ class SylvesterInit(DataDrivenInit):
                 patches_per_image=self.patches_per_image,
                 head=self.head,
                 seed=self.seed,
-                dtype=_DTYPES[self.precision],
+                dtype=_DTYPES[self.precision][0],
+                gram_dtype=_DTYPES[self.precision][1],
                 batch_size=self.batch_size,
                 reduce=sum_across_processes(trainer.strategy) if trainer.world_size > 1 else None,
                 forward=ctx.forward,
