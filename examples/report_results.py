@@ -52,18 +52,22 @@ def build_report(csv_path: Path, out_dir: Path) -> Path:
     t2 = [r for r in rows if r["experiment"] == "table2"]
     if t2:
         lines += ["## Table 2 analog: initialization time and initial test accuracy", "",
-                  "| samples/class | Sylvester init time (s) | init ÷ one forward pass of the subset | initial acc. (%) | He-u initial acc. (%) | paper: time (s) / acc. (%) |",
-                  "| --- | --- | --- | --- | --- | --- |"]
-        by = defaultdict(list)
-        for r in t2:
-            by[(r["initializer"], int(r["samples_per_class"]))].append(r)
-        for spc in sorted({int(r["samples_per_class"]) for r in t2}):
-            syl = by[("sylvester", spc)]
-            he = by[("he_uniform", spc)]
+                  "Command: `python examples/reproduce.py table2 --data-dir DIR [--latent L] [--precision P]`. "
+                  "Init time covers the subset draw, every layer's statistics, codes and solves and the BatchNorm "
+                  "recalibration; the forward pass is one plain eval-mode pass over the same subset, timed right after.", "",
+                  "| setup | latent | patches/image | samples/class | Sylvester init time (s) | init ÷ one forward pass | "
+                  "initial acc. (%) | He-u initial acc. (%) | paper: time (s) / acc. (%) |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        groups = sorted({(r["setup"], r["latent"], r["patches_per_image"], int(r["samples_per_class"])) for r in t2
+                         if r["initializer"] == "sylvester"})
+        for setup, latent, ppi, spc in groups:
+            syl = [r for r in t2 if r["initializer"] == "sylvester" and (r["setup"], r["latent"], r["patches_per_image"],
+                                                                        int(r["samples_per_class"])) == (setup, latent, ppi, spc)]
+            he = [r for r in t2 if r["initializer"] == "he_uniform" and r["setup"] == setup and int(r["samples_per_class"]) == spc]
             ratio = [float(r["init_time_s"]) / float(r["forward_time_s"]) for r in syl if r.get("forward_time_s")]
             paper = PAPER_T2.get(spc)
             lines.append(
-                f"| {spc} | {_ms([float(r['init_time_s']) for r in syl], 1, 3)} | {_ms(ratio, 1, 2)} | "
+                f"| {setup} | {latent} | {ppi} | {spc} | {_ms([float(r['init_time_s']) for r in syl], 1, 3)} | {_ms(ratio, 1, 2)} | "
                 f"{_ms([float(r['initial_acc']) for r in syl])} | {_ms([float(r['initial_acc']) for r in he])} | "
                 f"{'-' if paper is None else f'{paper[0]} / {paper[1]}'} |"
             )
@@ -78,10 +82,11 @@ def build_report(csv_path: Path, out_dir: Path) -> Path:
         epochs = sorted({r["epochs"] for r in sub})
         lines += [f"## {title}", "", f"Final test accuracy % (initial in parentheses), mean ± std over seeds; epochs: {', '.join(epochs)}.", "",
                   "| initializer | " + " | ".join(f"{s} shots" for s in shots) + " |", "| --- |" + " --- |" * len(shots)]
-        for init in inits:
+        labels = [(init, lat) for init in inits for lat in sorted({r["latent"] for r in sub if r["initializer"] == init}) or [""]]
+        for init, lat in labels:
             cells = []
             for s in shots:
-                rs = [r for r in sub if r["initializer"] == init and int(r["shots"]) == s]
+                rs = [r for r in sub if r["initializer"] == init and r["latent"] == lat and int(r["shots"]) == s]
                 fin = [float(r["final_acc"]) for r in rs]
                 ini = [float(r["initial_acc"]) for r in rs]
                 paper = PAPER_T1.get(init, {}).get(s) if exp == "table1" else None
@@ -89,7 +94,7 @@ def build_report(csv_path: Path, out_dir: Path) -> Path:
                 if paper:
                     cell += f"; paper {paper[0]} ({paper[1]})"
                 cells.append(cell)
-            lines.append(f"| {init} | " + " | ".join(cells) + " |")
+            lines.append(f"| {init}{f' ({lat})' if lat else ''} | " + " | ".join(cells) + " |")
         lines.append("")
 
     for exp, key, title, fname in (("fig2", "lam", "Figure 2 analog: effect of λ", "fig2_lambda.png"),
@@ -137,4 +142,21 @@ def build_report(csv_path: Path, out_dir: Path) -> Path:
     out = out_dir / "cifar10.md"
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")
+    _splice(out_dir.parent / "RESULTS.md", lines)
     return out
+
+
+BEGIN, END = "<!-- cifar10 tables: begin (written by `python examples/reproduce.py report`) -->", "<!-- cifar10 tables: end -->"
+
+
+def _splice(results: Path, lines: list[str]) -> None:
+    """Replace the CIFAR-10 section of ``RESULTS.md`` (between the markers) with ``lines``."""
+    body = "\n".join(["#" + ln if ln.startswith("#") else ln for ln in lines]).replace("](../figures/", "](figures/")
+    block = f"{BEGIN}\n{body}\n{END}"
+    text = results.read_text() if results.exists() else "# Results\n\n"
+    if BEGIN in text and END in text:
+        text = text[: text.index(BEGIN)] + block + text[text.index(END) + len(END) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    results.write_text(text)
+    print(f"updated {results}")

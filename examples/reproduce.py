@@ -77,6 +77,11 @@ def _append(path: Path, row: dict[str, Any]) -> None:
         w.writerow({k: row.get(k, "") for k in FIELDS})
 
 
+def _setup(setup: str, args: argparse.Namespace) -> str:
+    """The setup label, naming the initializer's precision when it is not the float64 default."""
+    return setup if args.precision == "float64" else f"{setup} ({args.precision})"
+
+
 def _fmt(value: Any) -> str:
     return "-" if value in ("", None) else f"{float(value):.4f}"
 
@@ -121,6 +126,7 @@ def train_run(args: argparse.Namespace, *, experiment: str, initializer: str, sh
               epochs: int, lam: float = 10.0, latent: str = "pca", classes: list[int] | None = None,
               pretrained: dict[str, torch.Tensor] | None = None, curve_every: int = 0, setup: str = "cifar10") -> dict[str, Any]:
     """One training run; returns (and appends) its CSV row. ``initializer``: a random scheme or 'sylvester'."""
+    setup = _setup(setup, args) if "sylvester" in initializer else setup
     row = dict(experiment=experiment, setup=setup, initializer=initializer, shots=shots or "all", seed=seed,
                epochs=epochs, samples_per_class=args.samples_per_class if "sylvester" in initializer else "",
                lam=lam if "sylvester" in initializer else "", latent=latent if "sylvester" in initializer else "",
@@ -129,7 +135,8 @@ def train_run(args: argparse.Namespace, *, experiment: str, initializer: str, sh
         print(f"[{experiment}] skip (in CSV): {initializer} shots={shots} seed={seed}", flush=True)
         return row
     seed_everything(seed, verbose=False)
-    dm = CIFAR10DataModule(data_dir=args.data_dir, batch_size=128, train_per_class=shots, seed=seed, classes=classes)
+    dm = CIFAR10DataModule(data_dir=args.data_dir, batch_size=128, train_per_class=shots, seed=seed, classes=classes,
+                           val_size=args.val_size)
     dm.setup("fit")
     scheme = initializer if initializer in RANDOM_INITS else "he_uniform"
     # The paper's schedule (x0.1 at epochs 100 and 150 of 200), scaled to the epoch budget.
@@ -143,7 +150,8 @@ def train_run(args: argparse.Namespace, *, experiment: str, initializer: str, sh
     if "sylvester" in initializer:
         callbacks.append(SylvesterInit(samples_per_class=args.samples_per_class, lam=lam, latent=latent,
                                        layers="head" if initializer == "sylvester_head" else "all",
-                                       patches_per_image=args.patches_per_image, seed=seed, evaluate=False, verbose=False))
+                                       patches_per_image=args.patches_per_image, seed=seed, evaluate=False, verbose=False,
+                                       precision=args.precision))
     callbacks.append(curve)
     trainer = Trainer(max_epochs=epochs, accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -163,16 +171,16 @@ def train_run(args: argparse.Namespace, *, experiment: str, initializer: str, sh
 
 def table2(args: argparse.Namespace) -> None:
     """Init time (and its ratio to one forward pass of the same subset) and initial test accuracy."""
-    dm = CIFAR10DataModule(data_dir=args.data_dir, val_size=5000, seed=0)
+    dm = CIFAR10DataModule(data_dir=args.data_dir, val_size=args.val_size, seed=0)
     dm.setup("fit")
     batches = _test_batches(dm, args.test_limit)
     warm = build_network("resnet20", (3, 32, 32), 10)  # one-time costs (allocator, kernels) off the clock
     x, y, _ = balanced_subset(dm.init_dataset(), 2, 0)
-    sylvester_init_(warm, x, y, patches_per_image=args.patches_per_image)
+    sylvester_init_(warm, x, y, patches_per_image=args.patches_per_image, latent=args.latent)
     for seed in args.seeds:
         for spc in args.spc:
             for initializer in ("he_uniform", "sylvester"):
-                row = dict(experiment="table2", setup="cifar10", initializer=initializer, shots="all", seed=seed, epochs=0,
+                row = dict(experiment="table2", setup=_setup("cifar10", args), initializer=initializer, shots="all", seed=seed, epochs=0,
                            samples_per_class=spc, lam=args.lam if initializer == "sylvester" else "",
                            latent=args.latent if initializer == "sylvester" else "",
                            patches_per_image=args.patches_per_image if initializer == "sylvester" else "")
@@ -187,7 +195,8 @@ def table2(args: argparse.Namespace) -> None:
                 if initializer == "sylvester":
                     t0 = time.perf_counter()
                     x, y, _ = balanced_subset(dm.init_dataset(), spc, seed)
-                    sylvester_init_(net, x, y, lam=args.lam, latent=args.latent, patches_per_image=args.patches_per_image, seed=seed)
+                    sylvester_init_(net, x, y, lam=args.lam, latent=args.latent, patches_per_image=args.patches_per_image, seed=seed,
+                                    gram_dtype=torch.float32 if args.precision == "mixed" else None)
                     init_time = time.perf_counter() - t0
                     net.eval()
                     with torch.no_grad():
@@ -261,8 +270,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--patches-per-image", type=int, default=16)
     p.add_argument("--lam", type=float, default=10.0)
     p.add_argument("--latent", default="pca")
+    p.add_argument("--precision", default="float64", choices=["float64", "mixed"],
+                   help="SylvesterInit precision ('mixed': float32 Gram products, float64 solves)")
     p.add_argument("--lams", type=float, nargs="+", default=[0.1, 1.0, 10.0, 100.0])
     p.add_argument("--latents", nargs="+", default=["pca", "signed_pca", "lda", "ica", "kmeans"])
+    p.add_argument("--val-size", type=int, default=5000, help="training images held out for validation")
     p.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test images only")
     p.add_argument("--csv", type=Path, default=CSV, help="where runs are appended (default: the committed CSV)")
     args = p.parse_args(argv)
@@ -270,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.what == "report":
         from report_results import build_report  # examples/report_results.py
 
-        build_report(args.csv, RESULTS)
+        build_report(args.csv, args.csv.parent)
         return
     {"table1": table1, "table2": table2, "finetune": finetune, "fig1": fig1, "fig2": fig2, "fig3": fig3}[args.what](args)
 
