@@ -417,3 +417,17 @@ def test_cli_builds_the_callback_from_flags(tmp_path, monkeypatch):
     cb = next(c for c in cli.trainer.callbacks if isinstance(c, LowRankInit))
     assert cb.ranks == 0.5 and cb.method == "data" and cb.exclude == ["net.head"] and cb.initialized
     assert isinstance(cli.model.net.features[1], LowRankLinear) and cli.model.net.features[1].rank == 32
+
+
+def test_callback_draws_its_subset_from_init_dataset_when_the_datamodule_defines_it(tmp_path):
+    class WithInitData(DigitsDataModule):
+        def init_dataset(self):
+            x, y = self.train_dataset[:][0][:20], torch.arange(20) % 10  # 2 per class
+            return torch.utils.data.TensorDataset(x, y)
+
+    cb = LowRankInit(ranks=0.25, method="data", exclude=["net.head"], samples_per_class=5, evaluate=False, verbose=False)
+    _trainer(tmp_path, [cb], logger=False, limit_train_batches=1).fit(
+        ImageClassifier(arch="mlp", hidden=[16]), datamodule=WithInitData(seed=0)
+    )
+    assert cb.initialized and cb.subset_size == 20  # not 50: the training set has >= 5 per class
+    assert cb.report is not None and cb.report.layers[0].fit.rows == 20

@@ -2,8 +2,10 @@
 
 The callback holds no math. In ``setup`` — before Lightning calls ``configure_optimizers`` — it
 converts the chosen layers with :func:`lightning_sylv.lowrank.to_low_rank`, so the optimizer is built
-over the factors. In ``on_fit_start`` it draws a class-balanced subset of the training data and runs
-:func:`lightning_sylv.lowrank.low_rank_init_`.
+over the factors. In ``on_fit_start`` it draws a class-balanced subset of the training data (from
+``datamodule.init_dataset()`` when defined, e.g. without augmentation) and runs
+:func:`lightning_sylv.lowrank.low_rank_init_`. Resume/skip logic, the subset, the precision-aware
+forward, the accuracy and the logging come from :class:`~lightning_sylv.callbacks._base.DataDrivenInit`.
 """
 
 from __future__ import annotations
@@ -59,12 +61,13 @@ class LowRankInit(DataDrivenInit):
     * ``"relu"``: the data-aware factors refined so that ``relu(U V x + b)`` matches
       ``relu(W x + b)`` (through a BatchNorm that directly follows the layer).
 
-    Layers are processed in one forward pass over ``samples_per_class`` training examples per class,
+    Layers are processed in one forward pass over ``samples_per_class`` training examples per class
+    (from ``datamodule.init_dataset()`` when the datamodule defines it, else the training dataset),
     in execution order, each from the activations of the already-initialized layers before it;
     BatchNorm statistics are recomputed in the same pass. Logs ``lowrank/relu_error`` and
     ``lowrank/spectral_relu_error`` (mean over layers, on the subset), ``lowrank/init_time_s`` and,
     with a labelled validation set, ``lowrank/initial_accuracy``. When training resumes from a
-    checkpoint nothing is initialized.
+    checkpoint nothing is initialized; under ``fast_dev_run`` the layers keep their spectral init.
 
     Args:
         ranks: A fraction in ``(0, 1]`` of each layer's full rank ``min(out, in)``, applied to the
