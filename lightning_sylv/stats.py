@@ -29,9 +29,19 @@ def _gram(x: Tensor, xd: Tensor, gram_dtype: torch.dtype) -> Tensor:
         return xd.T @ xd
     xl = x.to(gram_dtype)
     out = torch.zeros(x.shape[1], x.shape[1], dtype=dtype, device=x.device)
-    for lo in range(0, x.shape[0], GRAM_BLOCK):
-        block = xl[lo : lo + GRAM_BLOCK]
-        out += (block.T @ block).to(dtype)
+    # TF32 tensor cores (``set_float32_matmul_precision("high")``, common on Ampere+ GPUs) would round
+    # the inputs to 10-bit mantissas: the products are taken in true float32 and the setting restored.
+    previous = torch.get_float32_matmul_precision()
+    strict = x.device.type != "cpu" and previous != "highest"
+    if strict:
+        torch.set_float32_matmul_precision("highest")
+    try:
+        for lo in range(0, x.shape[0], GRAM_BLOCK):
+            block = xl[lo : lo + GRAM_BLOCK]
+            out += (block.T @ block).to(dtype)
+    finally:
+        if strict:
+            torch.set_float32_matmul_precision(previous)
     return out
 
 
