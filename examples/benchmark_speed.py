@@ -42,10 +42,11 @@ def _median_time(fn, repeats: int) -> float:
 def init_vs_forward(data_dir: str, spcs: list[int], repeats: int, ppi: int | None, latent: str, precision: str) -> list[dict]:
     dm = CIFAR10DataModule(data_dir=data_dir, val_size=5000, seed=0)
     dm.setup("fit")
-    dtype = {"float64": torch.float64, "float32": torch.float32}[precision]
+    dtype, gram_dtype = {"float64": (torch.float64, None), "mixed": (torch.float64, torch.float32),
+                         "float32": (torch.float32, None)}[precision]
     warm = build_network("resnet20", (3, 32, 32), 10)
     x, y, _ = balanced_subset(dm.init_dataset(), 2, 0)
-    sylvester_init_(warm, x, y, patches_per_image=ppi, latent=latent, dtype=dtype)  # warm-up, not timed
+    sylvester_init_(warm, x, y, patches_per_image=ppi, latent=latent, dtype=dtype, gram_dtype=gram_dtype)  # warm-up, not timed
     out = []
     for spc in spcs:
         fwd_t, init_t, load_t = [], [], []
@@ -61,7 +62,7 @@ def init_vs_forward(data_dir: str, spcs: list[int], repeats: int, ppi: int | Non
                 net(x)
                 fwd_t.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            sylvester_init_(net, x, y, patches_per_image=ppi, latent=latent, seed=r, dtype=dtype)
+            sylvester_init_(net, x, y, patches_per_image=ppi, latent=latent, seed=r, dtype=dtype, gram_dtype=gram_dtype)
             init_t.append(time.perf_counter() - t0 + load)
             load_t.append(load)
         row = {
@@ -119,7 +120,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--patches-per-image", type=int, default=16)
     p.add_argument("--latent", default="pca")
-    p.add_argument("--precision", default="float64", choices=["float64", "float32"])
+    p.add_argument("--precision", default="float64", choices=["float64", "mixed", "float32"])
     p.add_argument("--skip-init", action="store_true", help="only the solver comparison")
     args = p.parse_args()
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
