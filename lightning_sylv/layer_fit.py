@@ -127,13 +127,17 @@ def moments_from_rows(x: Tensor, s: Tensor, fit_bias: bool, dtype: torch.dtype =
     return Moments(gram_x=x.T @ x / n, gram_s=s.T @ s / n, cross=s.T @ x / n, mean_x=mx, mean_s=ms)
 
 
-def solve_moments(m: Moments, lam: float) -> LayerFit:
+def solve_moments(m: Moments, lam: float, rcond: float | None = None) -> LayerFit:
     """Solve ``(SᵀS) W + W (λ XᵀX) = (1 + λ) SᵀX`` from the moments, with bias and losses.
 
     Args:
         m: The layer's :class:`Moments`.
         lam: λ, the weight of the encoding loss; must be ``> 0``. ``math.inf`` drops the decoding
             term: the mean-square-error-optimal (least-squares, minimum-norm) encoder.
+        rcond: Relative accuracy of the moments: eigenvalues within ``rcond`` times the largest of
+            zero count as zero (tiny negative ones from rounding included). ``None``: the solver's
+            default for the moments' dtype. Moments formed from lower-precision products (see
+            :meth:`lightning_sylv.stats.InputStats.from_rows`) need that precision's tolerance.
 
     Raises:
         ValueError: If ``lam <= 0``.
@@ -141,10 +145,10 @@ def solve_moments(m: Moments, lam: float) -> LayerFit:
     if not lam > 0:
         raise ValueError(f"lam must be > 0, got {lam!r}")
     if math.isinf(lam):
-        return _least_squares(m)
+        return _least_squares(m, rcond)
     a, b, c = m.gram_s, lam * m.gram_x, (1.0 + lam) * m.cross
     eig_b = None if m.eig_x is None else (lam * m.eig_x[0], m.eig_x[1])
-    sol = solve_sylvester_psd(a, b, c, allow_singular=True, eig_b=eig_b)
+    sol = solve_sylvester_psd(a, b, c, allow_singular=True, eig_b=eig_b, rcond=rcond)
     w = sol.w
     bias = None if m.mean_x is None or m.mean_s is None else m.mean_s - w @ m.mean_x
     # Losses from the moments: no pass over the rows.
@@ -163,10 +167,12 @@ def solve_moments(m: Moments, lam: float) -> LayerFit:
     )
 
 
-def _least_squares(m: Moments) -> LayerFit:
+def _least_squares(m: Moments, rcond: float | None = None) -> LayerFit:
     """``lam = inf``: the encoding loss alone, ``W (XᵀX) = SᵀX``, minimum-norm solution."""
     evals, evecs = torch.linalg.eigh(m.gram_x)
-    tol = max(m.gram_x.shape) * torch.finfo(evals.dtype).eps * float(evals.abs().max())
+    if rcond is None:
+        rcond = max(m.gram_x.shape) * torch.finfo(evals.dtype).eps
+    tol = rcond * float(evals.abs().max())
     keep = evals > tol
     inv = torch.where(keep, 1.0 / torch.where(keep, evals, 1.0), torch.zeros_like(evals))
     w = (m.cross @ evecs) * inv @ evecs.T

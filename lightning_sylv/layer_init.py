@@ -149,6 +149,12 @@ class LayerJob:
             self._layer_rows = rows
         self.seconds += time.perf_counter() - t0
 
+    def _rcond(self, d_in: int) -> float | None:
+        """Eigenvalue tolerance matching the precision of the row products (``None``: the default)."""
+        if self.gram_dtype is None or torch.finfo(self.gram_dtype).bits >= torch.finfo(self.dtype).bits:
+            return None
+        return max(d_in, self.out_per_group) * torch.finfo(self.gram_dtype).eps
+
     def finish(self, reduce: Callable[[Tensor], Tensor] | None = None) -> LayerReport:
         """Fit, solve and write the weights; return the layer's report.
 
@@ -183,7 +189,7 @@ class LayerJob:
                     )
                 for st in stats:
                     m = self.code.moments(st, self.out_per_group, fit_bias, self.generator)
-                    fits.append(solve_moments(m, self.lam))
+                    fits.append(solve_moments(m, self.lam, self._rcond(m.gram_x.shape[0])))
             else:
                 labels = self._labels[0] if self._labels else None
                 n_rows = self._rows[0].shape[0]

@@ -393,3 +393,16 @@ def test_input_stats_blockwise_low_precision_gram():
     torch.testing.assert_close(low.covariance(), ref.covariance(), rtol=2e-5, atol=2e-5 * float(ref.covariance().abs().max()))
     same = InputStats.from_rows(x.double(), gram_dtype=torch.float64)
     torch.testing.assert_close(same.gram_x, ref.gram_x, rtol=0, atol=0)
+
+
+def test_float32_gram_products_tolerate_rounding_on_singular_inputs():
+    """Rank-deficient inputs (duplicated features) with float32 products: tiny negative eigenvalues of
+    XᵀX from rounding are within the precision-aware tolerance, not a 'not PSD' failure."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.relu(torch.randn(6000, 40, generator=g)) * torch.logspace(0, -3, 40) + 3.0
+    x = torch.cat([base, base, 0.5 * base], dim=1)  # rank 40 of 120 columns, raw (uncentred) Gram
+    net = nn.Sequential(nn.Linear(120, 30, bias=False), nn.ReLU(), nn.Linear(30, 3))
+    y = torch.arange(3).repeat(2000)
+    rep = sylvester_init_(net, x, y, gram_dtype=torch.float32)
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+    assert len(rep.layers) == 2
