@@ -22,10 +22,10 @@ __all__ = ["GRAM_BLOCK", "InputStats"]
 GRAM_BLOCK = 2048
 
 
-def _gram(x: Tensor, xd: Tensor, gram_dtype: torch.dtype) -> Tensor:
-    """``xᵀx`` in ``xd``'s dtype (``xd`` is ``x`` in it); products in ``gram_dtype``, summed block by block."""
-    dtype = xd.dtype
+def _gram(x: Tensor, dtype: torch.dtype, gram_dtype: torch.dtype) -> Tensor:
+    """``xᵀx`` in ``dtype``; products in ``gram_dtype`` when it is lower, summed block by block in ``dtype``."""
     if torch.finfo(gram_dtype).bits >= torch.finfo(dtype).bits:
+        xd = x.to(dtype)
         return xd.T @ xd
     xl = x.to(gram_dtype)
     out = torch.zeros(x.shape[1], x.shape[1], dtype=dtype, device=x.device)
@@ -90,8 +90,7 @@ class InputStats:
         """
         if x.ndim != 2:
             raise ValueError(f"x must have shape (n, d), got {tuple(x.shape)}")
-        raw, x = x, x.to(dtype)
-        gram = _gram(raw, x, gram_dtype or dtype)
+        gram = _gram(x, dtype, gram_dtype or dtype)
         counts = class_sums = None
         if labels is not None:
             if labels.shape != (x.shape[0],):
@@ -101,10 +100,10 @@ class InputStats:
             if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= c):
                 raise ValueError(f"labels span [{int(labels.min())}, {int(labels.max())}], outside [0, {c})")
             counts = torch.bincount(labels, minlength=c).to(dtype)
-            class_sums = torch.zeros(c, x.shape[1], dtype=dtype, device=x.device).index_add_(0, labels, x)
+            class_sums = torch.zeros(c, x.shape[1], dtype=dtype, device=x.device).index_add_(0, labels, x.to(dtype))
         return cls(
             n=torch.tensor(float(x.shape[0]), dtype=dtype, device=x.device),
-            sum_x=x.sum(0),
+            sum_x=x.sum(0, dtype=dtype),
             gram_x=gram,
             counts=counts,
             class_sums=class_sums,
