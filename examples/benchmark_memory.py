@@ -2,7 +2,8 @@
 
 Each setting runs in a fresh subprocess that loads only the saved subset (so loading CIFAR-10 does
 not set the high-water mark); peak memory is the growth of the process's resident-set high-water mark
-(``ru_maxrss``) during ``sylvester_init_`` over the resident size right before it. On a GPU (``--device cuda``) ``torch.cuda.max_memory_allocated`` is reported too.
+(``VmHWM``, reset right before the call) during ``sylvester_init_`` over the resident size right
+before it. On a GPU (``--device cuda``) ``torch.cuda.max_memory_allocated`` is reported too.
 
     python examples/benchmark_memory.py --data-dir /tmp/cifar --spc 10 100 1000 --batch-size 256
 """
@@ -23,6 +24,28 @@ def _rss_kb() -> int:
         return int(f.read().split()[1]) * resource.getpagesize() // 1024
 
 
+def _reset_peak() -> bool:
+    """Reset the process's resident-set high-water mark (Linux >= 4.0); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_kb() -> int:
+    """The resident-set high-water mark (``VmHWM``; ``ru_maxrss`` where ``/proc`` lacks it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def _child(subset_file: str, spc: int, batch_size: int | None, ppi: int, device: str) -> dict:
     import torch
 
@@ -37,13 +60,14 @@ def _child(subset_file: str, spc: int, batch_size: int | None, ppi: int, device:
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         base_gpu = torch.cuda.memory_allocated()
+    _reset_peak()  # otherwise an earlier peak (imports, loading) would count as the init's
     base = _rss_kb()
     t0 = time.perf_counter()
     report = sylvester_init_(net, x, y, patches_per_image=ppi, batch_size=batch_size)
     if device == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _peak_kb()
     out = {"spc": spc, "batch_size": batch_size, "passes": report.passes, "seconds": seconds,
            "peak_rss_growth_mb": (peak - base) / 1024}
     if device == "cuda":
