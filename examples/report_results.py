@@ -80,7 +80,11 @@ def build_report(csv_path: Path, out_dir: Path) -> Path:
             continue
         shots = sorted({int(r["shots"]) for r in sub})
         epochs = sorted({r["epochs"] for r in sub})
-        lines += [f"## {title}", "", f"Final test accuracy % (initial in parentheses), mean ± std over seeds; epochs: {', '.join(epochs)}.", "",
+        cmd = ("python examples/reproduce.py table1 --data-dir DIR --shots S" if exp == "table1" else
+               "python examples/reproduce.py finetune --data-dir DIR --shots S --pretrain-epochs E")
+        lines += [f"## {title}", "", f"Command: `{cmd}`. SGD, lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, lr ×0.1 at "
+                  "1/2 and 3/4 of the epochs (the paper's 100 and 150 of 200); random crop + flip.", "",
+                  f"Final test accuracy % (initial in parentheses), mean ± std over seeds; epochs: {', '.join(epochs)}.", "",
                   "| initializer | " + " | ".join(f"{s} shots" for s in shots) + " |", "| --- |" + " --- |" * len(shots)]
         labels = [(init, lat) for init in inits for lat in sorted({r["latent"] for r in sub if r["initializer"] == init}) or [""]]
         for init, lat in labels:

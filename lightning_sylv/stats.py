@@ -42,7 +42,9 @@ def _gram(x: Tensor, dtype: torch.dtype, gram_dtype: torch.dtype) -> Tensor:
     finally:
         if strict:
             torch.set_float32_matmul_precision(previous)
-    return out
+    # A float32 product need not be bitwise symmetric; the rounding asymmetry (~1e-7) would fail the
+    # float64 symmetry checks downstream.
+    return (out + out.T) / 2
 
 
 @dataclass(frozen=True)

@@ -388,7 +388,7 @@ def test_input_stats_blockwise_low_precision_gram():
     x = torch.relu(torch.randn(2 * GRAM_BLOCK + 17, 40, generator=g)) + 1.0  # mean >> spread of some entries
     ref = InputStats.from_rows(x.double())
     low = InputStats.from_rows(x, dtype=torch.float64, gram_dtype=torch.float32)
-    assert low.gram_x.dtype == torch.float64
+    assert low.gram_x.dtype == torch.float64 and torch.equal(low.gram_x, low.gram_x.T)
     torch.testing.assert_close(low.gram_x, ref.gram_x, rtol=1e-6, atol=0)
     torch.testing.assert_close(low.covariance(), ref.covariance(), rtol=2e-5, atol=2e-5 * float(ref.covariance().abs().max()))
     same = InputStats.from_rows(x.double(), gram_dtype=torch.float64)

@@ -164,3 +164,16 @@ def test_streaming_batch_size_through_the_callback():
     _fit(model, cb, ds, ds, limit_train_batches=0)
     assert cb.report.passes == len(cb.report.layers) + 1
     assert cb.metrics["sylvester/initial_accuracy"] > 0.9
+
+
+@pytest.mark.parametrize("precision", ["64-true", "bf16-true", "16-true"])
+def test_mixed_statistics_precision_under_every_trainer_precision(precision):
+    """precision='mixed' (float32 Gram products, float64 solves) with half- and double-precision activations."""
+    model = Net()
+    cb = SylvesterInit(samples_per_class=6, verbose=False, precision="mixed")
+    ds = _data()
+    _fit(model, cb, ds, ds, precision=precision, limit_train_batches=0)
+    expected = {"64-true": torch.float64, "bf16-true": torch.bfloat16, "16-true": torch.float16}[precision]
+    for name, p in model.named_parameters():
+        assert p.dtype == expected and torch.isfinite(p).all(), name
+    assert cb.metrics["sylvester/initial_accuracy"] > 0.9
