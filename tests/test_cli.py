@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = [
@@ -65,17 +66,18 @@ def test_flag_on_top_of_the_config(tmp_path):
     assert "from 200 samples" in out and "from 30 samples" in out, out[-2000:]
 
 
-def test_python_dash_m_help_lists_every_documented_argument(tmp_path):
+@pytest.mark.parametrize("callback", ["SylvesterInit", "LowRankInit", "FuseInit"])
+def test_python_dash_m_help_lists_every_documented_argument(tmp_path, callback):
     proc = subprocess.run(
-        [sys.executable, "-m", "lightning_sylv", "fit", "--trainer.callbacks.help", "SylvesterInit"],
+        [sys.executable, "-m", "lightning_sylv", "fit", "--trainer.callbacks.help", callback],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     import inspect
 
-    from lightning_sylv import SylvesterInit
+    import lightning_sylv
 
-    for name in inspect.signature(SylvesterInit).parameters:
+    for name in inspect.signature(getattr(lightning_sylv, callback)).parameters:
         assert f"--trainer.callbacks.{name}" in proc.stdout or f"--{name}" in proc.stdout, name
 
 
@@ -102,17 +104,3 @@ def test_lowrank_config_converts_and_initializes_through_the_cli(tmp_path):
                   r"mean ReLU error (\d+\.\d+) \(spectral (\d+\.\d+)\); validation accuracy (\d+\.\d+)%", out)
     assert m, out[-2000:]
     assert float(m.group(1)) < float(m.group(2))
-
-
-def test_python_dash_m_help_lists_the_lowrank_arguments(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "lightning_sylv", "fit", "--trainer.callbacks.help", "LowRankInit"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    import inspect
-
-    from lightning_sylv import LowRankInit
-
-    for name in inspect.signature(LowRankInit).parameters:
-        assert f"--trainer.callbacks.{name}" in proc.stdout or f"--{name}" in proc.stdout, name
