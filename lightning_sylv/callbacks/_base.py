@@ -3,6 +3,7 @@ how the model is run under the trainer's precision, and where the metrics go."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from lightning_sylv.callbacks._distributed import check_strategy
+from lightning_sylv.callbacks._distributed import check_strategy, sync_module
 from lightning_sylv.callbacks._trainer_data import stage_dataloader
 from lightning_sylv.evaluation import evaluate_accuracy
 from lightning_sylv.report import InitReport
@@ -148,6 +149,14 @@ class DataDrivenInit(Callback):
             device = next((p.device for p in model.parameters()), ctx.device)
             return evaluate_accuracy(model, ctx.val_dl, device, max_batches=max_batches)
         return evaluate_accuracy(model, ctx.val_dl, ctx.device, max_batches=max_batches, forward=ctx.forward, to_device=ctx.to_device)
+
+    def _synced(self, trainer: pl.Trainer, pl_module: pl.LightningModule, start: float, subset: Subset) -> float:
+        """After the weights are written: make every rank hold rank 0's weights (DDP), record the subset
+        size, and return the seconds since ``start`` (the init time: evaluations are not in it)."""
+        if trainer.world_size > 1:
+            sync_module(pl_module, trainer.strategy)
+        self.subset_size = len(subset.indices)
+        return time.perf_counter() - start
 
     def _publish(self, trainer: pl.Trainer) -> None:
         """Log :attr:`metrics` to every attached logger (loggers write on rank zero only)."""

@@ -19,7 +19,6 @@ from torch import nn
 
 from lightning_sylv._checks import check_choice, check_int, check_positive_int, check_positive_number
 from lightning_sylv.callbacks._base import DataDrivenInit, percent
-from lightning_sylv.callbacks._distributed import sync_module
 from lightning_sylv.fuse import fuse_init_
 from lightning_sylv.report import InitReport, format_table
 
@@ -202,12 +201,9 @@ class FuseInit(DataDrivenInit):
             forward=ctx.forward,
             teacher_inputs=subset.raw,
         )
-        if trainer.world_size > 1:
-            sync_module(pl_module, trainer.strategy)
-        init_time = time.perf_counter() - start
+        init_time = self._synced(trainer, pl_module, start, subset)
         post = self._accuracy(ctx, pl_module, self.eval_batches)
         self.initialized = True
-        self.subset_size = len(subset.indices)
         self.metrics = {"fuse/init_time_s": init_time}
         if teacher_acc is not None:
             self.metrics["fuse/teacher_accuracy"] = teacher_acc

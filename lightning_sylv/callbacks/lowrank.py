@@ -19,7 +19,6 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_sylv._checks import check_choice, check_int, check_positive_int, check_positive_number
 from lightning_sylv.callbacks._base import DataDrivenInit, percent
-from lightning_sylv.callbacks._distributed import sync_module
 from lightning_sylv.callbacks.sylvester import SylvesterInit
 from lightning_sylv.lowrank import (
     METHODS,
@@ -215,14 +214,11 @@ class LowRankInit(DataDrivenInit):
             lam=self.lam,
             forward=ctx.forward,
         )
-        if trainer.world_size > 1:
-            sync_module(pl_module, trainer.strategy)
         if not self.keep_full:
             for m in pl_module.modules():
                 if isinstance(m, LowRankLayer):
                     m.drop_full()
-        self.subset_size = len(subset.indices)
-        self.metrics = {"lowrank/init_time_s": time.perf_counter() - start}
+        self.metrics = {"lowrank/init_time_s": self._synced(trainer, pl_module, start, subset)}
         fits = [r.fit for r in self.report.layers if r.fit.relu_error is not None]
         if fits:
             self.metrics["lowrank/relu_error"] = sum(f.relu_error or 0.0 for f in fits) / len(fits)

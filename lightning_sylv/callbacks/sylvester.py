@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_sylv._checks import check_choice, check_int, check_positive_int, check_positive_number
 from lightning_sylv.callbacks._base import DataDrivenInit, percent
-from lightning_sylv.callbacks._distributed import sum_across_processes, sync_module
+from lightning_sylv.callbacks._distributed import sum_across_processes
 from lightning_sylv.callbacks._logging import FeatureInspection, layer_progress, log_callback_hparams, log_report
 from lightning_sylv.codes import CODES
 from lightning_sylv.engine import sylvester_init_
@@ -232,12 +232,9 @@ class SylvesterInit(DataDrivenInit):
                 forward=ctx.forward,
                 on_layer=on_layer,
             )
-        if trainer.world_size > 1:
-            sync_module(pl_module, trainer.strategy)
-        init_time = time.perf_counter() - start
+        init_time = self._synced(trainer, pl_module, start, subset)
         post = self._accuracy(ctx, pl_module, self.eval_batches)
         self.initialized = True
-        self.subset_size = len(subset.indices)
         self.metrics = {"sylvester/init_time_s": init_time}
         if pre is not None:
             self.metrics["sylvester/pre_init_accuracy"] = pre
