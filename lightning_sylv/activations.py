@@ -127,7 +127,7 @@ def conv_patches(
     patches = x[batch, :, rows.clamp(0, h - 1), cols.clamp(0, w - 1)]
     if any(pads):
         inside = ((rows >= 0) & (rows < h)) & ((cols >= 0) & (cols < w))
-        patches = patches * inside[..., None].to(patches.dtype)
+        patches.mul_(inside[..., None].to(patches.dtype))  # a fresh tensor from the gather
     patches = patches.permute(0, 1, 4, 2, 3).reshape(n * p, c, kh * kw)
     return LayerRows(x=patches, per_sample=p, positions=pos, out_shape=(h_out, w_out))
 

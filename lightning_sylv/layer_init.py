@@ -38,6 +38,31 @@ def code_uses_stats(code: LatentCode) -> bool:
     return type(code).moments is not LatentCode.moments
 
 
+def _split_groups(x: Tensor, groups: int) -> list[Tensor]:
+    """Flat ``(n, d)`` rows of each group: channel slices of ``(n, C, K)`` patches or of ``(n, d)`` rows."""
+    width = x.shape[1] // groups
+    return [(x[:, g * width : (g + 1) * width] if groups > 1 else x).flatten(1) for g in range(groups)]
+
+
+def _row_stats(
+    x: Tensor,
+    groups: int,
+    labels: Tensor | None,
+    classes: int | None,
+    dtype: torch.dtype,
+    gram_dtype: torch.dtype | None,
+) -> list[InputStats]:
+    """:class:`InputStats` of each group's flat rows (see :func:`_split_groups`)."""
+    if groups == 1 and x.ndim == 3 and x.transpose(1, 2).is_contiguous():
+        # Patches gathered as (n, K, C) in memory (see conv_patches): the sums are formed in that
+        # order and reordered to the weight's (C, K) order, O(d²), instead of copying the O(n d) rows.
+        c, k = x.shape[1:]
+        natural = x.transpose(1, 2).reshape(x.shape[0], k * c)
+        order = (torch.arange(k)[None, :] * c + torch.arange(c)[:, None]).reshape(-1)
+        return [InputStats.from_rows(natural, labels, classes, dtype, gram_dtype).take(order)]
+    return [InputStats.from_rows(xg, labels, classes, dtype, gram_dtype) for xg in _split_groups(x, groups)]
+
+
 class LayerJob:
     """Initialization of one supported layer (``Linear``, ``Conv1d``, ``Conv2d``).
 
@@ -109,11 +134,6 @@ class LayerJob:
             if int(labels.min()) < 0:
                 raise LayerInitError(f"layer {self.name!r}: labels must be >= 0, got {int(labels.min())}")
             row_labels = labels.to(rows.x.device).repeat_interleave(rows.per_sample)
-        width = rows.x.shape[1] // self.groups if rows.x.ndim == 3 else rows.x.shape[1]
-        groups = []
-        for g in range(self.groups):
-            xg = rows.x[:, g * width : (g + 1) * width] if self.groups > 1 else rows.x
-            groups.append(xg.reshape(xg.shape[0], -1))
         if self.uses_stats:
             try:
                 if row_labels is not None and int(row_labels.max()) >= self.out_per_group:
@@ -123,7 +143,7 @@ class LayerJob:
                     )
                 # A fixed class count keeps statistics of batches and processes mergeable.
                 classes = None if row_labels is None else self.out_per_group
-                new = [InputStats.from_rows(xg, row_labels, classes, self.dtype, self.gram_dtype) for xg in groups]
+                new = _row_stats(rows.x, self.groups, row_labels, classes, self.dtype, self.gram_dtype)
             except ValueError as err:
                 raise LayerInitError(f"layer {self.name!r}: {err}") from err
             # NaN/Inf in any row propagates into the sums: checking them is O(d²), not O(n d).
@@ -139,7 +159,7 @@ class LayerJob:
                     f"layer {self.name!r}: the {self.code.name!r} code needs all rows at once; it cannot be "
                     "streamed over several batches (use a statistics code such as 'pca', or no batch_size)"
                 )
-            self._rows = [xg.to(self.dtype) for xg in groups]
+            self._rows = [xg.to(self.dtype) for xg in _split_groups(rows.x, self.groups)]
             if not all(bool(torch.isfinite(xg).all()) for xg in self._rows):
                 raise LayerInitError(
                     f"layer {self.name!r}: its input activations contain NaN/Inf values (check the data and "

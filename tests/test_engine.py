@@ -406,3 +406,30 @@ def test_float32_gram_products_tolerate_rounding_on_singular_inputs():
     rep = sylvester_init_(net, x, y, gram_dtype=torch.float32)
     assert all(torch.isfinite(p).all() for p in net.parameters())
     assert len(rep.layers) == 2
+
+
+def test_patch_statistics_in_gather_order_match_unfold():
+    """The sums formed in the gather's (K, C) memory order and reordered equal those of F.unfold's (C, K) rows."""
+    from lightning_sylv.activations import conv_patches
+    from lightning_sylv.layer_init import _row_stats
+    from lightning_sylv.stats import InputStats
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 7, 6, generator=g, dtype=torch.float64)
+    y = torch.tensor([0, 2, 1])
+    conv = nn.Conv2d(5, 4, (3, 2), padding=1, bias=False).double()
+    rows = conv_patches(x, conv, None)
+    assert rows.x.transpose(1, 2).is_contiguous()  # the layout the fast path relies on
+    (fast,) = _row_stats(rows.x, 1, y.repeat_interleave(rows.per_sample), 3, torch.float64, None)
+    ref_rows = torch.nn.functional.unfold(x, (3, 2), padding=1).transpose(1, 2).reshape(-1, 5 * 6)  # (C, K) order
+    ref = InputStats.from_rows(ref_rows, y.repeat_interleave(rows.per_sample), 3)
+    for name in ("n", "sum_x", "gram_x", "counts", "class_sums"):
+        torch.testing.assert_close(getattr(fast, name), getattr(ref, name), rtol=1e-12, atol=1e-12)
+
+
+def test_input_stats_low_precision_row_sums():
+    from lightning_sylv.stats import GRAM_BLOCK, InputStats
+
+    x = torch.rand(3 * GRAM_BLOCK + 5, 7, generator=torch.Generator().manual_seed(0)) + 100.0
+    low = InputStats.from_rows(x, dtype=torch.float64, gram_dtype=torch.float32)
+    torch.testing.assert_close(low.sum_x, x.double().sum(0), rtol=1e-6, atol=0)
