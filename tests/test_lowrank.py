@@ -122,6 +122,33 @@ def test_relu_aware_with_affine_and_zero_iterations():
     assert torch.allclose(zero.weight, data.weight) and zero.best_iteration == 0
 
 
+def test_relu_aware_keeps_its_best_iterate_when_a_refinement_step_gets_worse(monkeypatch):
+    """The safeguard: an iterate with a larger ReLU error than an earlier one is never returned."""
+    import importlib
+
+    fz = importlib.import_module("lightning_sylv.lowrank.factorize")  # the package re-exports a function of that name
+
+    x = _relu_rows(300, 24, 6, 7)
+    w = torch.randn(16, 24, generator=_gen(7), dtype=D) / 24**0.5
+    data = data_factors(w, x, 3)
+    calls = []
+    original = fz._rrr
+
+    def spoiled(*args, **kwargs):  # the first refinement is genuine, later ones flip V's sign
+        u, v = original(*args, **kwargs)
+        calls.append(1)
+        return (u, v) if len(calls) == 1 else (u, -v)
+
+    monkeypatch.setattr(fz, "_rrr", spoiled)
+    rel = relu_factors(w, x, 3, iters=4)
+    assert len(calls) == 4
+    assert rel.best_iteration in (0, 1)
+    monkeypatch.setattr(fz, "_rrr", original)
+    first = relu_factors(w, x, 3, iters=1)
+    assert torch.equal(rel.weight, first.weight)  # the genuine step (or the start), not the last
+    assert relu_error(w, x, rel) <= relu_error(w, x, data) + 1e-12
+
+
 def test_factorize_argument_errors_name_argument_and_value():
     w = torch.randn(6, 5, dtype=D)
     x = torch.randn(20, 5, dtype=D)
