@@ -39,6 +39,16 @@ def _f(row: dict[str, str], key: str) -> float | None:
     return float(row[key]) if row.get(key) not in ("", None) else None
 
 
+def _settings(rows: list[dict[str, str]], fixed: str) -> str:
+    """One sentence with the settings shared by ``rows`` (shots, epochs and the fixed hyper-parameter)."""
+    def one(key: str) -> str:
+        return ", ".join(sorted({r[key] for r in rows if r.get(key)})) or "-"
+
+    fixed_name = {"lam": "λ", "latent": "latent"}[fixed]
+    return (f"Shots per class: {one('shots')}; epochs: {one('epochs')}; Sylvester subset: {one('samples_per_class')} "
+            f"samples/class (capped by the shots), {one('patches_per_image')} patches/image, {fixed_name} {one(fixed)}.")
+
+
 def build_report(csv_path: Path, out_dir: Path) -> Path:
     rows = list(csv.DictReader(csv_path.open())) if csv_path.exists() else []
     figs = out_dir.parent / "figures"
@@ -101,8 +111,12 @@ def build_report(csv_path: Path, out_dir: Path) -> Path:
             lines.append(f"| {init}{f' ({lat})' if lat else ''} | " + " | ".join(cells) + " |")
         lines.append("")
 
-    for exp, key, title, fname in (("fig2", "lam", "Figure 2 analog: effect of λ", "fig2_lambda.png"),
-                                   ("fig3", "latent", "Figure 3 analog: latent codes", "fig3_codes.png")):
+    for exp, key, title, fname, cmd, fixed in (
+        ("fig2", "lam", "Figure 2 analog: effect of λ", "fig2_lambda.png",
+         "python examples/reproduce.py fig2 --data-dir DIR --shots S --lams 0.1 1 10 100", "latent"),
+        ("fig3", "latent", "Figure 3 analog: latent codes", "fig3_codes.png",
+         "python examples/reproduce.py fig3 --data-dir DIR --shots S", "lam"),
+    ):
         sub = [r for r in rows if r["experiment"] == exp]
         if not sub:
             continue
@@ -110,16 +124,21 @@ def build_report(csv_path: Path, out_dir: Path) -> Path:
         for r in sub:
             groups[r[key]].append(r)
         keys = sorted(groups, key=lambda k: float(k) if exp == "fig2" else k)
-        lines += [f"## {title}", "", f"| {key} | initial acc. (%) | final acc. (%) |", "| --- | --- | --- |"]
+        lines += [f"## {title}", "", f"Command: `{cmd}`. {_settings(sub, fixed)}", "",
+                  f"| {'λ' if key == 'lam' else key} | initial acc. (%) | final acc. (%) |", "| --- | --- | --- |"]
         for k in keys:
             lines.append(f"| {k} | {_ms([float(r['initial_acc']) for r in groups[k]])} | {_ms([float(r['final_acc']) for r in groups[k]])} |")
         fig, ax = plt.subplots(figsize=(5, 3.2))
-        xs = range(len(keys))
-        ax.plot(xs, [100 * statistics.mean(float(r["initial_acc"]) for r in groups[k]) for k in keys], "o-", label="initial")
-        ax.plot(xs, [100 * statistics.mean(float(r["final_acc"]) for r in groups[k]) for k in keys], "s-", label="final")
-        ax.set_xticks(list(xs), keys)
-        ax.set_xlabel(key)
+        xs = list(range(len(keys)))
+        for field, marker, label in (("initial_acc", "o-", "initial"), ("final_acc", "s-", "final")):
+            vals = [[100 * float(r[field]) for r in groups[k]] for k in keys]
+            err = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in vals]
+            ax.errorbar(xs, [statistics.mean(v) for v in vals], yerr=err, fmt=marker, capsize=3, label=label)
+        ax.set_xticks(xs, keys)
+        ax.set_xlabel("λ" if key == "lam" else "latent code")
         ax.set_ylabel("test accuracy (%)")
+        n_seeds = sorted({len(groups[k]) for k in keys})
+        ax.set_title(f"{title.split(': ')[1]}: {sub[0]['shots']} shots, seeds/point {'-'.join(map(str, n_seeds))}", fontsize=9)
         ax.legend()
         fig.tight_layout()
         fig.savefig(figs / fname, dpi=120)
@@ -129,6 +148,12 @@ def build_report(csv_path: Path, out_dir: Path) -> Path:
     sub = [r for r in rows if r["experiment"] == "fig1" and r.get("curve")]
     if sub:
         fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        lines += ["## Figure 1 analog: test accuracy vs wall-clock time", "",
+                  "Command: `python examples/reproduce.py fig1 --data-dir DIR --shots S`. "
+                  f"{_settings(sub, 'latent')} Time is training time (test evaluations excluded) plus, for Sylvester, "
+                  "its initialization time; one seed per curve.", "",
+                  "| initializer | seed | init time (s) | initial acc. (%) | final acc. (%) | wall-clock to final (s) |",
+                  "| --- | --- | --- | --- | --- | --- |"]
         for init in INITS:
             rs = [r for r in sub if r["initializer"] == init]
             if not rs:
@@ -136,13 +161,16 @@ def build_report(csv_path: Path, out_dir: Path) -> Path:
             pts = [tuple(map(float, p.split(":"))) for p in rs[0]["curve"].split(";")]
             offset = float(rs[0]["init_time_s"] or 0)
             ax.plot([offset] + [t + offset for t, _ in pts], [100 * float(rs[0]["initial_acc"])] + [100 * a for _, a in pts], label=init)
+            lines.append(f"| {init} | {rs[0]['seed']} | {offset:.2f} | {100 * float(rs[0]['initial_acc']):.2f} | "
+                         f"{100 * float(rs[0]['final_acc']):.2f} | {pts[-1][0] + offset:.0f} |")
         ax.set_xlabel("wall-clock time incl. initialization (s)")
         ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"Figure 1 analog: {sub[0]['shots']} shots", fontsize=9)
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(figs / "fig1_accuracy_vs_time.png", dpi=120)
         plt.close(fig)
-        lines += ["## Figure 1 analog: test accuracy vs wall-clock time", "", "![Figure 1](../figures/fig1_accuracy_vs_time.png)", ""]
+        lines += ["", "![Figure 1](../figures/fig1_accuracy_vs_time.png)", ""]
     out = out_dir / "cifar10.md"
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")

@@ -48,3 +48,37 @@ def test_table2_table1_and_report_append_resume_and_write_results(tmp_path):
     _run("report", "--csv", str(out_csv))
     results = (tmp_path / "RESULTS.md").read_text()
     assert results.count("cifar10 tables: begin") == 1 and "hand-written intro" in results
+
+
+def test_report_builds_the_figure_sections_from_csv_rows(tmp_path):
+    """Figures 1-3 from hand-written rows: tables with mean ± std over seeds, PNGs, the settings line."""
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        from report_results import build_report
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    fields = ["experiment", "setup", "initializer", "shots", "seed", "epochs", "samples_per_class", "lam", "latent",
+              "patches_per_image", "initial_acc", "final_acc", "init_time_s", "forward_time_s", "wall_s", "curve",
+              "machine", "date"]
+    base = dict(setup="cifar10", shots="10", epochs="200", samples_per_class="100", patches_per_image="16",
+                forward_time_s="", wall_s="1.0", machine="m", date="2026-11-24", curve="", init_time_s="1.5")
+    rows = [dict(base, experiment="fig2", initializer="sylvester", seed=s, lam=lam, latent="pca",
+                 initial_acc=f"{0.2 + 0.01 * s:.4f}", final_acc="0.3000") for lam in ("0.1", "10.0") for s in (0, 1)]
+    rows += [dict(base, experiment="fig3", initializer="sylvester", seed="0", lam="10.0", latent=lat,
+                  initial_acc="0.2500", final_acc="0.2900") for lat in ("pca", "kmeans")]
+    rows += [dict(base, experiment="fig1", initializer=init, seed="0", lam="", latent="", initial_acc="0.1000",
+                  final_acc="0.2800", curve="10.0:0.2;20.0:0.28", init_time_s="2.0" if init == "sylvester" else "")
+             for init in ("sylvester", "he_uniform")]
+    out_csv = tmp_path / "results" / "runs.csv"
+    out_csv.parent.mkdir()
+    with out_csv.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    md = build_report(out_csv, out_csv.parent).read_text()
+    assert "| 0.1 | 20.50 ± 0.71 (n=2) | 30.00 ± 0.00 (n=2) |" in md  # seeds 0 and 1: 20 % and 21 %
+    assert "| kmeans | 25.00 (n=1) | 29.00 (n=1) |" in md
+    assert "Shots per class: 10; epochs: 200" in md and "latent pca" in md and "λ 10.0" in md
+    assert "| sylvester | 0 | 2.00 | 10.00 | 28.00 | 22 |" in md and "| he_uniform | 0 | 0.00 | 10.00 | 28.00 | 20 |" in md
+    for png in ("fig1_accuracy_vs_time.png", "fig2_lambda.png", "fig3_codes.png"):
+        assert (tmp_path / "figures" / png).stat().st_size > 1000
