@@ -151,7 +151,8 @@ def build_report(csv_path: Path, out_dir: Path) -> Path:
         lines += ["## Figure 1 analog: test accuracy vs wall-clock time", "",
                   "Command: `python examples/reproduce.py fig1 --data-dir DIR --shots S`. "
                   f"{_settings(sub, 'latent')} Time is training time (test evaluations excluded) plus, for Sylvester, "
-                  "its initialization time; one seed per curve.", "",
+                  "its initialization time; one seed per curve. The machine's load (other jobs) changes the seconds "
+                  "from run to run, so compare the curves' shapes, not their lengths.", "",
                   "| initializer | seed | init time (s) | initial acc. (%) | final acc. (%) | wall-clock to final (s) |",
                   "| --- | --- | --- | --- | --- | --- |"]
         for init in INITS:
