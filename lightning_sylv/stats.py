@@ -87,9 +87,10 @@ class InputStats:
             dtype: Accumulation dtype (of the sums and of everything returned).
             gram_dtype: Precision of the row products ``x_i x_iᵀ`` (the ``O(n d²)`` part), ``None``
                 for ``dtype``. A lower one (``torch.float32`` for ``float64`` sums) forms the Gram
-                matrix in blocks of :data:`GRAM_BLOCK` rows and adds the blocks up in ``dtype``, so
-                the rounding error of an entry is that of a ``GRAM_BLOCK``-term float32 dot product
-                (relative ``~1e-6``), whatever ``n``.
+                matrix and the row sum ``Σ x_i`` in blocks of :data:`GRAM_BLOCK` rows and adds the
+                blocks up in ``dtype``, so the rounding error of an entry is that of a
+                ``GRAM_BLOCK``-term float32 sum (relative ``~1e-6``), whatever ``n``. Per-class sums
+                are always formed in ``dtype``.
 
         Raises:
             ValueError: On shape mismatch or labels outside ``[0, num_classes)``.
