@@ -69,6 +69,11 @@ def test_report_builds_the_figure_sections_from_csv_rows(tmp_path):
     rows += [dict(base, experiment="fig1", initializer=init, seed="0", lam="", latent="", initial_acc="0.1000",
                   final_acc="0.2800", curve="10.0:0.2;20.0:0.28", init_time_s="2.0" if init == "sylvester" else "")
              for init in ("sylvester", "he_uniform")]
+    # Table 1: a shortened 500-shot column (20 epochs) must stay apart from a 200-epoch one of the same shots.
+    rows += [dict(base, experiment="table1", initializer="he_uniform", shots=shots, seed=s, epochs=ep, lam="",
+                  latent="", initial_acc="0.1000", final_acc=acc, init_time_s="")
+             for shots, ep, s, acc in (("50", "200", "0", "0.4000"), ("50", "200", "1", "0.4200"),
+                                       ("500", "20", "0", "0.6000"), ("500", "200", "0", "0.7000"))]
     out_csv = tmp_path / "results" / "runs.csv"
     out_csv.parent.mkdir()
     with out_csv.open("w", newline="") as f:
@@ -80,5 +85,8 @@ def test_report_builds_the_figure_sections_from_csv_rows(tmp_path):
     assert "| kmeans | 25.00 (n=1) | 29.00 (n=1) |" in md
     assert "Shots per class: 10; epochs: 200" in md and "latent pca" in md and "λ 10.0" in md
     assert "| sylvester | 0 | 2.00 | 10.00 | 28.00 | 22 |" in md and "| he_uniform | 0 | 0.00 | 10.00 | 28.00 | 20 |" in md
+    assert "| initializer | 50 shots, 200 ep | 500 shots, 200 ep | 500 shots, 20 ep |" in md
+    assert ("| he_uniform | 41.00 ± 1.41 (n=2) (10.0 ± 0.0); paper 40.84 (9.96) | 70.00 (n=1) (10.0); paper 75.2 (9.96) "
+            "| 60.00 (n=1) (10.0); paper 75.2 (9.96) |") in md
     for png in ("fig1_accuracy_vs_time.png", "fig2_lambda.png", "fig3_codes.png"):
         assert (tmp_path / "figures" / png).stat().st_size > 1000
