@@ -433,3 +433,68 @@ def test_input_stats_low_precision_row_sums():
     x = torch.rand(3 * GRAM_BLOCK + 5, 7, generator=torch.Generator().manual_seed(0)) + 100.0
     low = InputStats.from_rows(x, dtype=torch.float64, gram_dtype=torch.float32)
     torch.testing.assert_close(low.sum_x, x.double().sum(0), rtol=1e-6, atol=0)
+
+
+class ViewFlattenCNN(nn.Module):
+    """Flattens with ``.view``, which an activation in channels-last layout does not allow."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.head = nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.conv(x)).view(x.shape[0], -1))
+
+
+def _rgb_data() -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = _data()
+    g = torch.Generator().manual_seed(1)
+    return x.repeat(1, 3, 1, 1) + 0.3 * torch.randn(len(y), 3, 4, 4, generator=g), y
+
+
+def tiny_rgb_resnet() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(),
+        ResBlock(6), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3),
+    )
+
+
+def test_init_pass_runs_channels_last_on_cpu_with_the_same_result(monkeypatch):
+    x, y = _rgb_data()
+    torch.manual_seed(0)
+    model = tiny_rgb_resnet()
+    plain = tiny_rgb_resnet()
+    plain.load_state_dict(model.state_dict())
+    seen: list[bool] = []
+    handle = model[3].conv2.register_forward_pre_hook(
+        lambda m, a: seen.append(a[0].is_contiguous(memory_format=torch.channels_last) and not a[0].is_contiguous())
+    )
+    report = sylvester_init_(model, x, y, dtype=torch.float64)
+    handle.remove()
+    assert seen[-1], "the initialization pass should feed the convolutions channels-last activations"
+    assert all(p.is_contiguous() for p in model.parameters())  # the weights keep their layout
+    assert x.is_contiguous()  # the caller's inputs are untouched
+
+    monkeypatch.setattr("lightning_sylv.engine._channels_last", lambda t: t)
+    ref = sylvester_init_(plain, x, y, dtype=torch.float64)
+    # The first layer sees the same values gathered in the same order: bit-identical weights. Later
+    # layers see activations that differ by float rounding only.
+    assert torch.equal(model[0].weight, plain[0].weight)
+    for a, b in zip(report.layers, ref.layers):
+        assert a.encoding_loss == pytest.approx(b.encoding_loss, rel=1e-3, abs=1e-6), a.name
+
+
+def test_forward_that_needs_the_default_layout_runs_as_given(monkeypatch):
+    x, y = _rgb_data()
+    torch.manual_seed(0)
+    model = ViewFlattenCNN()
+    with pytest.raises(RuntimeError, match="view"):
+        model(x.contiguous(memory_format=torch.channels_last))
+    plain = ViewFlattenCNN()
+    plain.load_state_dict(model.state_dict())
+    sylvester_init_(model, x, y)  # probes channels-last on two samples, then falls back
+    monkeypatch.setattr("lightning_sylv.engine._channels_last", lambda t: t)
+    sylvester_init_(plain, x, y)
+    for (name, p), q in zip(model.state_dict().items(), plain.state_dict().values()):
+        assert torch.equal(p, q), name
