@@ -79,7 +79,8 @@ def _append(path: Path, row: dict[str, Any]) -> None:
 
 def _setup(setup: str, args: argparse.Namespace) -> str:
     """The setup label, naming the initializer's precision when it is not the float64 default."""
-    return setup if args.precision == "float64" else f"{setup} ({args.precision})"
+    setup = setup if args.precision == "float64" else f"{setup} ({args.precision})"
+    return f"{setup} [{args.label}]" if args.label else setup
 
 
 def _fmt(value: Any) -> str:
@@ -265,6 +266,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--shots", type=int, nargs="+", default=[10, 50, 100, 500])
     p.add_argument("--spc", type=int, nargs="+", default=[10, 100, 300], help="samples per class (table2)")
     p.add_argument("--epochs", type=int, default=200)
+    p.add_argument("--label", default="", help="appended to the setup column, to keep runs of another code "
+                   "version apart (e.g. after an engine change)")
     p.add_argument("--pretrain-epochs", type=int, default=30)
     p.add_argument("--samples-per-class", type=int, default=100)
     p.add_argument("--patches-per-image", type=int, default=16)
