@@ -71,8 +71,9 @@ def _fast_forward(
 ) -> tuple[Callable[[nn.Module, Any], Any], list[str]]:
     """The forward the initialization pass runs, and the execution order it gives on ``probe``.
 
-    On CPUs, oneDNN convolutions and batch normalization run about twice as fast on a large batch of
-    images in channels-last layout (ResNet-20, 1,000 CIFAR images: 1.8 s -> 1.2 s). The initialization
+    On CPUs, oneDNN convolutions run about twice as fast on a large batch of images in channels-last
+    layout (ResNet-20 on 1,000 CIFAR images: its convolutions inside the initialization 1.35 s ->
+    0.64 s, batch normalization 0.49 s -> 0.28 s; a plain eval forward 1.8 s -> 1.2 s). The initialization
     pass feeds a 4-D CPU input in that layout whenever the model's forward accepts it, probed on
     ``probe`` (forward code that calls ``.view`` on activations may not); values, weights and their
     layout are unchanged. Other inputs and devices run ``forward`` as given.
