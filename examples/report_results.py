@@ -65,7 +65,7 @@ def build_report(csv_path: Path, out_dir: Path) -> Path:
                   "Command: `python examples/reproduce.py table2 --data-dir DIR [--latent L] [--precision P]`. "
                   "Init time covers the subset draw, every layer's statistics, codes and solves and the BatchNorm "
                   "recalibration; the forward pass is one plain eval-mode pass over the same subset as one batch, "
-                  "timed right after (against a batched forward the ratio is ~2.7× higher; see the speed section "
+                  "timed right after (against the fastest batched forward the ratio is 2.5–2.8× higher; see the speed section "
                   "of RESULTS.md). Rows run next to training jobs: compare their times within a row, not across rows.", "",
                   "| setup | latent | patches/image | samples/class | Sylvester init time (s) | init ÷ one forward pass | "
                   "initial acc. (%) | He-u initial acc. (%) | paper: time (s) / acc. (%) |",
