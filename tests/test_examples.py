@@ -1,6 +1,7 @@
 """The CIFAR-10 reproduction harness, run for real on a tiny fake ``cifar-10-batches-py`` folder."""
 
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +91,22 @@ def test_report_builds_the_figure_sections_from_csv_rows(tmp_path):
             "| 60.00 (n=1) (10.0); paper 75.2 (9.96) |") in md
     for png in ("fig1_accuracy_vs_time.png", "fig2_lambda.png", "fig3_codes.png"):
         assert (tmp_path / "figures" / png).stat().st_size > 1000
+
+
+def test_speed_benchmark_prints_ratios_and_solver_bounds(tmp_path):
+    _write_fake(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "benchmark_speed.py"), "--data-dir", str(tmp_path), "--spc", "2",
+         "--repeats", "1", "--patches-per-image", "4", "--val-size", "30"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},  # no oversubscription next to other test workers
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    solver_lines = [line for line in proc.stdout.splitlines() if line.startswith("W ")]
+    assert len(solver_lines) == 9  # every distinct ResNet-20 layer shape
+    for line in solver_lines:
+        assert "its two eigh alone" in line
+        res_torch = float(line.split("residual torch ")[1].split()[0])
+        assert res_torch <= 1e-6, line
+    assert "all shapes:" in proc.stdout
+    assert "spc=2 " in proc.stdout and "init/fastest forward=" in proc.stdout
