@@ -124,6 +124,32 @@ def test_dataloaders_passed_to_fit(tmp_path):
     assert "sylvester/initial_accuracy" in cb.metrics
 
 
+class AugmentsOnDevice(ImageClassifier):
+    """GPU-style augmentation in ``on_after_batch_transfer``, written for whole ``(x, y)`` batches."""
+
+    def __init__(self) -> None:
+        super().__init__(arch="mlp")
+        self.transfer_calls = 0
+        self.calls_before_training = None
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        x, y = batch  # fails on inputs alone
+        self.transfer_calls += 1
+        return (x + torch.randn_like(x) if self.trainer.training else x), y
+
+    def on_train_start(self) -> None:
+        self.calls_before_training = self.transfer_calls
+
+
+def test_batch_transfer_hooks_are_not_run_on_the_subset_or_the_evaluation(tmp_path):
+    model = AugmentsOnDevice()
+    cb = SylvesterInit(samples_per_class=10)
+    _trainer(tmp_path, [cb]).fit(model, datamodule=DigitsDataModule(seed=0))
+    assert model.calls_before_training == 0  # neither the subset nor the accuracies went through it
+    assert model.transfer_calls > 0  # training batches still do
+    assert cb.metrics["sylvester/initial_accuracy"] > 0.8
+
+
 def test_resume_from_checkpoint_does_not_reinitialize(tmp_path):
     dm = DigitsDataModule()
     cb = SylvesterInit(samples_per_class=5)

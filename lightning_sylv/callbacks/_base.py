@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.fabric.utilities import move_data_to_device
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
@@ -32,7 +33,8 @@ class FitContext:
         train_dl: The training dataloader (its dataset and collate function give the subset).
         val_dl: The validation dataloader, or ``None``.
         device: The model's device.
-        to_device: Moves a batch to a device and casts it to the run's precision.
+        to_device: Moves inputs to a device and casts them to the run's precision (without the
+            batch-transfer hooks, which expect whole training batches).
         forward: Runs a model on inputs inside the precision plugin's forward context (autocast).
         init_dataset: Where the subset is drawn from: ``datamodule.init_dataset()`` when the datamodule
             defines it (e.g. the training images without augmentation), else the training dataset.
@@ -105,8 +107,11 @@ class DataDrivenInit(Callback):
         plugin = trainer.precision_plugin
 
         def to_device(batch: Any, device: torch.device) -> Any:
-            # The dtype the run's precision expects ("bf16-true" etc.); integer labels are untouched.
-            return plugin.convert_input(trainer.strategy.batch_to_device(batch, device))
+            # Not ``strategy.batch_to_device``: it runs the LightningModule's and datamodule's batch
+            # transfer hooks, which are written for whole training batches (they unpack ``(x, y)``)
+            # and often augment (``trainer.training`` is already true in ``on_fit_start``). Only the
+            # inputs travel here. Then the dtype the run's precision expects ("bf16-true" etc.).
+            return plugin.convert_input(move_data_to_device(batch, device))
 
         def forward(model: nn.Module, inputs: Any) -> Any:
             with plugin.forward_context():  # autocast for mixed precision
