@@ -16,6 +16,8 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -26,11 +28,26 @@ from lightning_sylv.layer_fit import LayerFit, moments_from_rows, solve_moments
 from lightning_sylv.report import LayerReport
 from lightning_sylv.stats import InputStats
 
-__all__ = ["LayerInitError", "LayerJob", "code_uses_stats"]
+__all__ = ["LayerInitError", "LayerJob", "autocast_off", "code_uses_stats"]
 
 
 class LayerInitError(ValueError):
     """A layer could not be initialized; the message names the layer."""
+
+
+def autocast_off(device: torch.device) -> AbstractContextManager[Any]:
+    """A context with autocast disabled on ``device``'s type.
+
+    The initialization runs inside the model's forward pass, which a mixed-precision trainer wraps
+    in ``torch.autocast``: float32 matrix products there would silently run in bfloat16/float16
+    (Gram matrices with ~1e-3 relative error, or overflow to Inf in float16). The statistics, codes
+    and solves keep the dtypes asked for (``dtype``, ``gram_dtype``) instead.
+    """
+    kind = torch.device(device).type
+    available = getattr(torch.amp, "is_autocast_available", None)  # torch >= 2.4
+    if available is not None and not available(kind):
+        return nullcontext()
+    return torch.autocast(device_type=kind, enabled=False)
 
 
 def code_uses_stats(code: LatentCode) -> bool:
@@ -116,9 +133,16 @@ class LayerJob:
     def add(self, x: Tensor, labels: Tensor | None) -> None:
         """Add one batch of the layer's input ``x`` (with the batch's labels, if any).
 
+        Runs with autocast disabled (see :func:`autocast_off`), also when called from a forward pass
+        under a mixed-precision context.
+
         Raises:
             LayerInitError: If the rows cannot be gathered, contain NaN/Inf, or labels mismatch.
         """
+        with autocast_off(x.device):
+            self._add(x, labels)
+
+    def _add(self, x: Tensor, labels: Tensor | None) -> None:
         t0 = time.perf_counter()
         try:
             rows = layer_rows(self.module, x, self.patches_per_image, self.generator)
@@ -178,12 +202,18 @@ class LayerJob:
     def finish(self, reduce: Callable[[Tensor], Tensor] | None = None) -> LayerReport:
         """Fit, solve and write the weights; return the layer's report.
 
+        Runs with autocast disabled, like :meth:`add`.
+
         Args:
             reduce: Sum-reduction across processes (e.g. an all-reduce); applied to the statistics.
 
         Raises:
             LayerInitError: If nothing was added, or the code or the solve fails.
         """
+        with autocast_off(self.module.weight.device):
+            return self._finish(reduce)
+
+    def _finish(self, reduce: Callable[[Tensor], Tensor] | None) -> LayerReport:
         t0 = time.perf_counter()
         if self._stats is None and not self._rows:
             raise LayerInitError(f"layer {self.name!r}: no input was recorded")

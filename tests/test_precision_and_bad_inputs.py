@@ -66,6 +66,21 @@ def test_precisions_give_finite_weights_of_the_right_dtype(precision):
     assert cb.metrics["sylvester/initial_accuracy"] > 0.9
 
 
+@pytest.mark.parametrize("cb_precision", ["mixed", "float32"])
+def test_autocast_of_a_mixed_precision_trainer_does_not_reach_the_statistics(cb_precision):
+    # The first layer sees the same float32 data under both trainers; under bf16 autocast its float32
+    # Gram products would run in bfloat16 (weights off by ~1e-2) unless the engine turns autocast off.
+    ds = _data()
+    weights = {}
+    for trainer_precision in ("32-true", "bf16-mixed"):
+        torch.manual_seed(0)
+        model = Net()
+        cb = SylvesterInit(samples_per_class=6, precision=cb_precision, verbose=False, evaluate=False)
+        _fit(model, cb, ds, precision=trainer_precision, limit_train_batches=0)
+        weights[trainer_precision] = model.body[0].weight.detach().clone()
+    assert torch.equal(weights["32-true"], weights["bf16-mixed"])
+
+
 def test_same_seed_same_weights_other_seed_other_subset():
     ds = _data(20)
     states = []
