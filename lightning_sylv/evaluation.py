@@ -29,6 +29,8 @@ def evaluate_accuracy(
     """Top-1 accuracy (a fraction in ``[0, 1]``) of ``model`` on labelled ``batches``, in eval mode.
 
     The model's train/eval mode is restored afterwards and nothing is learned (``torch.no_grad``).
+    The global CPU random stream is left as it was: iterating a ``DataLoader`` draws its base seed
+    from it, which would otherwise shift the training's dropout and augmentation draws.
 
     Args:
         model: A classifier returning logits ``(N, num_classes)``.
@@ -48,7 +50,7 @@ def evaluate_accuracy(
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
             for i, batch in enumerate(batches):
                 if max_batches is not None and i >= max_batches:
                     break
