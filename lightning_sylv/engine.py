@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import time
 import warnings
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
@@ -321,7 +322,8 @@ def sylvester_init_(
         else:
             code = overrides.get(name, head_code if name == head else hidden_code)
             jobs[name] = LayerJob(
-                m, name, code, (lams or {}).get(name, lam), patches_per_image, generator, dtype, gram_dtype
+                m, name, code, (lams or {}).get(name, lam), patches_per_image, generator, dtype, gram_dtype,
+                code_generator=_layer_generator(seed, name),
             )
     ordered = [jobs[n] for n in order if n in jobs]
     if on_layer is not None:
@@ -372,6 +374,16 @@ def sylvester_init_(
             model.train(was_training)
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _layer_generator(seed: int, name: str) -> torch.Generator:
+    """The generator of a layer's random code fills: a function of ``seed`` and the layer's name only.
+
+    Patch draws consume the shared generator in proportion to a process's share of the subset, so
+    after an uneven split (1,000 samples on 3 processes) its state differs between processes; fills
+    drawn from it would give the processes different weights for the same all-reduced statistics.
+    """
+    return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
 
 
 def _reset_bn(bn_state: list[tuple[nn.Module, bool, float | None]]) -> None:

@@ -89,10 +89,13 @@ class LayerJob:
         code: Its latent code.
         lam: λ.
         patches_per_image: Patch positions drawn per sample (``None``: all).
-        generator: CPU generator for patch draws and random code fills.
+        generator: CPU generator for patch draws (and random code fills without ``code_generator``).
         dtype: Precision of statistics and solves.
         gram_dtype: Precision of the row products behind the second moments (``None``: ``dtype``;
             see :meth:`InputStats.from_rows`).
+        code_generator: CPU generator for the random code fills. Give each layer its own, seeded
+            independently of the data, when processes draw patches from shards of different sizes:
+            the shared ``generator`` then ends in a different state on each process.
     """
 
     def __init__(
@@ -105,6 +108,7 @@ class LayerJob:
         generator: torch.Generator,
         dtype: torch.dtype,
         gram_dtype: torch.dtype | None = None,
+        code_generator: torch.Generator | None = None,
     ) -> None:
         self.module = module
         self.name = name
@@ -112,6 +116,7 @@ class LayerJob:
         self.lam = lam
         self.patches_per_image = patches_per_image
         self.generator = generator
+        self.code_generator = generator if code_generator is None else code_generator
         self.dtype = dtype
         self.gram_dtype = gram_dtype
         self.groups: int = getattr(module, "groups", 1)
@@ -238,14 +243,14 @@ class LayerJob:
                         stacklevel=2,
                     )
                 for st in stats:
-                    m = self.code.moments(st, self.out_per_group, fit_bias, self.generator)
+                    m = self.code.moments(st, self.out_per_group, fit_bias, self.code_generator)
                     fits.append(solve_moments(m, self.lam, self._rcond(m.gram_x.shape[0])))
             else:
                 labels = self._labels[0] if self._labels else None
                 n_rows = self._rows[0].shape[0]
                 extra = {"rows": self._layer_rows} if self.code.requires_rows else {}
                 for xg in self._rows:
-                    s = self.code.fit(xg, self.out_per_group, labels=labels, generator=self.generator, **extra)
+                    s = self.code.fit(xg, self.out_per_group, labels=labels, generator=self.code_generator, **extra)
                     fits.append(solve_moments(moments_from_rows(xg, s, fit_bias, self.dtype), self.lam))
         except ValueError as err:
             raise LayerInitError(f"layer {self.name!r}: {err}") from err

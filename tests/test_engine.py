@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -498,3 +500,56 @@ def test_forward_that_needs_the_default_layout_runs_as_given(monkeypatch):
     sylvester_init_(plain, x, y)
     for (name, p), q in zip(model.state_dict().items(), plain.state_dict().values()):
         assert torch.equal(p, q), name
+
+
+class _ThreadAllReduce:
+    """An all-reduce (sum, fixed order) between threads that stand in for processes."""
+
+    def __init__(self, world: int) -> None:
+        import threading
+
+        self.world = world
+        self.barrier = threading.Barrier(world, timeout=60)
+        self.slots: list = [None] * world
+
+    def for_rank(self, rank: int):
+        def reduce(t: torch.Tensor) -> torch.Tensor:
+            self.slots[rank] = t.clone()
+            self.barrier.wait()
+            total = self.slots[0].clone()
+            for other in self.slots[1:]:
+                total += other
+            self.barrier.wait()  # nobody overwrites a slot before everyone has summed
+            return total
+
+        return reduce
+
+
+def test_uneven_shards_give_every_process_the_same_weights():
+    # 9 samples on 2 "processes" (5 + 4): the patch draws consume the shared generator unevenly, but
+    # the first conv's random code fills (24 outputs from 9 input dims) must agree across processes.
+    import threading
+
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Conv2d(1, 24, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(24 * 36, 3))
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(9, 1, 6, 6, generator=g), torch.arange(9) % 3
+    shards = [(x[0::2], y[0::2]), (x[1::2], y[1::2])]
+    models = [copy.deepcopy(base) for _ in shards]
+    comm = _ThreadAllReduce(len(shards))
+    errors: list[BaseException] = []
+
+    def work(rank: int) -> None:
+        try:
+            sylvester_init_(models[rank], *shards[rank], patches_per_image=4, reduce=comm.for_rank(rank))
+        except BaseException as err:  # surfaced below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in range(len(shards))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
+        assert torch.equal(a, b), f"{name} differs between processes"
