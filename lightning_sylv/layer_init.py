@@ -124,6 +124,7 @@ class LayerJob:
         self.uses_stats = code_uses_stats(code)
         self._stats: list[InputStats] | None = None
         self._rows: list[Tensor] = []
+        self._failure: LayerInitError | None = None
         self._labels: list[Tensor] = []
         self._layer_rows: LayerRows | None = None
         self.seconds = 0.0
@@ -142,10 +143,21 @@ class LayerJob:
         under a mixed-precision context.
 
         Raises:
-            LayerInitError: If the rows cannot be gathered, contain NaN/Inf, or labels mismatch.
+            LayerInitError: If the rows cannot be gathered, contain NaN/Inf, or labels mismatch. For
+                statistics codes the error is raised by :meth:`finish` instead (so that, across
+                processes, every process raises rather than waits).
         """
+        if self._failure is not None:
+            return  # an earlier batch failed; finish() raises it
         with autocast_off(x.device):
-            self._add(x, labels)
+            try:
+                self._add(x, labels)
+            except LayerInitError as err:
+                if not self.uses_stats:
+                    raise
+                # Raised by finish(), after the other processes have heard of it: raising here would
+                # leave them waiting in the all-reduce of this layer's statistics.
+                self._failure = err
 
     def _add(self, x: Tensor, labels: Tensor | None) -> None:
         t0 = time.perf_counter()
@@ -210,7 +222,8 @@ class LayerJob:
         Runs with autocast disabled, like :meth:`add`.
 
         Args:
-            reduce: Sum-reduction across processes (e.g. an all-reduce); applied to the statistics.
+            reduce: Sum-reduction across processes (e.g. an all-reduce); applied to a failure flag,
+                then to the statistics.
 
         Raises:
             LayerInitError: If nothing was added, or the code or the solve fails.
@@ -220,6 +233,15 @@ class LayerJob:
 
     def _finish(self, reduce: Callable[[Tensor], Tensor] | None) -> LayerReport:
         t0 = time.perf_counter()
+        if self.uses_stats and reduce is not None:  # every process learns whether any failed
+            flag = torch.tensor([0.0 if self._failure is None else 1.0], device=self.module.weight.device)
+            if float(reduce(flag)[0]) > 0 and self._failure is None:
+                raise LayerInitError(
+                    f"layer {self.name!r}: another process could not initialize it (its error is in that "
+                    "process's output)"
+                )
+        if self._failure is not None:
+            raise self._failure
         if self._stats is None and not self._rows:
             raise LayerInitError(f"layer {self.name!r}: no input was recorded")
         if reduce is not None and not self.uses_stats:

@@ -251,9 +251,12 @@ def balanced_subset(
     rank, world = shard
     if not 0 <= rank < world:
         raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard!r}")
+    if len(indices) < world:  # decided from the whole subset, so every process raises (none waits)
+        raise ValueError(
+            f"the subset has {len(indices)} samples, fewer than the {world} processes: every process needs at "
+            "least one (raise samples_per_class)"
+        )
     mine = indices[rank::world]
-    if mine.numel() == 0:
-        raise ValueError(f"process {rank} of {world} got no samples: the subset has fewer samples than processes")
     inputs, batch_labels = split_batch(collate_subset(dataset, mine, collate_fn))
     labels = targets[mine] if targets is not None else batch_labels
     return inputs, labels, indices

@@ -553,3 +553,34 @@ def test_uneven_shards_give_every_process_the_same_weights():
     assert not errors, errors
     for (name, a), b in zip(models[0].state_dict().items(), models[1].state_dict().values()):
         assert torch.equal(a, b), f"{name} differs between processes"
+
+
+def test_a_failure_on_one_process_fails_every_process_instead_of_hanging():
+    import threading
+
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(12, 4, generator=g), torch.arange(12) % 3
+    bad = x[1::2].clone()
+    bad[0, 0] = float("nan")
+    shards = [(x[0::2], y[0::2]), (bad, y[1::2])]
+    models = [copy.deepcopy(base) for _ in shards]
+    comm = _ThreadAllReduce(len(shards))
+    errors: dict[int, BaseException] = {}
+
+    def work(rank: int) -> None:
+        try:
+            sylvester_init_(models[rank], *shards[rank], reduce=comm.for_rank(rank))
+        except BaseException as err:
+            errors[rank] = err
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in range(len(shards))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert isinstance(errors.get(1), SylvesterInitError) and "NaN/Inf" in str(errors[1])
+    assert isinstance(errors.get(0), SylvesterInitError) and "another process" in str(errors[0])
+    for m in models:  # all or nothing: restored on both
+        assert torch.equal(m[0].weight, base[0].weight)

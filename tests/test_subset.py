@@ -127,3 +127,10 @@ def test_split_batch_formats():
     assert split_batch((x, torch.zeros(2)))[1] is None  # float second element: not labels
     with pytest.raises(TypeError, match="cannot find the inputs"):
         split_batch("nope")
+
+
+def test_fewer_samples_than_processes_fails_on_every_process():
+    ds = TensorDataset(torch.randn(3, 2), torch.tensor([0, 1, 2]))
+    for rank in range(4):  # rank 0 alone would have gotten a sample: it must fail too, not wait
+        with pytest.raises(ValueError, match="3 samples, fewer than the 4 processes"):
+            balanced_subset(ds, 1, shard=(rank, 4))
