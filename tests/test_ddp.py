@@ -41,6 +41,18 @@ def test_ddp_with_batchnorm_ranks_identical(tmp_path):
         assert torch.isfinite(r0[k].float()).all()
 
 
+@pytest.mark.slow
+def test_ddp_head_only_leaves_the_body_bit_identical(tmp_path):
+    # 3 processes: averaging three equal floats is not always exact, so untouched BatchNorm statistics
+    # must not go through the average.
+    _run(tmp_path, 3, "ddp", "bn", "head")
+    before = torch.load(tmp_path / "before_world3_rank0.pt")
+    for rank in range(3):
+        after = torch.load(tmp_path / f"world3_rank{rank}.pt")
+        changed = {k for k in before if not torch.equal(before[k], after[k])}
+        assert changed == {"net.3.weight", "net.3.bias"}, (rank, changed)
+
+
 def test_sharded_strategies_refused():
     from lightning.pytorch.strategies import FSDPStrategy
 

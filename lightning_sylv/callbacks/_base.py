@@ -155,11 +155,14 @@ class DataDrivenInit(Callback):
             return evaluate_accuracy(model, ctx.val_dl, device, max_batches=max_batches)
         return evaluate_accuracy(model, ctx.val_dl, ctx.device, max_batches=max_batches, forward=ctx.forward, to_device=ctx.to_device)
 
-    def _synced(self, trainer: pl.Trainer, pl_module: pl.LightningModule, start: float, subset: Subset) -> float:
-        """After the weights are written: make every rank hold rank 0's weights (DDP), record the subset
-        size, and return the seconds since ``start`` (the init time: evaluations are not in it)."""
+    def _synced(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, start: float, subset: Subset, recalibrated: bool = True
+    ) -> float:
+        """After the weights are written: make every rank hold rank 0's weights (DDP; BatchNorm
+        statistics averaged first if ``recalibrated``), record the subset size, and return the seconds
+        since ``start`` (the init time: evaluations are not in it)."""
         if trainer.world_size > 1:
-            sync_module(pl_module, trainer.strategy)
+            sync_module(pl_module, trainer.strategy, average_norm_stats=recalibrated)
         self.subset_size = len(subset.indices)
         return time.perf_counter() - start
 

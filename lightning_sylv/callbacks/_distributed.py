@@ -38,17 +38,27 @@ def sum_across_processes(strategy: Strategy) -> Callable[[Tensor], Tensor]:
     return reduce
 
 
-def sync_module(module: nn.Module, strategy: Strategy) -> None:
-    """Average floating-point buffers (BatchNorm statistics) across processes, then broadcast every
-    parameter and buffer from rank 0, so all processes hold bit-identical state."""
+def sync_module(module: nn.Module, strategy: Strategy, average_norm_stats: bool = True) -> None:
+    """Make all processes hold rank 0's parameters and buffers, bit for bit.
+
+    Args:
+        module: The module to sync.
+        strategy: The run's strategy (for its barrier).
+        average_norm_stats: First average the BatchNorm running means and variances across processes
+            (each recomputed them on its own share of the subset). Pass ``False`` when they were not
+            recomputed: averaging identical values is not bit-exact.
+    """
     if not torch.distributed.is_available() or not torch.distributed.is_initialized():
         return
     world = torch.distributed.get_world_size()
     with torch.no_grad():
-        for buf in module.buffers():
-            if buf.is_floating_point():
-                torch.distributed.all_reduce(buf)
-                buf.div_(world)
+        if average_norm_stats:
+            for bn in module.modules():
+                if isinstance(bn, nn.modules.batchnorm._NormBase) and bn.track_running_stats:
+                    for buf in (bn.running_mean, bn.running_var):
+                        if buf is not None:
+                            torch.distributed.all_reduce(buf)
+                            buf.div_(world)
         for t in [*module.parameters(), *module.buffers()]:
             torch.distributed.broadcast(t.data, src=0)
     strategy.barrier("sylvester_sync")

@@ -232,7 +232,7 @@ class SylvesterInit(DataDrivenInit):
                 forward=ctx.forward,
                 on_layer=on_layer,
             )
-        init_time = self._synced(trainer, pl_module, start, subset)
+        init_time = self._synced(trainer, pl_module, start, subset, recalibrated=self.layers != "head")
         post = self._accuracy(ctx, pl_module, self.eval_batches)
         self.initialized = True
         self.metrics = {"sylvester/init_time_s": init_time}

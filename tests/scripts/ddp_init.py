@@ -1,6 +1,6 @@
 """Run SylvesterInit under a real Trainer and save every rank's weights right after initialization.
 
-Usage: python ddp_init.py OUT_DIR DEVICES [STRATEGY]
+Usage: python ddp_init.py OUT_DIR DEVICES [STRATEGY [bn [head]]]
 Lightning's subprocess launcher re-runs this script for the other ranks (strategy="ddp", gloo on CPU).
 """
 
@@ -47,21 +47,27 @@ class Net(LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.0)
 
 
-class SaveAfterInit(Callback):
-    def __init__(self, out: Path) -> None:
-        self.out = out
+class SaveState(Callback):
+    def __init__(self, out: Path, tag: str = "") -> None:
+        self.out, self.tag = out, tag
 
-    def on_fit_start(self, trainer, pl_module):  # runs after SylvesterInit (callback order)
+    def on_fit_start(self, trainer, pl_module):  # callbacks run in list order
         state = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
-        torch.save(state, self.out / f"world{trainer.world_size}_rank{trainer.global_rank}.pt")
+        torch.save(state, self.out / f"{self.tag}world{trainer.world_size}_rank{trainer.global_rank}.pt")
 
 
 if __name__ == "__main__":
     out, devices = Path(sys.argv[1]), int(sys.argv[2])
     strategy = sys.argv[3] if len(sys.argv) > 3 else ("ddp" if devices > 1 else "auto")
     bn = len(sys.argv) > 4 and sys.argv[4] == "bn"
+    head_only = len(sys.argv) > 5 and sys.argv[5] == "head"
     seed_everything(0)
     model = Net(bn)
+    if head_only:  # a "pretrained" body: BatchNorm statistics that are not 0 and 1
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm1d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
     trainer = Trainer(
         accelerator="cpu",
         devices=devices,
@@ -73,6 +79,10 @@ if __name__ == "__main__":
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
-        callbacks=[SylvesterInit(samples_per_class=10, verbose=False), SaveAfterInit(out)],
+        callbacks=[
+            SaveState(out, "before_"),
+            SylvesterInit(samples_per_class=10, verbose=False, layers="head" if head_only else "all"),
+            SaveState(out),
+        ],
     )
     trainer.fit(model, datamodule=Data())
