@@ -384,6 +384,7 @@ def test_callback_skips_on_resume_and_keeps_the_checkpoint(tmp_path):
     _trainer(tmp_path, [cb2], logger=False, max_epochs=1, limit_train_batches=0).fit(fresh, datamodule=dm, ckpt_path=ckpt)
     assert cb2.report is None and cb2.initialized
     assert torch.equal(fresh.net.features[1].u.weight, saved["net.features.1.u.weight"])
+    assert fresh.net.features[1].full_weight is None  # keep_full=False: no full-rank copy kept on resume
 
 
 @pytest.mark.parametrize(

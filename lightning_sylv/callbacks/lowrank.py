@@ -192,8 +192,16 @@ class LowRankInit(DataDrivenInit):
             to_low_rank(pl_module, self.ranks, layers=self.layers, exclude=self.exclude, keep_full=True)
         self.converted = [n for n, m in pl_module.named_modules() if isinstance(m, LowRankLayer)]
 
+    @staticmethod
+    def _drop_full(pl_module: pl.LightningModule) -> None:
+        for m in pl_module.modules():
+            if isinstance(m, LowRankLayer):
+                m.drop_full()
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._should_run(trainer):  # restored from a checkpoint, resuming, or fast_dev_run
+            if not self.keep_full:  # setup() stored them for an initialization that does not come
+                self._drop_full(pl_module)
             return
         self._check_optimizers(trainer, pl_module)
         ctx = self._context(trainer, pl_module, self.evaluate)
@@ -215,9 +223,7 @@ class LowRankInit(DataDrivenInit):
             forward=ctx.forward,
         )
         if not self.keep_full:
-            for m in pl_module.modules():
-                if isinstance(m, LowRankLayer):
-                    m.drop_full()
+            self._drop_full(pl_module)
         self.metrics = {"lowrank/init_time_s": self._synced(trainer, pl_module, start, subset)}
         fits = [r.fit for r in self.report.layers if r.fit.relu_error is not None]
         if fits:
