@@ -6,11 +6,17 @@ import math
 from collections.abc import Collection
 from typing import Any
 
-__all__ = ["check_choice", "check_int", "check_positive_int", "check_positive_number"]
+__all__ = ["check_bool", "check_choice", "check_int", "check_positive_int", "check_positive_number"]
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_bool(name: str, value: Any) -> None:
+    """Raise ``ValueError`` unless ``value`` is a bool."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool, got {value!r}")
 
 
 def check_int(name: str, value: Any) -> None:

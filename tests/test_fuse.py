@@ -288,6 +288,8 @@ def test_callback_validates_arguments_eagerly(tmp_path, teacher_ckpt):
         (dict(samples_per_class=0), "samples_per_class must be a positive int, got 0"),
         (dict(patches_per_image=0), "patches_per_image must be"),
         (dict(precision="float16"), "precision must be one of"),
+        (dict(evaluate="yes"), "evaluate must be a bool, got 'yes'"),
+        (dict(verbose=1), "verbose must be a bool, got 1"),
     ]
     for change, message in cases:
         with pytest.raises(ValueError, match=message):

@@ -17,7 +17,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
-from lightning_sylv._checks import check_choice, check_int, check_positive_int, check_positive_number
+from lightning_sylv._checks import check_bool, check_choice, check_int, check_positive_int, check_positive_number
 from lightning_sylv.callbacks._base import DataDrivenInit, percent
 from lightning_sylv.fuse import fuse_init_
 from lightning_sylv.report import InitReport, format_table
@@ -149,6 +149,8 @@ class FuseInit(DataDrivenInit):
         check_int("seed", seed)
         check_choice("precision", precision, _DTYPES)
         check_positive_int("eval_batches", eval_batches, allow_none=True)
+        check_bool("evaluate", evaluate)
+        check_bool("verbose", verbose)
         super().__init__()
         self.mapping = dict(mapping)
         self.teacher_class = teacher_class

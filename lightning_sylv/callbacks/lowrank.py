@@ -17,7 +17,7 @@ from typing import Literal
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_sylv._checks import check_choice, check_int, check_positive_int, check_positive_number
+from lightning_sylv._checks import check_bool, check_choice, check_int, check_positive_int, check_positive_number
 from lightning_sylv.callbacks._base import DataDrivenInit, percent
 from lightning_sylv.callbacks.sylvester import SylvesterInit
 from lightning_sylv.lowrank import (
@@ -151,8 +151,7 @@ class LowRankInit(DataDrivenInit):
         check_positive_number("lam", lam)
         flags = {"through_batchnorm": through_batchnorm, "keep_full": keep_full, "evaluate": evaluate, "verbose": verbose}
         for arg, value in flags.items():
-            if not isinstance(value, bool):
-                raise ValueError(f"{arg} must be a bool, got {value!r}")
+            check_bool(arg, value)
         check_positive_int("eval_batches", eval_batches, allow_none=True)
         super().__init__()
         self.ranks = dict(ranks) if isinstance(ranks, dict) else float(ranks)

@@ -16,7 +16,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_sylv._checks import check_choice, check_int, check_positive_int, check_positive_number
+from lightning_sylv._checks import check_bool, check_choice, check_int, check_positive_int, check_positive_number
 from lightning_sylv.callbacks._base import DataDrivenInit, percent
 from lightning_sylv.callbacks._distributed import sum_across_processes
 from lightning_sylv.callbacks._logging import FeatureInspection, layer_progress, log_callback_hparams, log_report
@@ -136,8 +136,7 @@ class SylvesterInit(DataDrivenInit):
         check_positive_int("eval_batches", eval_batches, allow_none=True)
         check_positive_int("embedding_samples", embedding_samples)
         for arg, value in (("evaluate", evaluate), ("verbose", verbose), ("log_embeddings", log_embeddings), ("log_tsne", log_tsne)):
-            if not isinstance(value, bool):
-                raise ValueError(f"{arg} must be a bool, got {value!r}")
+            check_bool(arg, value)
         self.samples_per_class = samples_per_class
         self.layers = layers
         self.latent = latent
