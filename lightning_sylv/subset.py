@@ -207,8 +207,9 @@ def balanced_subset(
 ) -> tuple[Any, Tensor | None, Tensor]:
     """Load a class-balanced, seeded subset of ``dataset`` as one batch.
 
-    Labels come from :func:`dataset_targets` when the dataset exposes them, else from one pass
-    (:func:`scan_targets`). A dataset without labels yields a seeded random subset of
+    The class-balanced draw reads the labels from :func:`dataset_targets` when the dataset exposes
+    them, else from one pass (:func:`scan_targets`); the returned labels are those of the loaded
+    items when they carry labels (a ``target_transform`` applies). A dataset without labels yields a seeded random subset of
     ``unlabelled_count`` items (default ``samples_per_class * 10``) and ``labels=None``.
 
     Args:
@@ -258,5 +259,6 @@ def balanced_subset(
         )
     mine = indices[rank::world]
     inputs, batch_labels = split_batch(collate_subset(dataset, mine, collate_fn))
-    labels = targets[mine] if targets is not None else batch_labels
+    # The loaded labels win over ``.targets``: a ``target_transform`` changes them on loading.
+    labels = batch_labels.long() if batch_labels is not None else None if targets is None else targets[mine]
     return inputs, labels, indices

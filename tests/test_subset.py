@@ -134,3 +134,18 @@ def test_fewer_samples_than_processes_fails_on_every_process():
     for rank in range(4):  # rank 0 alone would have gotten a sample: it must fail too, not wait
         with pytest.raises(ValueError, match="3 samples, fewer than the 4 processes"):
             balanced_subset(ds, 1, shard=(rank, 4))
+
+
+class Relabelled(WithTargets):
+    """``.targets`` holds the raw classes; loading applies a ``target_transform`` (c -> 2 - c)."""
+
+    def __getitem__(self, i):
+        x, y = super().__getitem__(i)
+        return x, 2 - y
+
+
+def test_returned_labels_are_the_loaded_ones_after_a_target_transform():
+    ds = Relabelled()
+    x, labels, idx = balanced_subset(ds, 2, seed=0)
+    assert torch.equal(labels, torch.tensor([2 - ds.targets[i] for i in idx.tolist()]))
+    assert labels.dtype == torch.long and torch.equal(x[:, 0], idx.float())
