@@ -100,7 +100,7 @@ def _test_batches(dm: CIFAR10DataModule, limit: int | None = None) -> list[tuple
     ds = dm.test_dataset
     n = len(ds) if limit is None else min(limit, len(ds))
     x = torch.stack([ds[i][0] for i in range(n)])
-    return [(x[i : i + 1000], ds.targets[i : i + 1000]) for i in range(0, n, 1000)]
+    return [(x[i : i + 1000], ds.targets[i : min(i + 1000, n)]) for i in range(0, n, 1000)]
 
 
 class _Curve(Callback):
@@ -236,26 +236,28 @@ def finetune(args: argparse.Namespace) -> None:
             for initializer in ("sylvester_head", *RANDOM_INITS):
                 train_run(args, experiment="finetune", setup=f"c0-4->c5-9 (pretrain {args.pretrain_epochs} ep)",
                           initializer=initializer, shots=shots, seed=seed, epochs=args.epochs, classes=[5, 6, 7, 8, 9],
-                          pretrained=body)
+                          pretrained=body, lam=args.lam, latent=args.latent)
 
 
 def fig2(args: argparse.Namespace) -> None:
     for lam in args.lams:
         for seed in args.seeds:
-            train_run(args, experiment="fig2", initializer="sylvester", shots=args.shots[0], seed=seed, epochs=args.epochs, lam=lam)
+            train_run(args, experiment="fig2", initializer="sylvester", shots=args.shots[0], seed=seed, epochs=args.epochs, lam=lam,
+                      latent=args.latent)
 
 
 def fig3(args: argparse.Namespace) -> None:
     for latent in args.latents:
         for seed in args.seeds:
-            train_run(args, experiment="fig3", initializer="sylvester", shots=args.shots[0], seed=seed, epochs=args.epochs, latent=latent)
+            train_run(args, experiment="fig3", initializer="sylvester", shots=args.shots[0], seed=seed, epochs=args.epochs, latent=latent,
+                      lam=args.lam)
 
 
 def fig1(args: argparse.Namespace) -> None:
     for initializer in ("sylvester", *RANDOM_INITS):
         for seed in args.seeds:
             train_run(args, experiment="fig1", initializer=initializer, shots=args.shots[0], seed=seed,
-                      epochs=args.epochs, curve_every=max(1, args.epochs // 10))
+                      epochs=args.epochs, curve_every=max(1, args.epochs // 10), lam=args.lam, latent=args.latent)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -281,6 +283,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test images only")
     p.add_argument("--csv", type=Path, default=CSV, help="where runs are appended (default: the committed CSV)")
     args = p.parse_args(argv)
+    if args.what != "report" and args.csv == CSV and (args.test_limit is not None or args.val_size != 5000):
+        # The CSV's key has no column for these: such a run would later be taken for a full one.
+        p.error("--test-limit and a non-default --val-size are for trial runs: give them their own --csv")
 
     if args.what == "report":
         from report_results import build_report  # examples/report_results.py

@@ -21,7 +21,8 @@ def _run(*args: str) -> str:
 def test_table2_table1_and_report_append_resume_and_write_results(tmp_path):
     _write_fake(tmp_path)  # 150 training / 30 test images of 10 classes
     out_csv = tmp_path / "results" / "runs.csv"
-    common = ["--data-dir", str(tmp_path), "--csv", str(out_csv), "--val-size", "30", "--seeds", "0"]
+    # --test-limit 20 of the 30 test images: a limit that is not a whole number of evaluation batches.
+    common = ["--data-dir", str(tmp_path), "--csv", str(out_csv), "--val-size", "30", "--seeds", "0", "--test-limit", "20"]
     log = _run("table2", *common, "--spc", "2", "--patches-per-image", "4")
     assert "[table2] sylvester" in log and "[table2] he_uniform" in log
     log = _run("table1", *common, "--shots", "2", "--epochs", "1", "--samples-per-class", "2", "--patches-per-image", "4")
@@ -38,6 +39,11 @@ def test_table2_table1_and_report_append_resume_and_write_results(tmp_path):
     assert "skip (in CSV)" in _run("table1", *common, "--shots", "2", "--epochs", "1", "--samples-per-class", "2",
                                    "--patches-per-image", "4")
     assert len(list(csv.DictReader(out_csv.open()))) == len(rows)
+
+    # Trial settings never go to the committed CSV (its key cannot tell them from a full run).
+    proc = subprocess.run([sys.executable, str(REPRO), "table1", "--test-limit", "20"], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert proc.returncode == 2 and "give them their own --csv" in proc.stderr
 
     _run("report", "--csv", str(out_csv))
     md = (tmp_path / "results" / "cifar10.md").read_text()
