@@ -2,7 +2,7 @@
 # Install lightning_sylv (editable, with its test extras) into the current Python environment.
 #
 # An already-installed torch is kept as it is (a CUDA build on a GPU machine stays a CUDA build).
-# Without torch, the pinned release is installed first, so that resolving "torch>=2.1" afterwards
+# Without torch, the pinned release is installed first, so that resolving "torch>=2.2" afterwards
 # installs nothing more. Set TORCH_INDEX_URL to take that torch from another index, e.g.
 # https://download.pytorch.org/whl/cpu for a CPU-only build.
 set -euo pipefail
