@@ -164,22 +164,22 @@ class TeacherCode(LatentCode):
         return f"TeacherCode(source={self.source!r}, shape={tuple(self.activation.shape)})"
 
 
-def _move(inputs: Any, device: torch.device | None) -> Any:
-    """``inputs`` (tensors, possibly nested in lists, tuples, dicts) on ``device``."""
-    if device is None:
+def _move(inputs: Any, like: Tensor | None) -> Any:
+    """``inputs`` (tensors, possibly nested in lists, tuples, dicts) on ``like``'s device, floating-point
+    ones in its dtype (a teacher kept in bfloat16 gets bfloat16 inputs)."""
+    if like is None:
         return inputs
     if isinstance(inputs, Tensor):
-        return inputs.to(device)
+        return inputs.to(like.device, like.dtype) if inputs.is_floating_point() else inputs.to(like.device)
     if isinstance(inputs, (list, tuple)):
-        return type(inputs)(_move(v, device) for v in inputs)
+        return type(inputs)(_move(v, like) for v in inputs)
     if isinstance(inputs, dict):
-        return {k: _move(v, device) for k, v in inputs.items()}
+        return {k: _move(v, like) for k, v in inputs.items()}
     return inputs
 
 
-def _device(module: nn.Module) -> torch.device | None:
-    p = next(iter(module.parameters()), None)
-    return None if p is None else p.device
+def _first_parameter(module: nn.Module) -> Tensor | None:
+    return next(iter(module.parameters()), None)
 
 
 def teacher_activations(
@@ -195,7 +195,7 @@ def teacher_activations(
 
     Args:
         teacher: The trained network.
-        inputs: Its inputs (tensors are moved to the teacher's device).
+        inputs: Its inputs (tensors are moved to the teacher's device, floating-point ones cast to its dtype).
         names: Qualified module names in ``teacher.named_modules()``.
         forward: ``forward(teacher, inputs)`` runs the teacher; defaults to ``teacher(inputs)``.
 
@@ -228,7 +228,7 @@ def teacher_activations(
     teacher.eval()
     try:
         with torch.no_grad():
-            forward(teacher, _move(inputs, _device(teacher)))
+            forward(teacher, _move(inputs, _first_parameter(teacher)))
     finally:
         for h in handles:
             h.remove()

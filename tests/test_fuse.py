@@ -273,6 +273,17 @@ def test_callback_with_a_teacher_instance_and_sylvester_fallback(tmp_path, teach
     assert cb.metrics["fuse/initial_accuracy"] > 0.7
 
 
+def test_a_bfloat16_teacher_gets_inputs_in_its_dtype(tmp_path, teacher_ckpt):
+    teacher = ImageClassifier.load_from_checkpoint(teacher_ckpt).to(torch.bfloat16)
+    cb = FuseInit(mapping=MAPPING, teacher=teacher, samples_per_class=20)
+    _trainer(tmp_path, [cb], limit_train_batches=0, logger=False).fit(
+        ImageClassifier(arch="mlp", hidden=STUDENT_HIDDEN), datamodule=DigitsDataModule(seed=0)
+    )
+    assert cb.metrics["fuse/teacher_accuracy"] > 0.8
+    assert cb.metrics["fuse/initial_accuracy"] > 0.8
+    assert all(p.dtype == torch.bfloat16 for p in teacher.parameters())  # the teacher is left as it was
+
+
 def test_callback_validates_arguments_eagerly(tmp_path, teacher_ckpt):
     ok = dict(mapping=MAPPING, teacher_class="ImageClassifier", teacher_checkpoint=str(teacher_ckpt))
     cases = [

@@ -150,9 +150,17 @@ class DataDrivenInit(Callback):
     def _accuracy(ctx: FitContext, model: nn.Module, max_batches: int | None, *, precision_aware: bool = True) -> float | None:
         if ctx.val_dl is None:
             return None
-        if not precision_aware:  # e.g. a teacher loaded in its own dtype
-            device = next((p.device for p in model.parameters()), ctx.device)
-            return evaluate_accuracy(model, ctx.val_dl, device, max_batches=max_batches)
+        if not precision_aware:  # e.g. a teacher loaded in its own device and dtype
+            first = next(iter(model.parameters()), None)
+            device = ctx.device if first is None else first.device
+
+            def to_model(inputs: Any, device: torch.device) -> Any:
+                inputs = move_data_to_device(inputs, device)
+                if first is not None and isinstance(inputs, torch.Tensor) and inputs.is_floating_point():
+                    return inputs.to(first.dtype)
+                return inputs
+
+            return evaluate_accuracy(model, ctx.val_dl, device, max_batches=max_batches, to_device=to_model)
         return evaluate_accuracy(model, ctx.val_dl, ctx.device, max_batches=max_batches, forward=ctx.forward, to_device=ctx.to_device)
 
     def _synced(
