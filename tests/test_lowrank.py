@@ -324,6 +324,11 @@ def test_engine_restores_the_model_on_failure():
         low_rank_init_(nn.Sequential(nn.Linear(2, 2)), torch.zeros(2, 2))
     with pytest.raises(ValueError, match="full_weight must be 'current' or 'sylvester', got 'pretrained'"):
         low_rank_init_(net, x, full_weight="pretrained")
+    # Caught before the pass, as ValueError (not a LowRankInitError after a restore).
+    with pytest.raises(ValueError, match="relu_iters must be an int >= 0, got -1"):
+        low_rank_init_(net, x, relu_iters=-1)
+    with pytest.raises(ValueError, match="ridge must be a finite number >= 0, got -1.0"):
+        low_rank_init_(net, x, ridge=-1.0)
 
 
 # ------------------------------------------------------------------------------------------ callback

@@ -22,6 +22,7 @@ global RNG is left untouched. This module imports no Lightning.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -269,6 +270,11 @@ def low_rank_init_(
         raise ValueError(f"patches_per_image must be a positive int or None, got {patches_per_image!r}")
     if not lam > 0:
         raise ValueError(f"lam must be > 0, got {lam!r}")
+    # Checked here too (factorize checks them per layer), so that a bad value fails before the pass.
+    if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not math.isfinite(ridge) or ridge < 0:
+        raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}")
+    if isinstance(relu_iters, bool) or not isinstance(relu_iters, int) or relu_iters < 0:
+        raise ValueError(f"relu_iters must be an int >= 0, got {relu_iters!r}")
     start = time.perf_counter()
     report = LowRankReport()
     modules = dict(model.named_modules())
