@@ -233,6 +233,9 @@ def test_to_low_rank_converts_in_place_idempotently_and_validates():
         to_low_rank(net, {"4": 5})
     with pytest.raises(ValueError, match="ranks names layer 'nope'"):
         to_low_rank(net, {"nope": 1})
+    factor = next(n for n, m in net.named_modules() if n.startswith("0.") and isinstance(m, nn.Linear))
+    with pytest.raises(ValueError, match=rf"'{factor}', a factor inside a low-rank layer"):
+        to_low_rank(net, {factor: 1})
     with pytest.raises(ValueError, match="ranks names layer '1' of type ReLU"):
         to_low_rank(net, {"1": 1})
     with pytest.raises(ValueError, match=r"ranks must be a dict of layer ranks or a fraction in \(0, 1\], got 1.5"):
