@@ -211,10 +211,20 @@ def table2(args: argparse.Namespace) -> None:
                 _progress(row)
 
 
+def _chosen(args: argparse.Namespace, initializers: tuple[str, ...]) -> tuple[str, ...]:
+    """``initializers`` in their order, restricted to ``--initializers`` when given."""
+    if args.initializers is None:
+        return initializers
+    unknown = sorted(set(args.initializers) - set(initializers))
+    if unknown:
+        raise SystemExit(f"--initializers: {unknown} not among {list(initializers)}")
+    return tuple(i for i in initializers if i in args.initializers)
+
+
 def table1(args: argparse.Namespace) -> None:
     for shots in args.shots:
         for seed in args.seeds:
-            for initializer in ("sylvester", *RANDOM_INITS):
+            for initializer in _chosen(args, ("sylvester", *RANDOM_INITS)):
                 train_run(args, experiment="table1", initializer=initializer, shots=shots, seed=seed,
                           epochs=args.epochs, lam=args.lam, latent=args.latent)
 
@@ -233,7 +243,7 @@ def finetune(args: argparse.Namespace) -> None:
     body = torch.load(ckpt)
     for shots in args.shots:
         for seed in args.seeds:
-            for initializer in ("sylvester_head", *RANDOM_INITS):
+            for initializer in _chosen(args, ("sylvester_head", *RANDOM_INITS)):
                 train_run(args, experiment="finetune", setup=f"c0-4->c5-9 (pretrain {args.pretrain_epochs} ep)",
                           initializer=initializer, shots=shots, seed=seed, epochs=args.epochs, classes=[5, 6, 7, 8, 9],
                           pretrained=body, lam=args.lam, latent=args.latent)
@@ -254,7 +264,7 @@ def fig3(args: argparse.Namespace) -> None:
 
 
 def fig1(args: argparse.Namespace) -> None:
-    for initializer in ("sylvester", *RANDOM_INITS):
+    for initializer in _chosen(args, ("sylvester", *RANDOM_INITS)):
         for seed in args.seeds:
             train_run(args, experiment="fig1", initializer=initializer, shots=args.shots[0], seed=seed,
                       epochs=args.epochs, curve_every=max(1, args.epochs // 10), lam=args.lam, latent=args.latent)
@@ -281,6 +291,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--latents", nargs="+", default=["pca", "signed_pca", "lda", "ica", "kmeans"])
     p.add_argument("--val-size", type=int, default=5000, help="training images held out for validation")
     p.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test images only")
+    p.add_argument("--initializers", nargs="+", default=None,
+                   help="run only these initializers (table1, finetune, fig1), e.g. to split a table over processes")
     p.add_argument("--csv", type=Path, default=CSV, help="where runs are appended (default: the committed CSV)")
     args = p.parse_args(argv)
     if args.what != "report" and args.csv == CSV and (args.test_limit is not None or args.val_size != 5000):

@@ -39,6 +39,12 @@ def test_table2_table1_and_report_append_resume_and_write_results(tmp_path):
     assert "skip (in CSV)" in _run("table1", *common, "--shots", "2", "--epochs", "1", "--samples-per-class", "2",
                                    "--patches-per-image", "4")
     assert len(list(csv.DictReader(out_csv.open()))) == len(rows)
+    # --initializers restricts a table to some initializers (one row: seed 1 of He uniform).
+    seed1 = ["--data-dir", str(tmp_path), "--csv", str(out_csv), "--val-size", "30", "--seeds", "1", "--test-limit", "20"]
+    _run("table1", *seed1, "--shots", "2", "--epochs", "1", "--initializers", "he_uniform")
+    added = list(csv.DictReader(out_csv.open()))[len(rows):]
+    assert [(r["initializer"], r["seed"]) for r in added] == [("he_uniform", "1")]
+    rows = list(csv.DictReader(out_csv.open()))
 
     # Trial settings never go to the committed CSV (its key cannot tell them from a full run).
     proc = subprocess.run([sys.executable, str(REPRO), "table1", "--test-limit", "20"], capture_output=True, text=True,
