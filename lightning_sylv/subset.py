@@ -209,8 +209,9 @@ def balanced_subset(
 
     The class-balanced draw reads the labels from :func:`dataset_targets` when the dataset exposes
     them, else from one pass (:func:`scan_targets`); the returned labels are those of the loaded
-    items when they carry labels (a ``target_transform`` applies). A dataset without labels yields a seeded random subset of
-    ``unlabelled_count`` items (default ``samples_per_class * 10``) and ``labels=None``.
+    items when they carry labels (a ``target_transform`` applies). A dataset without labels yields a
+    seeded random subset of ``unlabelled_count`` items (default ``samples_per_class * 10``) and
+    ``labels=None``.
 
     Args:
         dataset: A map-style dataset.
@@ -260,5 +261,6 @@ def balanced_subset(
     mine = indices[rank::world]
     inputs, batch_labels = split_batch(collate_subset(dataset, mine, collate_fn))
     # The loaded labels win over ``.targets``: a ``target_transform`` changes them on loading.
-    labels = batch_labels.long() if batch_labels is not None else None if targets is None else targets[mine]
-    return inputs, labels, indices
+    if batch_labels is not None:
+        return inputs, batch_labels.long(), indices
+    return inputs, None if targets is None else targets[mine], indices

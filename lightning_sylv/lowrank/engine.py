@@ -22,7 +22,6 @@ global RNG is left untouched. This module imports no Lightning.
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -36,7 +35,7 @@ from torch import Tensor, nn
 from lightning_sylv.activations import SUPPORTED_LAYERS
 from lightning_sylv.codes import LatentCode, resolve_code
 from lightning_sylv.layer_init import LayerJob
-from lightning_sylv.lowrank.factorize import METHODS
+from lightning_sylv.lowrank.factorize import METHODS, _check_iters, _check_ridge
 from lightning_sylv.lowrank.init import LowRankFit, init_low_rank_, input_rows
 from lightning_sylv.lowrank.layers import LowRankLayer, LowRankLinear
 from lightning_sylv.report import LayerReport
@@ -270,11 +269,9 @@ def low_rank_init_(
         raise ValueError(f"patches_per_image must be a positive int or None, got {patches_per_image!r}")
     if not lam > 0:
         raise ValueError(f"lam must be > 0, got {lam!r}")
-    # Checked here too (factorize checks them per layer), so that a bad value fails before the pass.
-    if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not math.isfinite(ridge) or ridge < 0:
-        raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}")
-    if isinstance(relu_iters, bool) or not isinstance(relu_iters, int) or relu_iters < 0:
-        raise ValueError(f"relu_iters must be an int >= 0, got {relu_iters!r}")
+    # factorize's own checks, run before the pass so that a bad value fails early, as ValueError.
+    _check_ridge(ridge)
+    _check_iters(relu_iters, "relu_iters")
     start = time.perf_counter()
     report = LowRankReport()
     modules = dict(model.named_modules())

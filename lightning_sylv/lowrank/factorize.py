@@ -119,6 +119,12 @@ def _check_bias(bias: Tensor | None, weight: Tensor) -> Tensor | None:
     return bias.to(device=weight.device, dtype=torch.float64)
 
 
+def _check_iters(iters: int, name: str = "iters") -> int:
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {iters!r}")
+    return iters
+
+
 def _check_ridge(ridge: float) -> float:
     if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not math.isfinite(ridge) or ridge < 0:
         raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}")
@@ -303,8 +309,7 @@ def relu_factors(
     r = _check_rank(rank, w)
     xs = _check_x(x, w, "relu")
     b = _check_bias(bias, w)
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
-        raise ValueError(f"iters must be an int >= 0, got {iters!r}")
+    _check_iters(iters)
     aff = _check_affine(affine, w.shape[0], w)
     metric = _InputMetric.from_rows(xs, b is not None, _check_ridge(ridge))
     z = xs @ w.T if b is None else xs @ w.T + b
