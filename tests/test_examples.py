@@ -82,6 +82,8 @@ def test_report_builds_the_figure_sections_from_csv_rows(tmp_path):
     rows += [dict(base, experiment="fig1", initializer=init, seed="0", lam="", latent="", initial_acc="0.1000",
                   final_acc="0.2800", curve="10.0:0.2;20.0:0.28", init_time_s="2.0" if init == "sylvester" else "")
              for init in ("sylvester", "he_uniform")]
+    rows.append(dict(base, experiment="fig1", initializer="sylvester", seed="1", lam="", latent="", initial_acc="0.1200",
+                     final_acc="0.3000", curve="12.0:0.22;24.0:0.30", init_time_s="2.0"))
     # Table 1: a shortened 500-shot column (20 epochs) must stay apart from a 200-epoch one of the same shots.
     rows += [dict(base, experiment="table1", initializer="he_uniform", shots=shots, seed=s, epochs=ep, lam="",
                   latent="", initial_acc="0.1000", final_acc=acc, init_time_s="")
@@ -98,6 +100,9 @@ def test_report_builds_the_figure_sections_from_csv_rows(tmp_path):
     assert "| kmeans | 25.00 (n=1) | 29.00 (n=1) |" in md
     assert "Shots per class: 10; epochs: 200" in md and "latent pca" in md and "λ 10.0" in md
     assert "| sylvester | 0 | 2.00 | 10.00 | 28.00 | 22 |" in md and "| he_uniform | 0 | 0.00 | 10.00 | 28.00 | 20 |" in md
+    assert "| sylvester | 1 | 2.00 | 12.00 | 30.00 | 26 |" in md
+    assert "| sylvester | mean of 2 | 2.00 ± 0.00 (n=2) | 11.00 ± 1.41 (n=2) | 29.00 ± 1.41 (n=2) | 24 ± 3 (n=2) |" in md
+    assert "| he_uniform | mean of" not in md  # one seed: no mean row
     assert "| initializer | 50 shots, 200 ep | 500 shots, 200 ep | 500 shots, 20 ep |" in md
     assert ("| he_uniform | 41.00 ± 1.41 (n=2) (10.0 ± 0.0); paper 40.84 (9.96) | 70.00 (n=1) (10.0); paper 75.2 (9.96) "
             "| 60.00 (n=1) (10.0); paper 75.2 (9.96) |") in md
