@@ -110,6 +110,31 @@ def test_report_builds_the_figure_sections_from_csv_rows(tmp_path):
         assert (tmp_path / "figures" / png).stat().st_size > 1000
 
 
+def test_report_figure1_averages_seeds_only_within_one_setting(tmp_path):
+    """Figure 1 rows of another shots setting get their own rows and curve, not a mean with the others."""
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        from report_results import build_report
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    base = dict(experiment="fig1", setup="cifar10", initializer="he_uniform", epochs="200", samples_per_class="",
+                lam="", latent="", patches_per_image="", forward_time_s="", wall_s="1.0", machine="m",
+                date="2026-11-25", init_time_s="", initial_acc="0.1000")
+    rows = [dict(base, shots="10", seed="0", final_acc="0.2800", curve="10.0:0.2;20.0:0.28"),
+            dict(base, shots="10", seed="1", final_acc="0.3000", curve="12.0:0.22;24.0:0.30"),
+            dict(base, shots="50", seed="0", final_acc="0.4000", curve="30.0:0.3;60.0:0.40")]
+    out_csv = tmp_path / "results" / "runs.csv"
+    out_csv.parent.mkdir()
+    with out_csv.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    md = build_report(out_csv, out_csv.parent).read_text()
+    assert "| he_uniform, 10 shots, 200 ep | mean of 2 | 0.00 ± 0.00 (n=2) | 10.00 ± 0.00 (n=2) | 29.00 ± 1.41 (n=2) |" in md
+    assert "| he_uniform, 50 shots, 200 ep | 0 | 0.00 | 10.00 | 40.00 | 60 |" in md
+    assert "he_uniform, 50 shots, 200 ep | mean of" not in md
+
+
 def test_speed_benchmark_prints_ratios_and_solver_bounds(tmp_path):
     _write_fake(tmp_path)
     proc = subprocess.run(
