@@ -63,13 +63,28 @@ def test_table2_table1_and_report_append_resume_and_write_results(tmp_path):
     assert results.count("cifar10 tables: begin") == 1 and "hand-written intro" in results
 
 
-def test_report_builds_the_figure_sections_from_csv_rows(tmp_path):
-    """Figures 1-3 from hand-written rows: tables with mean ± std over seeds, PNGs, the settings line."""
+def _build_report():
+    """``examples/report_results.build_report`` (the examples folder is not a package)."""
     sys.path.insert(0, str(ROOT / "examples"))
     try:
         from report_results import build_report
     finally:
         sys.path.remove(str(ROOT / "examples"))
+    return build_report
+
+
+def _write_rows(path, rows, fields):
+    path.parent.mkdir(parents=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_report_builds_the_figure_sections_from_csv_rows(tmp_path):
+    """Figures 1-3 from hand-written rows: tables with mean ± std over seeds, PNGs, the settings line."""
+    build_report = _build_report()
     fields = ["experiment", "setup", "initializer", "shots", "seed", "epochs", "samples_per_class", "lam", "latent",
               "patches_per_image", "initial_acc", "final_acc", "init_time_s", "forward_time_s", "wall_s", "curve",
               "machine", "date"]
@@ -89,12 +104,7 @@ def test_report_builds_the_figure_sections_from_csv_rows(tmp_path):
                   latent="", initial_acc="0.1000", final_acc=acc, init_time_s="")
              for shots, ep, s, acc in (("50", "200", "0", "0.4000"), ("50", "200", "1", "0.4200"),
                                        ("500", "20", "0", "0.6000"), ("500", "200", "0", "0.7000"))]
-    out_csv = tmp_path / "results" / "runs.csv"
-    out_csv.parent.mkdir()
-    with out_csv.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    out_csv = _write_rows(tmp_path / "results" / "runs.csv", rows, fields)
     md = build_report(out_csv, out_csv.parent).read_text()
     assert "| 0.1 | 20.50 ± 0.71 (n=2) | 30.00 ± 0.00 (n=2) |" in md  # seeds 0 and 1: 20 % and 21 %
     assert "| kmeans | 25.00 (n=1) | 29.00 (n=1) |" in md
@@ -112,23 +122,14 @@ def test_report_builds_the_figure_sections_from_csv_rows(tmp_path):
 
 def test_report_figure1_averages_seeds_only_within_one_setting(tmp_path):
     """Figure 1 rows of another shots setting get their own rows and curve, not a mean with the others."""
-    sys.path.insert(0, str(ROOT / "examples"))
-    try:
-        from report_results import build_report
-    finally:
-        sys.path.remove(str(ROOT / "examples"))
+    build_report = _build_report()
     base = dict(experiment="fig1", setup="cifar10", initializer="he_uniform", epochs="200", samples_per_class="",
                 lam="", latent="", patches_per_image="", forward_time_s="", wall_s="1.0", machine="m",
                 date="2026-11-25", init_time_s="", initial_acc="0.1000")
     rows = [dict(base, shots="10", seed="0", final_acc="0.2800", curve="10.0:0.2;20.0:0.28"),
             dict(base, shots="10", seed="1", final_acc="0.3000", curve="12.0:0.22;24.0:0.30"),
             dict(base, shots="50", seed="0", final_acc="0.4000", curve="30.0:0.3;60.0:0.40")]
-    out_csv = tmp_path / "results" / "runs.csv"
-    out_csv.parent.mkdir()
-    with out_csv.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    out_csv = _write_rows(tmp_path / "results" / "runs.csv", rows, list(rows[0]))
     md = build_report(out_csv, out_csv.parent).read_text()
     assert "| he_uniform, 10 shots, 200 ep | mean of 2 | 0.00 ± 0.00 (n=2) | 10.00 ± 0.00 (n=2) | 29.00 ± 1.41 (n=2) |" in md
     assert "| he_uniform, 50 shots, 200 ep | 0 | 0.00 | 10.00 | 40.00 | 60 |" in md
