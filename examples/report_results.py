@@ -15,7 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-INITS = ("sylvester", "he_uniform", "he_normal", "xavier_uniform", "xavier_normal")
+RANDOM_INITS = ("he_uniform", "he_normal", "xavier_uniform", "xavier_normal")
+INITS = ("sylvester", "lsuv", *RANDOM_INITS)  # lsuv: the LSUV baseline (issue 18), a row only where it ran
 PAPER_T1 = {  # Table 1, CIFAR-10 column of the paper: final (initial) accuracy in %
     "he_uniform": {10: (27.91, 9.96), 50: (40.84, 9.96), 100: (51.98, 9.96), 500: (75.20, 9.96)},
     "he_normal": {10: (26.97, 10.0), 50: (43.70, 10.0), 100: (51.56, 10.0), 500: (77.31, 10.0)},
@@ -47,6 +48,30 @@ def _settings(rows: list[dict[str, str]], fixed: str) -> str:
     fixed_name = {"lam": "λ", "latent": "latent"}[fixed]
     return (f"Shots per class: {one('shots')}; epochs: {one('epochs')}; Sylvester subset: {one('samples_per_class')} "
             f"samples/class (capped by the shots), {one('patches_per_image')} patches/image, {fixed_name} {one(fixed)}.")
+
+
+def _lsuv_vs_sylvester(sub: list[dict[str, str]], columns: list[tuple[int, int]]) -> list[str]:
+    """Sylvester (`pca`, the Table 1 code) minus LSUV, per Table 1 column where both ran (issue 18's targets)."""
+    out = []
+    for s, e in columns:
+        pick = {init: {r["seed"]: r for r in sub if r["initializer"] == init and int(r["shots"]) == s and int(r["epochs"]) == e
+                       and (init != "sylvester" or r["latent"] == "pca")} for init in ("sylvester", "lsuv")}
+        seeds = sorted(set(pick["sylvester"]) & set(pick["lsuv"]), key=int)
+        if not seeds:
+            continue
+        d_fin = [float(pick["sylvester"][k]["final_acc"]) - float(pick["lsuv"][k]["final_acc"]) for k in seeds]
+        d_ini = [float(pick["sylvester"][k]["initial_acc"]) - float(pick["lsuv"][k]["initial_acc"]) for k in seeds]
+        wins = sum(d > 0 for d in d_fin)
+        t_l = [float(pick["lsuv"][k]["init_time_s"]) for k in seeds if pick["lsuv"][k].get("init_time_s")]
+        out.append(f"| {s} shots, {e} ep | {', '.join(seeds)} | {_ms(d_fin)} | {_ms(d_ini)} | {wins} of {len(seeds)} | "
+                   f"{_ms(t_l, 1.0, 2)} |")
+    if not out:
+        return []
+    return ["Sylvester (pca) minus LSUV, paired by seed (same shots, subset and schedule), in points of test accuracy; "
+            "positive: Sylvester ahead. LSUV: the `lsuv` package (orthonormal init, then every Conv/Linear rescaled "
+            "to unit output std on the subset), `--initializers lsuv`.", "",
+            "| column | seeds | final acc. difference | initial acc. difference | seeds Sylvester's final is higher | "
+            "LSUV init time (s) |", "| --- | --- | --- | --- | --- | --- |", *out, ""]
 
 
 def build_report(csv_path: Path, out_dir: Path) -> Path:
@@ -86,7 +111,7 @@ def build_report(csv_path: Path, out_dir: Path) -> Path:
         lines.append("")
 
     for exp, title, inits in (("table1", "Table 1 analog: few-shot training from scratch", INITS),
-                              ("finetune", "Fine-tuning analog: head-only init after pretraining on classes 0-4", ("sylvester_head",) + INITS[1:])):
+                              ("finetune", "Fine-tuning analog: head-only init after pretraining on classes 0-4", ("sylvester_head",) + RANDOM_INITS)):
         sub = [r for r in rows if r["experiment"] == exp]
         if not sub:
             continue
@@ -103,7 +128,8 @@ def build_report(csv_path: Path, out_dir: Path) -> Path:
                   "comparable with the paper's 200-epoch figures quoted beside them.", "",
                   "| initializer | " + " | ".join(f"{s} shots, {e} ep" for s, e in columns) + " |",
                   "| --- |" + " --- |" * len(columns)]
-        labels = [(init, lat) for init in inits for lat in sorted({r["latent"] for r in sub if r["initializer"] == init}) or [""]]
+        labels = [(init, lat) for init in inits if init != "lsuv" or any(r["initializer"] == init for r in sub)
+                  for lat in sorted({r["latent"] for r in sub if r["initializer"] == init}) or [""]]
         for init, lat in labels:
             cells = []
             for s, e in columns:
@@ -118,6 +144,8 @@ def build_report(csv_path: Path, out_dir: Path) -> Path:
                 cells.append(cell)
             lines.append(f"| {init}{f' ({lat})' if lat else ''} | " + " | ".join(cells) + " |")
         lines.append("")
+        if exp == "table1":
+            lines += _lsuv_vs_sylvester(sub, columns)
 
     for exp, key, title, fname, cmd, fixed in (
         ("fig2", "lam", "Figure 2 analog: effect of λ", "fig2_lambda.png",
@@ -159,7 +187,7 @@ def build_report(csv_path: Path, out_dir: Path) -> Path:
         lines += ["## Figure 1 analog: test accuracy vs wall-clock time", "",
                   "Command: `python examples/reproduce.py fig1 --data-dir DIR --shots S`. "
                   f"{_settings(sub, 'latent')} Time is training time (test evaluations excluded) plus, for Sylvester, "
-                  "its initialization time. Each curve is the mean over the seeds, checkpoint by checkpoint (time and "
+                  "its initialization time (LSUV: its own). Each curve is the mean over the seeds, checkpoint by checkpoint (time and "
                   "accuracy); the table lists every seed. The machine's load (other jobs) changes the seconds "
                   "from run to run, so compare the curves' shapes, not their lengths.", "",
                   "| initializer | seed | init time (s) | initial acc. (%) | final acc. (%) | wall-clock to final (s) |",

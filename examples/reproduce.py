@@ -12,7 +12,14 @@ One command per table (``--data-dir`` holds ``cifar-10-batches-py``; make it wit
     python examples/reproduce.py finetune --data-dir DIR --shots 10        # head-only fine-tuning
     python examples/reproduce.py fig2     --data-dir DIR                   # effect of lambda
     python examples/reproduce.py fig3     --data-dir DIR                   # latent codes
+    python examples/reproduce.py table1   --data-dir DIR --shots 10 --initializers lsuv   # LSUV baseline
     python examples/reproduce.py report                                    # tables + figures
+
+``lsuv`` (issue 18) is LSUV through the PyPI package ``lsuv`` (the ``examples`` extra), on the same
+class-balanced subset the Sylvester runs use (``--samples-per-class``, capped by the shots); see
+``examples/baselines.py``. It runs only when named in ``--initializers``.
+
+Training uses one thread per process unless ``OMP_NUM_THREADS`` says otherwise.
 
 Selection of lambda, patches and codes uses the validation split (5,000 training images held out);
 the test set is only ever measured, never tuned on.
@@ -23,6 +30,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import os
 import platform
 import sys
 import time
@@ -48,6 +56,8 @@ FIELDS = [
     "wall_s", "curve", "machine", "date",
 ]
 RANDOM_INITS = ("he_uniform", "he_normal", "xavier_uniform", "xavier_normal")
+BASELINES = ("lsuv",)  # data-driven baselines (examples/baselines.py); run only when named in --initializers
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 MACHINE = f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
@@ -126,10 +136,12 @@ class _Curve(Callback):
 def train_run(args: argparse.Namespace, *, experiment: str, initializer: str, shots: int | None, seed: int,
               epochs: int, lam: float = 10.0, latent: str = "pca", classes: list[int] | None = None,
               pretrained: dict[str, torch.Tensor] | None = None, curve_every: int = 0, setup: str = "cifar10") -> dict[str, Any]:
-    """One training run; returns (and appends) its CSV row. ``initializer``: a random scheme or 'sylvester'."""
+    """One training run; returns (and appends) its CSV row. ``initializer``: a random scheme, 'sylvester'
+    (or 'sylvester_head'), or 'lsuv' (on the He-uniform-constructed model, from the same subset)."""
     setup = _setup(setup, args) if "sylvester" in initializer else setup
+    subset_spc = "sylvester" in initializer or initializer in BASELINES
     row = dict(experiment=experiment, setup=setup, initializer=initializer, shots=shots or "all", seed=seed,
-               epochs=epochs, samples_per_class=args.samples_per_class if "sylvester" in initializer else "",
+               epochs=epochs, samples_per_class=args.samples_per_class if subset_spc else "",
                lam=lam if "sylvester" in initializer else "", latent=latent if "sylvester" in initializer else "",
                patches_per_image=args.patches_per_image if "sylvester" in initializer else "")
     if _done(args.csv, row):
@@ -153,6 +165,10 @@ def train_run(args: argparse.Namespace, *, experiment: str, initializer: str, sh
                                        layers="head" if initializer == "sylvester_head" else "all",
                                        patches_per_image=args.patches_per_image, seed=seed, evaluate=False, verbose=False,
                                        precision=args.precision))
+    elif initializer == "lsuv":
+        from baselines import LSUVBaseline  # examples/baselines.py; needs the `lsuv` package
+
+        callbacks.append(LSUVBaseline(samples_per_class=args.samples_per_class, seed=seed))
     callbacks.append(curve)
     trainer = Trainer(max_epochs=epochs, accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
                       enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
@@ -162,6 +178,8 @@ def train_run(args: argparse.Namespace, *, experiment: str, initializer: str, sh
     wall = time.perf_counter() - t0
     final = evaluate_accuracy(model, _test_batches(dm, args.test_limit), model.device)
     init_time = callbacks[0].metrics.get("sylvester/init_time_s", "") if "sylvester" in initializer else ""
+    if initializer == "lsuv":
+        init_time = callbacks[0].metrics["lsuv/init_time_s"]
     row.update(initial_acc=f"{curve.initial:.4f}", final_acc=f"{final:.4f}", init_time_s=init_time,
                wall_s=f"{wall:.1f}", curve=";".join(f"{t}:{a}" for t, a in curve.points),
                machine=MACHINE, date=dt.date.today().isoformat())
@@ -211,10 +229,12 @@ def table2(args: argparse.Namespace) -> None:
                 _progress(row)
 
 
-def _chosen(args: argparse.Namespace, initializers: tuple[str, ...]) -> tuple[str, ...]:
-    """``initializers`` in their order, restricted to ``--initializers`` when given."""
+def _chosen(args: argparse.Namespace, initializers: tuple[str, ...], baselines: bool = True) -> tuple[str, ...]:
+    """``initializers`` in their order, restricted to ``--initializers`` when given; the baselines
+    (``lsuv``) run only when named."""
     if args.initializers is None:
         return initializers
+    initializers = (*initializers, *BASELINES) if baselines else initializers
     unknown = sorted(set(args.initializers) - set(initializers))
     if unknown:
         raise SystemExit(f"--initializers: {unknown} not among {list(initializers)}")
@@ -243,7 +263,7 @@ def finetune(args: argparse.Namespace) -> None:
     body = torch.load(ckpt)
     for shots in args.shots:
         for seed in args.seeds:
-            for initializer in _chosen(args, ("sylvester_head", *RANDOM_INITS)):
+            for initializer in _chosen(args, ("sylvester_head", *RANDOM_INITS), baselines=False):
                 train_run(args, experiment="finetune", setup=f"c0-4->c5-9 (pretrain {args.pretrain_epochs} ep)",
                           initializer=initializer, shots=shots, seed=seed, epochs=args.epochs, classes=[5, 6, 7, 8, 9],
                           pretrained=body, lam=args.lam, latent=args.latent)
@@ -292,7 +312,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--val-size", type=int, default=5000, help="training images held out for validation")
     p.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test images only")
     p.add_argument("--initializers", nargs="+", default=None,
-                   help="run only these initializers (table1, finetune, fig1), e.g. to split a table over processes")
+                   help="run only these initializers (table1, finetune, fig1), e.g. to split a table over processes; "
+                   "'lsuv' (table1, fig1) runs only when named here")
     p.add_argument("--csv", type=Path, default=CSV, help="where runs are appended (default: the committed CSV)")
     args = p.parse_args(argv)
     if args.what != "report" and args.csv == CSV and (args.test_limit is not None or args.val_size != 5000):
