@@ -22,7 +22,7 @@ from torch import Tensor, nn
 __all__ = ["SUPPORTED_LAYERS", "LayerRows", "conv_patches", "layer_rows"]
 
 #: Layer types the initializer knows how to rewrite as a dense problem.
-SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d)
+SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class LayerRows:
             position ``positions[i, j]`` of the layer's ``out_shape`` grid), for codes that must align
             with another network's activations (e.g. a teacher's).
         out_shape: Spatial shape of the layer's output (``(H_out, W_out)``, ``(1, L_out)`` for 1-D
-            convolutions, ``(T,)`` for a ``Linear`` on ``(N, T, d)``, ``()`` for plain rows).
+            convolutions, ``(D_out, H_out, W_out)`` for 3-D ones, ``(T,)`` for a ``Linear`` on ``(N, T, d)``, ``()`` for plain rows).
     """
 
     x: Tensor
@@ -54,7 +54,7 @@ def _sample_positions(n: int, total: int, k: int | None, generator: torch.Genera
     return torch.rand(n, total, generator=generator).topk(k, dim=1, sorted=False).indices
 
 
-def _pads(conv: nn.Conv1d | nn.Conv2d, spatial: int) -> list[int]:
+def _pads(conv: nn.modules.conv._ConvNd, spatial: int) -> list[int]:
     """Padding as ``F.pad`` wants it (last dim first), resolving the string forms."""
     ks, dil = conv.kernel_size, conv.dilation
     if isinstance(conv.padding, str):
@@ -73,63 +73,82 @@ def _pads(conv: nn.Conv1d | nn.Conv2d, spatial: int) -> list[int]:
 
 def conv_patches(
     x: Tensor,
-    conv: nn.Conv1d | nn.Conv2d,
+    conv: nn.Conv1d | nn.Conv2d | nn.Conv3d,
     patches_per_image: int | None,
     generator: torch.Generator | None = None,
 ) -> LayerRows:
     """Gather randomly chosen patches of a convolution's input.
 
+    Algorithm: draw ``p`` flat output positions per sample, turn each into per-dimension start
+    offsets (stride, padding, dilation), and gather the ``C_in x k_1 x ... x k_D`` patches with one
+    advanced-indexing call; positions in the zero padding are masked, so the activation itself is
+    never padded or unfolded. Memory: ``N p C_in K`` values.
+
     Args:
-        x: The convolution's input, shape ``(N, C_in, L)`` (1-D) or ``(N, C_in, H, W)`` (2-D).
+        x: The convolution's input, shape ``(N, C_in, L)`` (1-D), ``(N, C_in, H, W)`` (2-D) or
+            ``(N, C_in, D, H, W)`` (3-D).
         conv: The convolution (its kernel size, stride, padding, dilation and padding mode are
             honoured).
         patches_per_image: Output positions drawn per image, without replacement; ``None`` or a
-            number above ``H_out * W_out`` takes every position.
+            number above the output size takes every position.
         generator: CPU generator for the position draw.
 
     Returns:
-        :class:`LayerRows` with ``x`` of shape ``(N * p, C_in, k_h * k_w)``.
+        :class:`LayerRows` with ``x`` of shape ``(N * p, C_in, K)``, ``K = k_1 ... k_D``.
 
     Raises:
         ValueError: If ``x`` does not have the convolution's expected rank, or the padded input is
             smaller than the kernel.
     """
-    spatial = 1 if isinstance(conv, nn.Conv1d) else 2
+    spatial = len(conv.kernel_size)
     if x.ndim != spatial + 2:
         raise ValueError(f"{type(conv).__name__} expects a batched {spatial + 2}-D input, got shape {tuple(x.shape)}")
     pads = _pads(conv, spatial)
     # Zero padding is applied to the gathered patches only (a mask), not to the whole activation;
     # other padding modes pad the activation first.
-    zero_pad = conv.padding_mode == "zeros"
-    if any(pads) and not zero_pad:
+    if any(pads) and conv.padding_mode != "zeros":
         x = F.pad(x, pads, mode=conv.padding_mode)
         pads = [0] * len(pads)
-    if spatial == 1:
+    kernel, stride, dilation = list(conv.kernel_size), list(conv.stride), list(conv.dilation)
+    lo = [pads[2 * (spatial - 1 - i)] for i in range(spatial)]  # leading pad of each dim, natural order
+    hi = [pads[2 * (spatial - 1 - i) + 1] for i in range(spatial)]
+    if spatial == 1:  # reported as a (1, L_out) grid, as a 2-D convolution over a height-1 image
         x = x.unsqueeze(2)
-        pads = [pads[0], pads[1], 0, 0]
-        kh, kw = 1, conv.kernel_size[0]
-        sh, sw = 1, conv.stride[0]
-        dh, dw = 1, conv.dilation[0]
-    else:
-        (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
-    n, c, h, w = x.shape
-    hp, wp = h + pads[2] + pads[3], w + pads[0] + pads[1]
-    h_out = (hp - dh * (kh - 1) - 1) // sh + 1
-    w_out = (wp - dw * (kw - 1) - 1) // sw + 1
-    if h_out < 1 or w_out < 1:
-        raise ValueError(f"input of spatial size {(hp, wp)} (padded) is smaller than the kernel {(kh, kw)}")
-    pos = _sample_positions(n, h_out * w_out, patches_per_image, generator).to(x.device)
+        kernel, stride, dilation, lo, hi = [1, *kernel], [1, *stride], [1, *dilation], [0, *lo], [0, *hi]
+    n, c, *size = x.shape
+    dims = len(size)
+    out = [(size[i] + lo[i] + hi[i] - dilation[i] * (kernel[i] - 1) - 1) // stride[i] + 1 for i in range(dims)]
+    if min(out) < 1:
+        padded = tuple(size[i] + lo[i] + hi[i] for i in range(dims))
+        raise ValueError(f"input of spatial size {padded} (padded) is smaller than the kernel {tuple(kernel)}")
+    total = 1
+    for o in out:
+        total *= o
+    pos = _sample_positions(n, total, patches_per_image, generator).to(x.device)
     p = pos.shape[1]
-    rows = (pos // w_out * sh - pads[2])[:, :, None, None] + dh * torch.arange(kh, device=x.device)[:, None]  # (N, p, kh, 1)
-    cols = (pos % w_out * sw - pads[0])[:, :, None, None] + dw * torch.arange(kw, device=x.device)  # (N, p, 1, kw)
-    batch = torch.arange(n, device=x.device)[:, None, None, None]
-    # Advanced indices separated by a slice: the indexed dims come first -> (N, p, kh, kw, C).
-    patches = x[batch, :, rows.clamp(0, h - 1), cols.clamp(0, w - 1)]
-    if any(pads):
-        inside = ((rows >= 0) & (rows < h)) & ((cols >= 0) & (cols < w))
+    index: list[Tensor] = []
+    inside: Tensor | None = None
+    rest = pos
+    for i in reversed(range(dims)):  # unravel the flat position, last dimension fastest
+        coord = rest % out[i]
+        rest = rest // out[i]
+        shape = [1] * dims
+        shape[i] = kernel[i]
+        idx = (coord * stride[i] - lo[i]).reshape(n, p, *([1] * dims)) + dilation[i] * torch.arange(
+            kernel[i], device=x.device
+        ).reshape(shape)
+        if lo[i] or hi[i]:
+            ok = (idx >= 0) & (idx < size[i])
+            inside = ok if inside is None else inside & ok
+        index.insert(0, idx.clamp(0, size[i] - 1))
+    batch = torch.arange(n, device=x.device).reshape(n, *([1] * (dims + 1)))
+    # Advanced indices separated by a slice: the indexed dims come first -> (N, p, k_1, ..., k_D, C).
+    patches = x[(batch, slice(None), *index)]
+    if inside is not None:
         patches.mul_(inside[..., None].to(patches.dtype))  # a fresh tensor from the gather
-    patches = patches.permute(0, 1, 4, 2, 3).reshape(n * p, c, kh * kw)
-    return LayerRows(x=patches, per_sample=p, positions=pos, out_shape=(h_out, w_out))
+    order = [0, 1, dims + 2, *range(2, dims + 2)]
+    patches = patches.permute(*order).reshape(n * p, c, -1)
+    return LayerRows(x=patches, per_sample=p, positions=pos, out_shape=tuple(out))
 
 
 def layer_rows(
@@ -159,6 +178,6 @@ def layer_rows(
         rows = x3.gather(1, pos[:, :, None].expand(-1, -1, module.in_features))
         shape = tuple(x.shape[1:-1]) if x.ndim > 2 else ()
         return LayerRows(x=rows.reshape(-1, module.in_features), per_sample=pos.shape[1], positions=pos, out_shape=shape)
-    if isinstance(module, (nn.Conv1d, nn.Conv2d)):
+    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         return conv_patches(x, module, patches_per_image, generator)
     raise TypeError(f"unsupported layer type {type(module).__name__}; supported: {[t.__name__ for t in SUPPORTED_LAYERS]}")

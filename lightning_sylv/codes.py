@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from lightning_sylv.layer_fit import Moments
+from lightning_sylv.solver import symmetric_eigh
 from lightning_sylv.stats import InputStats
 
 __all__ = ["CODES", "LatentCode", "OneHotCode", "PCACode", "fill_columns", "resolve_code"]
@@ -105,15 +106,15 @@ def _linear_code_moments(
     ``eig_cov``, the eigendecomposition of the centred covariance if known, is handed on to the solver.
     """
     mu = stats.mean
+    pt = proj.mT
     if fit_bias:
         cov = stats.covariance(center=True)
-        return Moments(
-            gram_x=cov, gram_s=proj.T @ cov @ proj, cross=proj.T @ cov, mean_x=mu, mean_s=(mu - offset) @ proj, eig_x=eig_cov
-        )
+        mean_s = ((mu - offset)[..., None, :] @ proj).squeeze(-2)
+        return Moments(gram_x=cov, gram_s=pt @ cov @ proj, cross=pt @ cov, mean_x=mu, mean_s=mean_s, eig_x=eig_cov)
     raw = stats.covariance(center=False)
-    e_cx = raw - torch.outer(offset, mu)  # E[(x - c) xᵀ]
-    e_cc = e_cx - torch.outer(mu, offset) + torch.outer(offset, offset)  # E[(x - c)(x - c)ᵀ]
-    return Moments(gram_x=raw, gram_s=proj.T @ e_cc @ proj, cross=proj.T @ e_cx)
+    e_cx = raw - offset[..., :, None] * mu[..., None, :]  # E[(x - c) xᵀ]
+    e_cc = e_cx - mu[..., :, None] * offset[..., None, :] + offset[..., :, None] * offset[..., None, :]
+    return Moments(gram_x=raw, gram_s=pt @ e_cc @ proj, cross=pt @ e_cx)
 
 
 def fill_columns(s: Tensor, out_features: int, generator: torch.Generator | None = None) -> Tensor:
@@ -124,20 +125,20 @@ def fill_columns(s: Tensor, out_features: int, generator: torch.Generator | None
     ``generator``). With ``out_features <= k`` the first ``out_features`` columns are returned.
 
     Args:
-        s: Code columns, shape ``(n, k)``, ``k >= 1``.
+        s: Code columns, shape ``(*batch, n, k)``, ``k >= 1`` (a stack shares the random mix).
         out_features: Columns wanted.
         generator: CPU generator for the random combinations.
     """
-    k = s.shape[1]
+    k = s.shape[-1]
     if out_features <= k:
-        return s[:, :out_features]
-    extra = [-s[:, : min(k, out_features - k)]]
+        return s[..., :out_features]
+    extra = [-s[..., : min(k, out_features - k)]]
     n_rand = out_features - 2 * k
     if n_rand > 0:
         mix = torch.randn(k, n_rand, generator=generator, dtype=torch.float64)
         mix = (mix / mix.norm(dim=0, keepdim=True)).to(device=s.device, dtype=s.dtype)
         extra.append(s @ mix)
-    return torch.cat([s, *extra], dim=1)
+    return torch.cat([s, *extra], dim=-1)
 
 
 def _check_rows(x: Tensor, out_features: int) -> None:
@@ -202,16 +203,17 @@ class PCACode(LatentCode):
         return stats.mean if self.center else torch.zeros_like(stats.sum_x)
 
     def _eig(self, stats: InputStats, k: int, full: list[tuple[Tensor, Tensor]] | None = None) -> tuple[Tensor, Tensor]:
-        evals, evecs = torch.linalg.eigh(stats.covariance(center=self.center))
+        evals, evecs, _ = symmetric_eigh(stats.covariance(center=self.center))
         if full is not None:
             full.append((evals, evecs))
-        order = torch.argsort(evals, descending=True)[:k]
-        comps = evecs[:, order].T.contiguous()
+        # eigh sorts ascending: the k largest are the last k, reversed (batched alike).
+        top = evals[..., -k:].flip(-1)
+        comps = evecs[..., -k:].flip(-1).mT.contiguous()  # (*batch, k, d)
         # Deterministic signs: largest-magnitude entry of each component positive.
-        idx = comps.abs().argmax(dim=1)
-        signs = torch.sign(comps.gather(1, idx[:, None])).squeeze(1)
+        idx = comps.abs().argmax(dim=-1, keepdim=True)
+        signs = torch.sign(comps.gather(-1, idx))
         signs[signs == 0] = 1
-        return comps * signs[:, None], evals[order].clamp_min(0)
+        return comps * signs, top.clamp_min(0)
 
     def projection(
         self,
@@ -227,12 +229,12 @@ class PCACode(LatentCode):
             out_features: Number of code columns.
             generator: CPU generator for the random fills.
         """
-        d = stats.sum_x.shape[0]
+        d = stats.sum_x.shape[-1]
         n = int(stats.n)
         wanted = -(-out_features // 2) if self.signed else out_features
         k = min(wanted, d, max(n - 1, 1) if self.center else n)
         comps, _ = self._eig(stats, k, _eig_out)
-        return fill_columns(comps.T, out_features, generator)  # S = (X - offset) @ P is linear in P
+        return fill_columns(comps.mT, out_features, generator)  # S = (X - offset) @ P is linear in P
 
     def fit(
         self,
@@ -327,7 +329,7 @@ class OneHotCode(LatentCode):
         return Moments(
             gram_x=stats.covariance(center=True),
             gram_s=torch.diag(p) - torch.outer(p, p),
-            cross=sums / n - torch.outer(p, mu),
+            cross=sums / n - p[:, None] * mu[..., None, :],
             mean_x=mu,
             mean_s=p,
         )

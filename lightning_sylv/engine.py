@@ -1,6 +1,7 @@
 """Layer-wise Sylvester initialization of an arbitrary ``nn.Module``.
 
-:func:`sylvester_init_` initializes every ``nn.Linear``/``nn.Conv1d``/``nn.Conv2d`` of a model in the
+:func:`sylvester_init_` initializes every ``nn.Linear``/``nn.Conv1d``/``nn.Conv2d``/``nn.Conv3d`` and
+``nn.MultiheadAttention`` of a model in the
 order the forward pass executes them, each from the activations produced by the already-initialized
 layers before it, in **one forward pass** over the subset:
 
@@ -22,8 +23,11 @@ follows, and a last pass recomputes the BatchNorm statistics — ``L + 1`` parti
 layer's statistics are combined over all processes before solving, so every process writes the same
 weights.
 
-On any exception every parameter and buffer is restored, all hooks are removed and train/eval modes
-are put back before the error propagates (all-or-nothing).
+The passes themselves (hooks, streaming, BatchNorm recalibration, restore on failure) are the shared
+runner of :mod:`lightning_sylv.passes`; this module plans one job per layer
+(:class:`~lightning_sylv.layer_init.LayerJob`, and the two jobs of an ``nn.MultiheadAttention``,
+:mod:`lightning_sylv.attention`). On any exception every parameter and buffer is restored, all hooks
+are removed and train/eval modes are put back before the error propagates (all-or-nothing).
 
 This module imports no Lightning.
 """
@@ -33,158 +37,67 @@ from __future__ import annotations
 import time
 import warnings
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from lightning_sylv._batch import batch_len, default_forward, slice_batch
 from lightning_sylv.activations import SUPPORTED_LAYERS
+from lightning_sylv.attention import attention_jobs
 from lightning_sylv.codes import LatentCode, resolve_code
-from lightning_sylv.layer_init import LayerInitError, LayerJob, code_uses_stats
+from lightning_sylv.layer_init import LayerJob, code_uses_stats
+from lightning_sylv.passes import InitializationError, Job, execution_order, probe_forward, run_jobs, skip_reason
 from lightning_sylv.report import InitReport, LayerReport
 
-__all__ = ["InitReport", "LayerReport", "SylvesterInitError", "execution_order", "sylvester_init_"]
+__all__ = ["InitReport", "LayerReport", "SylvesterInitError", "execution_order", "sylvester_init_", "units"]
 
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 #: Parametrized layers that are not initialized but are expected (normalization keeps its affine 1/0).
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 
 
-class SylvesterInitError(RuntimeError):
+class SylvesterInitError(InitializationError):
     """Initialization failed; the model was restored to its state before the call."""
 
 
-def _default_forward(model: nn.Module, inputs: Any) -> Any:
-    return model(inputs)
-
-
-def _channels_last(inputs: Any) -> Any:
-    """A 4-D floating-point CPU tensor in channels-last layout; any other input unchanged."""
-    if isinstance(inputs, Tensor) and inputs.ndim == 4 and inputs.device.type == "cpu" and inputs.is_floating_point():
-        return inputs.contiguous(memory_format=torch.channels_last)
-    return inputs
-
-
-def _fast_forward(
-    model: nn.Module, probe: Any, forward: Callable[[nn.Module, Any], Any]
-) -> tuple[Callable[[nn.Module, Any], Any], list[str]]:
-    """The forward the initialization pass runs, and the execution order it gives on ``probe``.
-
-    On CPUs, oneDNN convolutions run about twice as fast on a large batch of images in channels-last
-    layout (ResNet-20 on 1,000 CIFAR images: its convolutions inside the initialization 1.35 s ->
-    0.64 s, batch normalization 0.49 s -> 0.28 s; a plain eval forward 1.8 s -> 1.2 s). The initialization
-    pass feeds a 4-D CPU input in that layout whenever the model's forward accepts it, probed on
-    ``probe`` (forward code that calls ``.view`` on activations may not); values, weights and their
-    layout are unchanged. Other inputs and devices run ``forward`` as given.
-
-    Raises:
-        SylvesterInitError: If the forward pass fails on ``probe`` in its given layout.
-    """
-    if _channels_last(probe) is not probe:
-
-        def channels_last(m: nn.Module, x: Any) -> Any:
-            return forward(m, _channels_last(x))
-
-        try:
-            return channels_last, execution_order(model, probe, channels_last)
-        except SylvesterInitError:
-            pass  # the forward depends on the layout: run it as given
-    return forward, execution_order(model, probe, forward)
-
-
-def _targets(model: nn.Module) -> dict[nn.Module, str]:
-    return {m: name for name, m in model.named_modules() if isinstance(m, SUPPORTED_LAYERS)}
-
-
-@contextmanager
-def _hooks(modules: dict[nn.Module, str], make: Callable[[str], Callable[..., Any]]) -> Iterator[None]:
-    handles = [m.register_forward_pre_hook(make(name)) for m, name in modules.items()]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def execution_order(model: nn.Module, inputs: Any, forward: Callable[[nn.Module, Any], Any] = _default_forward) -> list[str]:
-    """Names of the supported layers in the order a forward pass first calls them.
-
-    Runs ``forward(model, inputs)`` in eval mode under ``torch.no_grad()``; pass a small batch.
-
-    Raises:
-        SylvesterInitError: If the forward pass fails on ``inputs``.
-    """
-    order: list[str] = []
-
-    def make(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            if name not in order:
-                order.append(name)
-
-        return hook
-
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), _hooks(_targets(model), make):
-            forward(model, inputs)
-    except Exception as err:
-        raise SylvesterInitError(
-            f"the model's forward failed on the initialization batch ({type(err).__name__}: {err}); "
-            "check that the datamodule's batches are (inputs, labels) or pass a matching forward function"
-        ) from err
-    finally:
-        model.train(was_training)
-    return order
-
-
-def _unsupported(model: nn.Module) -> dict[str, str]:
-    """Modules with their own parameters that the initializer does not handle."""
-    out = {}
+def units(model: nn.Module) -> dict[nn.Module, str]:
+    """The modules the Sylvester initializer writes, by name: the layers of
+    :data:`~lightning_sylv.activations.SUPPORTED_LAYERS` and ``nn.MultiheadAttention`` (whose
+    ``out_proj`` belongs to it, not to the list of layers)."""
+    out: dict[nn.Module, str] = {}
+    owned: set[nn.Module] = set()
     for name, m in model.named_modules():
-        if isinstance(m, SUPPORTED_LAYERS) or isinstance(m, _NORMS):
-            continue
-        if any(True for _ in m.parameters(recurse=False)):
-            out[name] = f"unsupported layer type {type(m).__name__} (keeps its current initialization)"
+        if isinstance(m, nn.MultiheadAttention):
+            out[m] = name
+            owned.add(m.out_proj)
+    for name, m in model.named_modules():
+        if isinstance(m, SUPPORTED_LAYERS) and m not in owned:
+            out[m] = name
     return out
 
 
-def _snapshot(model: nn.Module) -> dict[str, Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items() if isinstance(v, Tensor)}
+def _untouched(model: nn.Module, written: set[nn.Module]) -> tuple[dict[str, str], dict[str, str]]:
+    """``(unsupported layers, untouched parameters)`` of the model, each mapped to a reason.
 
-
-def _restore(model: nn.Module, snap: dict[str, Tensor]) -> None:
-    state = model.state_dict(keep_vars=True)
-    with torch.no_grad():
-        for k, v in snap.items():
-            state[k].copy_(v)
-
-
-def _slice(inputs: Any, start: int, stop: int) -> Any:
-    """Rows ``start:stop`` of every tensor in a (nested) batch."""
-    if isinstance(inputs, Tensor):
-        return inputs[start:stop]
-    if isinstance(inputs, (list, tuple)):
-        return type(inputs)(_slice(v, start, stop) for v in inputs)
-    if isinstance(inputs, dict):
-        return {k: _slice(v, start, stop) for k, v in inputs.items()}
-    return inputs
-
-
-def _batch_len(inputs: Any) -> int:
-    if isinstance(inputs, Tensor):
-        return inputs.shape[0]
-    if isinstance(inputs, (list, tuple)) and inputs:
-        return _batch_len(inputs[0])
-    if isinstance(inputs, dict) and inputs:
-        return _batch_len(next(iter(inputs.values())))
-    raise TypeError(f"cannot tell the number of samples of inputs of type {type(inputs).__name__}")
-
-
-class _StopForward(Exception):
-    """Raised by a hook to end a forward pass early (streaming mode)."""
+    A module with a ``weight*`` parameter of two or more dimensions that the initializer does not
+    handle (``nn.Embedding``, ``nn.ConvTranspose2d``, an RNN) is an unsupported layer. Other
+    parameters outside the written layers and normalization layers (layer-scale γ, class tokens,
+    position embeddings) are untouched parameters: they keep their values, and nothing is wrong.
+    """
+    layers: dict[str, str] = {}
+    params: dict[str, str] = {}
+    inside = {p for m in written for p in m.parameters()}
+    for name, m in model.named_modules():
+        if m in written or isinstance(m, _NORMS) or isinstance(m, SUPPORTED_LAYERS):
+            continue
+        own = [(n, p) for n, p in m.named_parameters(recurse=False) if p not in inside]
+        if any(n.startswith("weight") and p.ndim >= 2 for n, p in own):
+            layers[name] = f"unsupported layer type {type(m).__name__} (keeps its current initialization)"
+        else:
+            for n, _ in own:
+                params[f"{name}.{n}" if name else n] = f"parameter of {type(m).__name__} (not a layer; kept)"
+    return layers, params
 
 
 def sylvester_init_(
@@ -203,16 +116,20 @@ def sylvester_init_(
     gram_dtype: torch.dtype | None = None,
     batch_size: int | None = None,
     reduce: Callable[[Tensor], Tensor] | None = None,
+    gather: Callable[[Tensor], Tensor] | None = None,
     codes: Mapping[str, str | LatentCode] | None = None,
     lams: Mapping[str, float] | None = None,
-    forward: Callable[[nn.Module, Any], Any] = _default_forward,
+    forward: Callable[[nn.Module, Any], Any] = default_forward,
+    num_classes: int | None = None,
     on_layer: Callable[[LayerReport, int, int], None] | None = None,
 ) -> InitReport:
     """Initialize ``model``'s layers in place from a data subset (Sylvester initialization).
 
     Args:
-        model: Any module; its ``Linear``/``Conv1d``/``Conv2d`` layers with trainable weights are
-            initialized. Other layer types are left as they are.
+        model: Any module; its ``Linear``/``Conv1d``/``Conv2d``/``Conv3d`` layers and
+            ``nn.MultiheadAttention`` projections with trainable weights are initialized. Other
+            layer types are left as they are (reported as unsupported layers), and so are
+            parameters that are not layers (reported as untouched parameters).
         inputs: The subset's inputs, already on the model's device, as ``forward`` expects them.
         labels: Integer class labels ``(N,)``, needed by the head's one-hot code.
         layers: ``"all"`` (every layer, in execution order, BatchNorm statistics recomputed),
@@ -236,20 +153,26 @@ def sylvester_init_(
             runs the whole subset as one batch in a single forward pass.
         reduce: Sum of a tensor across processes (an all-reduce); every layer's statistics go through
             it before solving. ``None`` for a single process.
+        gather: Concatenation of a tensor along its first dimension across processes (an
+            all-gather). With it, layers with fewer rows than inputs pool their rows and solve in
+            their span (``O(n² d)``); without it, under ``reduce`` they sum ``d x d`` Gram matrices.
         codes: Per-layer code overrides, by layer name (e.g. a teacher's activations for FuseInit).
         lams: Per-layer λ overrides, by layer name (e.g. ``math.inf`` for FuseInit's teacher targets).
-        forward: ``forward(model, inputs)`` runs the model; defaults to ``model(inputs)``. A 4-D
-            floating-point CPU ``inputs`` reaches it as a channels-last copy when a two-sample probe
-            shows the forward accepts that layout (about twice as fast convolutions on CPUs); the
-            values are the same.
+        forward: ``forward(model, inputs)`` runs the model to its logits; defaults to
+            ``model(inputs)``. A 4-D floating-point CPU ``inputs`` reaches it as a channels-last copy
+            when a two-sample probe shows the forward accepts that layout (about twice as fast
+            convolutions on CPUs); the values are the same.
+        num_classes: Classes of the data. With it, a head whose output count differs (a ``forward``
+            that returns features, not logits) is refused before anything is written.
         on_layer: Called as ``on_layer(layer_report, done, total)`` after each layer (progress bars).
 
     Returns:
         An :class:`InitReport`.
 
     Raises:
-        ValueError: On invalid arguments, an unknown ``head``, ``layers="head"`` with a supervised
-            head code and no ``labels``, or a rows-only code with ``batch_size``/``reduce``.
+        ValueError: On invalid arguments, an unknown ``head``, a head that does not match
+            ``num_classes``, ``layers="head"`` with a supervised head code and no ``labels``, or a
+            rows-only code with ``batch_size``/``reduce``.
         SylvesterInitError: If anything fails during initialization; the model is restored first.
     """
     if isinstance(layers, str) and layers not in ("all", "head"):
@@ -262,32 +185,43 @@ def sylvester_init_(
         raise ValueError(f"patches_per_image must be >= 1 or None, got {patches_per_image!r}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 or None, got {batch_size!r}")
+    if num_classes is not None and num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1 or None, got {num_classes!r}")
     hidden_code, head_code = resolve_code(latent), resolve_code(head_latent)
     overrides = {name: resolve_code(c) for name, c in (codes or {}).items()}
     start = time.perf_counter()
     report = InitReport()
-    n_samples = _batch_len(inputs)
+    n_samples = batch_len(inputs)
     if n_samples == 0:
         raise ValueError("inputs hold no samples: nothing to initialize from")
     if labels is not None and labels.shape != (n_samples,):
         raise ValueError(f"labels must have shape ({n_samples},) to match the inputs, got {tuple(labels.shape)}")
-    forward, order = _fast_forward(model, _slice(inputs, 0, 2), forward)
+    targets = units(model)
+    try:
+        forward, order = probe_forward(model, slice_batch(inputs, 0, 2), forward, targets)
+    except InitializationError as err:
+        raise SylvesterInitError(str(err)) from err.__cause__
+    modules = {name: m for m, name in targets.items()}
+    layer_order = [n for n in order if not isinstance(modules[n], nn.MultiheadAttention)]
     if not order:
-        raise ValueError("the model's forward pass executes no Linear/Conv1d/Conv2d layer: nothing to initialize")
-    head = head if head is not None else order[-1]
-    if head not in order:
+        raise ValueError(
+            "the model's forward pass executes no Linear/Conv/MultiheadAttention layer: nothing to initialize"
+        )
+    head = head if head is not None else (layer_order or order)[-1]
+    if head not in layer_order:
         raise ValueError(f"head {head!r} is not a Linear/Conv layer executed by the forward pass; executed: {order}")
+    head_out = modules[head].weight.shape[0]
+    if num_classes is not None and head_out != num_classes:
+        raise ValueError(
+            f"the head {head!r} (the last layer the forward executes) has {head_out} outputs but the data has "
+            f"{num_classes} classes: the forward probably returns features, not logits. Pass a forward that "
+            "maps inputs to logits, or name the classifier layer with head="
+        )
     explicit = not isinstance(layers, str)
-    if explicit:
-        unknown = [n for n in layers if n not in order]
+    for what, names in (("layers", layers if explicit else []), ("codes given for", overrides), ("lams given for", lams or {})):
+        unknown = [n for n in names if n not in order]
         if unknown:
-            raise ValueError(f"layers {unknown} are not Linear/Conv layers executed by the forward pass; executed: {order}")
-    unknown = [n for n in overrides if n not in order]
-    if unknown:
-        raise ValueError(f"codes given for {unknown}, which are not Linear/Conv layers executed by the forward pass")
-    unknown = [n for n in lams or {} if n not in order]
-    if unknown:
-        raise ValueError(f"lams given for {unknown}, which are not Linear/Conv layers executed by the forward pass")
+            raise ValueError(f"{what} {unknown} are not layers executed by the forward pass; executed: {order}")
     head_in_use = layers in ("all", "head") or (explicit and head in layers)
     if head_code.requires_labels and labels is None and head_in_use and head not in overrides:
         if layers == "head":
@@ -309,27 +243,32 @@ def sylvester_init_(
                 "(streaming) nor across processes; use a statistics code such as 'pca'"
             )
     report.head = head
-    names = order if layers == "all" else [head] if layers == "head" else list(layers)
+    selected = None if layers == "all" else [head] if layers == "head" else list(layers)
+    total = n_samples if reduce is None else int(reduce(torch.tensor([float(n_samples)], device=_device(model)))[0])
     generator = torch.Generator().manual_seed(seed)
-    jobs: dict[str, LayerJob] = {}
-    for m, name in _targets(model).items():
-        if name not in order:
-            report.skipped[name] = "not executed by the forward pass"
-        elif name not in names:
-            report.skipped[name] = f"not selected (layers={layers!r})"
-        elif not m.weight.requires_grad:
-            report.skipped[name] = "frozen (requires_grad=False)"
+
+    def make_job(module: nn.Module, name: str, code: LatentCode | None = None, layer_lam: float | None = None) -> LayerJob:
+        return LayerJob(
+            module, name, code or hidden_code, lam if layer_lam is None else layer_lam, patches_per_image,
+            generator, dtype, gram_dtype, code_generator=_layer_generator(seed, name), samples=total,
+            gather=gather, distributed=reduce is not None,
+        )  # fmt: skip
+
+    jobs: list[Job] = []
+    written: set[nn.Module] = set()
+    for name in order + [n for n in modules if n not in order]:
+        m = modules[name]
+        why = skip_reason(name, m, order, selected)
+        if why is not None:
+            report.skipped[name] = why if why != "not selected" else f"not selected (layers={layers!r})"
+            continue
+        written.add(m)
+        if isinstance(m, nn.MultiheadAttention):
+            jobs.extend(attention_jobs(m, name, make_job))
         else:
             code = overrides.get(name, head_code if name == head else hidden_code)
-            jobs[name] = LayerJob(
-                m, name, code, (lams or {}).get(name, lam), patches_per_image, generator, dtype, gram_dtype,
-                code_generator=_layer_generator(seed, name),
-            )
-    ordered = [jobs[n] for n in order if n in jobs]
-    if on_layer is not None:
-        for job in ordered:
-            job.on_done = lambda r, total=len(ordered): on_layer(r, len(report.layers), total)
-    unsupported = _unsupported(model)
+            jobs.append(make_job(m, name, code, (lams or {}).get(name)))
+    unsupported, report.untouched = _untouched(model, set(modules.values()))
     if unsupported:
         report.skipped.update(unsupported)
         warnings.warn(
@@ -337,43 +276,26 @@ def sylvester_init_(
             + ", ".join(f"{n or '<root>'} ({v.split()[3]})" for n, v in unsupported.items()),
             stacklevel=2,
         )
+    report.initialized_parameters = sum(p.numel() for m in written for p in m.parameters())
+    report.total_parameters = sum(p.numel() for p in model.parameters())
 
-    snap = _snapshot(model)
-    was_training = model.training
-    bn_state = [(m, m.training, m.momentum) for m in model.modules() if isinstance(m, _BN)]
-    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
-    # The global RNG is left as it was: training sees the same random stream with or without init.
-    with torch.random.fork_rng(devices=cuda):
-        try:
-            model.eval()
-            recalibrate = layers != "head"
-            if recalibrate:
-                for m, _, _ in bn_state:
-                    m.train()  # batch statistics of the new activations during the passes
-            if streaming:
-                _streamed(model, inputs, labels, ordered, batch_size, n_samples, reduce, forward, report)  # type: ignore[arg-type]
-                if recalibrate and bn_state:  # one more pass: BatchNorm statistics of the final net
-                    _reset_bn(bn_state)
-                    with torch.no_grad():
-                        for lo in range(0, n_samples, batch_size):  # type: ignore[arg-type]
-                            forward(model, _slice(inputs, lo, lo + batch_size))  # type: ignore[operator]
-                    report.passes += 1
-            else:
-                if recalibrate:
-                    _reset_bn(bn_state)
-                _one_pass(model, inputs, labels, ordered, reduce, forward, report)
-        except Exception as err:
-            _restore(model, snap)
-            if isinstance(err, SylvesterInitError):
-                raise
-            raise SylvesterInitError(f"Sylvester initialization failed, the model was restored: {err}") from err
-        finally:
-            for m, training, momentum in bn_state:
-                m.momentum = momentum
-                m.train(training)
-            model.train(was_training)
+    def on_result(job: Job, record: LayerReport) -> None:
+        report.layers.append(record)
+        if on_layer is not None:
+            on_layer(record, len(report.layers), len(jobs))
+
+    report.passes = run_jobs(
+        model, inputs, labels, jobs, n_samples=n_samples, forward=forward, batch_size=batch_size, reduce=reduce,
+        recalibrate_bn=layers != "head", on_result=on_result, error=SylvesterInitError,
+        what="Sylvester initialization",
+    )  # fmt: skip
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(iter(model.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
 def _layer_generator(seed: int, name: str) -> torch.Generator:
@@ -384,85 +306,3 @@ def _layer_generator(seed: int, name: str) -> torch.Generator:
     drawn from it would give the processes different weights for the same all-reduced statistics.
     """
     return torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(name.encode())) % 2**63)
-
-
-def _reset_bn(bn_state: list[tuple[nn.Module, bool, float | None]]) -> None:
-    for m, _, _ in bn_state:
-        if m.track_running_stats:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over everything that follows
-
-
-def _one_pass(
-    model: nn.Module,
-    inputs: Any,
-    labels: Tensor | None,
-    jobs: list[LayerJob],
-    reduce: Callable[[Tensor], Tensor] | None,
-    forward: Callable[[nn.Module, Any], Any],
-    report: InitReport,
-) -> None:
-    """Every layer initialized inside a single forward pass, at its first call."""
-    by_module = {job.module: job.name for job in jobs}
-    jobs_by_name = {job.name: job for job in jobs}
-    done: set[str] = set()
-
-    def make(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            if name in done:  # shared module called again: it already holds its new weights
-                return
-            done.add(name)
-            job = jobs_by_name[name]
-            job.add(args[0], labels)
-            report.layers.append(job.finish(reduce))
-            job.notify(report.layers[-1])
-
-        return hook
-
-    try:
-        with torch.no_grad(), _hooks(by_module, make):
-            forward(model, inputs)
-    except LayerInitError as err:
-        raise SylvesterInitError(str(err)) from err
-    report.passes += 1
-
-
-def _streamed(
-    model: nn.Module,
-    inputs: Any,
-    labels: Tensor | None,
-    jobs: list[LayerJob],
-    batch_size: int,
-    n_samples: int,
-    reduce: Callable[[Tensor], Tensor] | None,
-    forward: Callable[[nn.Module, Any], Any],
-    report: InitReport,
-) -> None:
-    """Layer by layer: accumulate a layer's statistics over all mini-batches, solve, go on."""
-    for job in jobs:
-        seen = [False]
-
-        def hook(module: nn.Module, args: tuple[Any, ...], job: LayerJob = job) -> None:
-            if seen[0]:
-                return
-            seen[0] = True
-            job.add(args[0], batch_labels)
-            raise _StopForward
-
-        handle = job.module.register_forward_pre_hook(hook)
-        try:
-            with torch.no_grad():
-                for lo in range(0, n_samples, batch_size):
-                    seen[0] = False
-                    batch_labels = None if labels is None else labels[lo : lo + batch_size]
-                    try:
-                        forward(model, _slice(inputs, lo, lo + batch_size))
-                    except _StopForward:
-                        pass
-            report.layers.append(job.finish(reduce))
-            job.notify(report.layers[-1])
-        except LayerInitError as err:
-            raise SylvesterInitError(str(err)) from err
-        finally:
-            handle.remove()
-        report.passes += 1

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lightning_sylv.solver import relative_residual, solve_sylvester_psd
+from lightning_sylv.solver import relative_residual, solve_sylvester_psd, symmetric_eigh
 
 __all__ = ["LayerFit", "Moments", "encoding_loss", "fit_layer", "moments_from_rows", "solve_moments"]
 
@@ -33,15 +33,20 @@ __all__ = ["LayerFit", "Moments", "encoding_loss", "fit_layer", "moments_from_ro
 class LayerFit:
     """Solution of one layer's problem and its diagnostics.
 
+    For a stack of problems (the groups of a convolution) the tensors carry the batch dimensions
+    and the numbers summarize the stack: losses are means, ``residual`` and condition numbers the
+    largest, ``dropped`` the sum.
+
     Attributes:
-        weight: ``W``, shape ``(d_out, d_in)``.
-        bias: ``b``, shape ``(d_out,)``, or ``None`` when no bias was fitted.
+        weight: ``W``, shape ``(*batch, d_out, d_in)``.
+        bias: ``b``, shape ``(*batch, d_out)``, or ``None`` when no bias was fitted.
         encoding_loss: ``‖X Wᵀ − S‖² / ‖S‖²`` (centred when a bias is fitted).
         decoding_loss: ``‖X − S W‖² / ‖X‖²`` (centred likewise).
         residual: Relative residual of the Sylvester equation at the returned ``W``.
         cond_a: Condition number of ``A = SᵀS / n``.
         cond_b: Condition number of ``B = λ XᵀX / n``.
         dropped: Eigenvalue pairs treated as singular by the solver (0 when the system is regular).
+        path: How the eigendecompositions were computed (see :data:`lightning_sylv.solver.EIGH_PATHS`).
     """
 
     weight: Tensor
@@ -52,11 +57,30 @@ class LayerFit:
     cond_a: float
     cond_b: float
     dropped: int
+    path: str = "eigh"
 
 
 def _ratio(num: Tensor, den: Tensor) -> float:
-    den_f = float(den)
-    return float(num) / den_f if den_f > 0 else float(num)
+    """``num / den`` (``num`` where ``den`` is 0), averaged over a stack."""
+    return float(torch.where(den > 0, num / torch.where(den > 0, den, 1.0), num).mean())
+
+
+def _trace(m: Tensor) -> Tensor:
+    return m.diagonal(dim1=-2, dim2=-1).sum(-1)
+
+
+def _losses(m: Moments, w: Tensor) -> tuple[float, float]:
+    """Relative encoding and decoding losses from the moments alone (no pass over the rows)."""
+    cross_term = 2 * (w * m.cross).sum((-2, -1))
+    enc = ((w @ m.gram_x) * w).sum((-2, -1)) - cross_term + _trace(m.gram_s)
+    dec = _trace(m.gram_x) - cross_term + (w * (m.gram_s @ w)).sum((-2, -1))
+    return _ratio(enc.clamp_min(0), _trace(m.gram_s)), _ratio(dec.clamp_min(0), _trace(m.gram_x))
+
+
+def _bias(m: Moments, w: Tensor) -> Tensor | None:
+    if m.mean_x is None or m.mean_s is None:
+        return None
+    return m.mean_s - (w @ m.mean_x[..., None]).squeeze(-1)
 
 
 def encoding_loss(weight: Tensor, x: Tensor, s: Tensor, bias: Tensor | None = None) -> float:
@@ -87,12 +111,14 @@ class Moments:
     With a bias the moments are centred (``X − mean(X)``, ``S − mean(S)``) and the means are kept to
     recover the bias; without a bias they are raw and ``mean_x``/``mean_s`` are ``None``.
 
+    Every tensor may carry leading batch dimensions (a stack of problems); they broadcast.
+
     Attributes:
-        gram_x: ``XᵀX / n``, shape ``(d_in, d_in)``.
-        gram_s: ``SᵀS / n``, shape ``(d_out, d_out)``.
-        cross: ``SᵀX / n``, shape ``(d_out, d_in)``.
-        mean_x: ``mean(X)`` ``(d_in,)`` or ``None``.
-        mean_s: ``mean(S)`` ``(d_out,)`` or ``None``.
+        gram_x: ``XᵀX / n``, shape ``(*batch, d_in, d_in)``.
+        gram_s: ``SᵀS / n``, shape ``(*batch, d_out, d_out)``.
+        cross: ``SᵀX / n``, shape ``(*batch, d_out, d_in)``.
+        mean_x: ``mean(X)`` ``(*batch, d_in)`` or ``None``.
+        mean_s: ``mean(S)`` ``(*batch, d_out)`` or ``None``.
         eig_x: Optional eigendecomposition ``(eigenvalues, eigenvectors)`` of ``gram_x`` that the code
             already computed (PCA does), so the solver need not repeat it.
     """
@@ -150,47 +176,43 @@ def solve_moments(m: Moments, lam: float, rcond: float | None = None) -> LayerFi
     eig_b = None if m.eig_x is None else (lam * m.eig_x[0], m.eig_x[1])
     sol = solve_sylvester_psd(a, b, c, allow_singular=True, eig_b=eig_b, rcond=rcond)
     w = sol.w
-    bias = None if m.mean_x is None or m.mean_s is None else m.mean_s - w @ m.mean_x
-    # Losses from the moments: no pass over the rows.
-    cross_term = 2 * (w * m.cross).sum()
-    enc = ((w @ m.gram_x) * w).sum() - cross_term + m.gram_s.trace()
-    dec = m.gram_x.trace() - cross_term + (w * (m.gram_s @ w)).sum()
+    enc, dec = _losses(m, w)
     return LayerFit(
         weight=w,
-        bias=bias,
-        encoding_loss=_ratio(enc.clamp_min(0), m.gram_s.trace()),
-        decoding_loss=_ratio(dec.clamp_min(0), m.gram_x.trace()),
+        bias=_bias(m, w),
+        encoding_loss=enc,
+        decoding_loss=dec,
         residual=relative_residual(a, b, c, w),
         cond_a=sol.cond_a,
         cond_b=sol.cond_b,
         dropped=sol.dropped,
+        path=sol.path,
     )
 
 
 def _least_squares(m: Moments, rcond: float | None = None) -> LayerFit:
     """``lam = inf``: the encoding loss alone, ``W (XᵀX) = SᵀX``, minimum-norm solution."""
-    evals, evecs = torch.linalg.eigh(m.gram_x)
+    evals, evecs, path = symmetric_eigh(m.gram_x)
     if rcond is None:
-        rcond = max(m.gram_x.shape) * torch.finfo(evals.dtype).eps
-    tol = rcond * float(evals.abs().max())
+        rcond = m.gram_x.shape[-1] * torch.finfo(evals.dtype).eps
+    tol = rcond * evals.abs().amax(-1, keepdim=True)
     keep = evals > tol
     inv = torch.where(keep, 1.0 / torch.where(keep, evals, 1.0), torch.zeros_like(evals))
-    w = (m.cross @ evecs) * inv @ evecs.T
-    bias = None if m.mean_x is None or m.mean_s is None else m.mean_s - w @ m.mean_x
-    cross_term = 2 * (w * m.cross).sum()
-    enc = ((w @ m.gram_x) * w).sum() - cross_term + m.gram_s.trace()
-    dec = m.gram_x.trace() - cross_term + (w * (m.gram_s @ w)).sum()
+    w = ((m.cross @ evecs) * inv[..., None, :]) @ evecs.mT
+    enc, dec = _losses(m, w)
     res = torch.linalg.matrix_norm(w @ m.gram_x - m.cross) / torch.linalg.matrix_norm(m.cross).clamp_min(1e-300)
-    low = float(evals.clamp_min(0).min())
+    low = evals.clamp_min(0).amin(-1)
+    cond_b = float("inf") if bool((low == 0).any()) else float((evals.amax(-1) / low).max())
     return LayerFit(
         weight=w,
-        bias=bias,
-        encoding_loss=_ratio(enc.clamp_min(0), m.gram_s.trace()),
-        decoding_loss=_ratio(dec.clamp_min(0), m.gram_x.trace()),
-        residual=float(res),
+        bias=_bias(m, w),
+        encoding_loss=enc,
+        decoding_loss=dec,
+        residual=float(res.max()),
         cond_a=float("nan"),
-        cond_b=float("inf") if low == 0 else float(evals.max()) / low,
+        cond_b=cond_b,
         dropped=int((~keep).sum()),
+        path=path,
     )
 
 

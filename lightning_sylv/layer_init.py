@@ -2,11 +2,27 @@
 
 :class:`LayerJob` collects what one layer needs from one or more batches of its input
 (:meth:`LayerJob.add`), then :meth:`LayerJob.finish` merges across processes if asked, fits the code,
-solves the Sylvester problem per convolution group and writes ``weight``/``bias`` in place.
+solves the Sylvester problem for all convolution groups in one batched call and writes
+``weight``/``bias`` in place.
 
-Codes that work from statistics (PCA, one-hot: :meth:`LatentCode.moments`) keep only sums, so
-memory does not grow with the number of batches and the sums all-reduce across processes. Codes
-that need the rows themselves keep them (single batch, single process only).
+Which statistics are kept follows the data. With ``n`` rows of ``d`` inputs (per group):
+
+* ``n >= d`` — *Gram mode*: sums ``Σx``, ``Σxxᵀ`` (``d x d``) and per-class sums. Memory does not
+  grow with the number of batches, and the sums all-reduce across processes. Cost ``O(n d² + d³)``.
+* ``n < d`` — *span mode* (the late stages and wide heads of large nets: 4,608 inputs from 200 rows,
+  VGG's 25,088-input ``Linear``): the rows themselves are kept, and the problem is solved exactly
+  in the ``n``-dimensional span of the rows, where every quantity of the problem lives. A thin QR
+  factorization ``Xᵀ = Q R`` (``Q``: ``d x n``, orthonormal columns) gives the coordinates
+  ``Z = X Q = Rᵀ``; codes, statistics and the Sylvester solve work on ``Z`` (``n x n``), and the
+  weight is mapped back as ``W = W_Z Qᵀ``. This is exact, not an approximation: ``SᵀX`` and the
+  encoding term only see the span, so the minimum-norm solution lies in it, and PCA, one-hot and the
+  losses are invariant under the rotation. Cost ``O(n² d)``; no ``d x d`` matrix is ever formed.
+  Across processes the rows are gathered (all-gather), not summed; without a gather the job uses
+  Gram mode.
+
+The mode is chosen once per layer from the total row count over all processes (``samples`` x rows
+per sample), so every process takes the same path. Codes that need the rows themselves (ICA,
+K-means, LDA, a teacher's activations) keep them in either mode (single batch, single process only).
 
 This module imports no Lightning.
 """
@@ -26,9 +42,10 @@ from lightning_sylv.activations import LayerRows, layer_rows
 from lightning_sylv.codes import LatentCode
 from lightning_sylv.layer_fit import LayerFit, moments_from_rows, solve_moments
 from lightning_sylv.report import LayerReport
+from lightning_sylv.solver import EIGH_PATHS
 from lightning_sylv.stats import InputStats
 
-__all__ = ["LayerInitError", "LayerJob", "autocast_off", "code_uses_stats"]
+__all__ = ["LayerInitError", "LayerJob", "autocast_off", "code_uses_stats", "grouped_rows", "span_basis"]
 
 
 class LayerInitError(ValueError):
@@ -55,33 +72,55 @@ def code_uses_stats(code: LatentCode) -> bool:
     return type(code).moments is not LatentCode.moments
 
 
-def _split_groups(x: Tensor, groups: int) -> list[Tensor]:
-    """Flat ``(n, d)`` rows of each group: channel slices of ``(n, C, K)`` patches or of ``(n, d)`` rows."""
-    width = x.shape[1] // groups
-    return [(x[:, g * width : (g + 1) * width] if groups > 1 else x).flatten(1) for g in range(groups)]
+def grouped_rows(x: Tensor, groups: int) -> Tensor:
+    """The rows of each group as one stack ``(groups, n, d / groups)``.
+
+    Args:
+        x: Rows ``(n, d)`` or patches ``(n, C, K)`` (channel-major, as :func:`layer_rows` returns them).
+        groups: Number of groups (channel slices), ``C % groups == 0``.
+    """
+    n = x.shape[0]
+    return x.reshape(n, groups, -1).transpose(0, 1)
 
 
-def _row_stats(
+def span_basis(x: Tensor) -> tuple[Tensor, Tensor]:
+    """An orthonormal basis of the span of the rows and the rows' coordinates in it.
+
+    Algorithm: thin (Householder) QR of ``xᵀ``, ``O(n² d)``; unlike an eigendecomposition of the
+    ``n x n`` Gram matrix it needs no iteration, so rank-deficient rows cannot make it fail.
+
+    Args:
+        x: Rows, shape ``(*batch, n, d)`` with ``n < d``.
+
+    Returns:
+        ``(q, z)``: ``q`` ``(*batch, d, n)`` with orthonormal columns spanning the rows, and
+        ``z = x q`` ``(*batch, n, n)``, so that ``x = z qᵀ`` exactly.
+    """
+    q, r = torch.linalg.qr(x.mT, mode="reduced")
+    return q, r.mT
+
+
+def _gram_stats(
     x: Tensor,
     groups: int,
     labels: Tensor | None,
     classes: int | None,
     dtype: torch.dtype,
     gram_dtype: torch.dtype | None,
-) -> list[InputStats]:
-    """:class:`InputStats` of each group's flat rows (see :func:`_split_groups`)."""
+) -> InputStats:
+    """Stacked :class:`InputStats` ``(groups, ...)`` of each group's flat rows (see :func:`grouped_rows`)."""
     if groups == 1 and x.ndim == 3 and x.transpose(1, 2).is_contiguous():
         # Patches gathered as (n, K, C) in memory (see conv_patches): the sums are formed in that
         # order and reordered to the weight's (C, K) order, O(d²), instead of copying the O(n d) rows.
         c, k = x.shape[1:]
-        natural = x.transpose(1, 2).reshape(x.shape[0], k * c)
+        natural = x.transpose(1, 2).reshape(1, x.shape[0], k * c)
         order = (torch.arange(k)[None, :] * c + torch.arange(c)[:, None]).reshape(-1)
-        return [InputStats.from_rows(natural, labels, classes, dtype, gram_dtype).take(order)]
-    return [InputStats.from_rows(xg, labels, classes, dtype, gram_dtype) for xg in _split_groups(x, groups)]
+        return InputStats.from_rows(natural, labels, classes, dtype, gram_dtype).take(order)
+    return InputStats.from_rows(grouped_rows(x, groups), labels, classes, dtype, gram_dtype)
 
 
 class LayerJob:
-    """Initialization of one supported layer (``Linear``, ``Conv1d``, ``Conv2d``).
+    """Initialization of one supported layer (``Linear``, ``Conv1d``, ``Conv2d``, ``Conv3d``).
 
     Args:
         module: The layer.
@@ -96,6 +135,13 @@ class LayerJob:
         code_generator: CPU generator for the random code fills. Give each layer its own, seeded
             independently of the data, when processes draw patches from shards of different sizes:
             the shared ``generator`` then ends in a different state on each process.
+        samples: Samples the layer will see in all (over every batch and process); with the rows per
+            sample it decides between Gram and span mode (see the module docstring). ``None``: the
+            first batch is all there is.
+        gather: Concatenation of a tensor's first dimension across processes (an all-gather), used
+            to pool the rows in span mode under DDP. ``None`` with a ``reduce`` at :meth:`finish`
+            means Gram mode, whatever the row count.
+        distributed: Whether :meth:`finish` will get a ``reduce`` (several processes).
     """
 
     def __init__(
@@ -109,6 +155,10 @@ class LayerJob:
         dtype: torch.dtype,
         gram_dtype: torch.dtype | None = None,
         code_generator: torch.Generator | None = None,
+        *,
+        samples: int | None = None,
+        gather: Callable[[Tensor], Tensor] | None = None,
+        distributed: bool = False,
     ) -> None:
         self.module = module
         self.name = name
@@ -119,13 +169,18 @@ class LayerJob:
         self.code_generator = generator if code_generator is None else code_generator
         self.dtype = dtype
         self.gram_dtype = gram_dtype
+        self.samples = samples
+        self.gather = gather
+        self.distributed = distributed
         self.groups: int = getattr(module, "groups", 1)
         self.out_per_group: int = module.weight.shape[0] // self.groups
+        self.in_per_group: int = module.weight[0].numel()
         self.uses_stats = code_uses_stats(code)
-        self._stats: list[InputStats] | None = None
-        self._rows: list[Tensor] = []
-        self._failure: LayerInitError | None = None
+        self.span: bool | None = None  # decided at the first batch
+        self._stats: InputStats | None = None
+        self._rows: list[Tensor] = []  # (groups, n_b, d) per batch
         self._labels: list[Tensor] = []
+        self._failure: LayerInitError | None = None
         self._layer_rows: LayerRows | None = None
         self.seconds = 0.0
         #: Optional callback receiving this layer's report once it is written.
@@ -135,6 +190,10 @@ class LayerJob:
         """Pass ``report`` to :attr:`on_done`, if set."""
         if self.on_done is not None:
             self.on_done(report)
+
+    def add_call(self, args: tuple[Any, ...], kwargs: dict[str, Any], labels: Tensor | None) -> None:
+        """Add one call of the layer (its forward's ``args``/``kwargs``, as a pre-hook sees them)."""
+        self.add(args[0] if args else next(iter(kwargs.values())), labels)
 
     def add(self, x: Tensor, labels: Tensor | None) -> None:
         """Add one batch of the layer's input ``x`` (with the batch's labels, if any).
@@ -159,54 +218,63 @@ class LayerJob:
                 # leave them waiting in the all-reduce of this layer's statistics.
                 self._failure = err
 
+    def _error(self, message: str) -> LayerInitError:
+        return LayerInitError(f"layer {self.name!r}: {message}")
+
+    def _decide_span(self, batch_rows: int, per_sample: int) -> bool:
+        total = batch_rows if self.samples is None else self.samples * per_sample
+        pooled = not self.distributed or self.gather is not None
+        return total < self.in_per_group and pooled
+
     def _add(self, x: Tensor, labels: Tensor | None) -> None:
         t0 = time.perf_counter()
         try:
             rows = layer_rows(self.module, x, self.patches_per_image, self.generator)
         except (TypeError, ValueError) as err:
-            raise LayerInitError(f"layer {self.name!r}: could not gather its input rows: {err}") from err
+            raise self._error(f"could not gather its input rows: {err}") from err
         row_labels = None
         if labels is not None and self.code.requires_labels:
             n_samples = rows.x.shape[0] // rows.per_sample
             if n_samples != labels.shape[0]:
-                raise LayerInitError(
-                    f"layer {self.name!r}: its input has {n_samples} samples but {labels.shape[0]} labels were given"
+                raise self._error(f"its input has {n_samples} samples but {labels.shape[0]} labels were given")
+            lo, hi = int(labels.min()), int(labels.max())
+            if lo < 0:
+                raise self._error(f"labels must be >= 0, got {lo}")
+            if self.uses_stats and hi >= self.out_per_group:
+                raise self._error(
+                    f"labels span [{lo}, {hi}] but the layer has {self.out_per_group} outputs: a "
+                    f"{self.code.name!r} code needs one output per class (labels 0..{hi})"
                 )
-            if int(labels.min()) < 0:
-                raise LayerInitError(f"layer {self.name!r}: labels must be >= 0, got {int(labels.min())}")
             row_labels = labels.to(rows.x.device).repeat_interleave(rows.per_sample)
-        if self.uses_stats:
+        if self.span is None:
+            self.span = self._decide_span(rows.x.shape[0], rows.per_sample)
+        if self.uses_stats and not self.span:
+            # A fixed class count keeps statistics of batches and processes mergeable.
+            classes = None if row_labels is None else self.out_per_group
             try:
-                if row_labels is not None and int(row_labels.max()) >= self.out_per_group:
-                    raise LayerInitError(
-                        f"layer {self.name!r}: labels span [0, {int(row_labels.max())}] but the layer has "
-                        f"{self.out_per_group} outputs: a {self.code.name!r} code needs one output per class"
-                    )
-                # A fixed class count keeps statistics of batches and processes mergeable.
-                classes = None if row_labels is None else self.out_per_group
-                new = _row_stats(rows.x, self.groups, row_labels, classes, self.dtype, self.gram_dtype)
+                new = _gram_stats(rows.x, self.groups, row_labels, classes, self.dtype, self.gram_dtype)
             except ValueError as err:
-                raise LayerInitError(f"layer {self.name!r}: {err}") from err
+                raise self._error(str(err)) from err
             # NaN/Inf in any row propagates into the sums: checking them is O(d²), not O(n d).
-            if not all(bool(torch.isfinite(st.gram_x).all() and torch.isfinite(st.sum_x).all()) for st in new):
-                raise LayerInitError(
-                    f"layer {self.name!r}: its input activations contain NaN/Inf values (check the data and "
-                    "the layers before it)"
+            if not bool(torch.isfinite(new.gram_x).all() and torch.isfinite(new.sum_x).all()):
+                raise self._error(
+                    "its input activations contain NaN/Inf values (check the data and the layers before it)"
                 )
-            self._stats = new if self._stats is None else [a + b for a, b in zip(self._stats, new)]
+            self._stats = new if self._stats is None else self._stats + new
         else:
-            if self._rows:
-                raise LayerInitError(
-                    f"layer {self.name!r}: the {self.code.name!r} code needs all rows at once; it cannot be "
-                    "streamed over several batches (use a statistics code such as 'pca', or no batch_size)"
+            if self._rows and not self.uses_stats:
+                raise self._error(
+                    f"the {self.code.name!r} code needs all rows at once; it cannot be streamed over several "
+                    "batches (use a statistics code such as 'pca', or no batch_size)"
                 )
-            self._rows = [xg.to(self.dtype) for xg in _split_groups(rows.x, self.groups)]
-            if not all(bool(torch.isfinite(xg).all()) for xg in self._rows):
-                raise LayerInitError(
-                    f"layer {self.name!r}: its input activations contain NaN/Inf values (check the data and "
-                    "the layers before it)"
+            block = grouped_rows(rows.x, self.groups).to(self.dtype)
+            if not bool(torch.isfinite(block).all()):
+                raise self._error(
+                    "its input activations contain NaN/Inf values (check the data and the layers before it)"
                 )
-            self._labels = [row_labels] if row_labels is not None else []
+            self._rows.append(block)
+            if row_labels is not None:
+                self._labels.append(row_labels)
             self._layer_rows = rows
         self.seconds += time.perf_counter() - t0
 
@@ -223,7 +291,8 @@ class LayerJob:
 
         Args:
             reduce: Sum-reduction across processes (e.g. an all-reduce); applied to a failure flag,
-                then to the statistics.
+                then to the statistics (Gram mode). In span mode the rows go through the ``gather``
+                given at construction instead.
 
         Raises:
             LayerInitError: If nothing was added, or the code or the solve fails.
@@ -231,76 +300,122 @@ class LayerJob:
         with autocast_off(self.module.weight.device):
             return self._finish(reduce)
 
-    def _finish(self, reduce: Callable[[Tensor], Tensor] | None) -> LayerReport:
-        t0 = time.perf_counter()
+    def _check_peers(self, reduce: Callable[[Tensor], Tensor] | None) -> None:
         if self.uses_stats and reduce is not None:  # every process learns whether any failed
             flag = torch.tensor([0.0 if self._failure is None else 1.0], device=self.module.weight.device)
             if float(reduce(flag)[0]) > 0 and self._failure is None:
-                raise LayerInitError(
-                    f"layer {self.name!r}: another process could not initialize it (its error is in that "
-                    "process's output)"
-                )
+                raise self._error("another process could not initialize it (its error is in that process's output)")
         if self._failure is not None:
             raise self._failure
         if self._stats is None and not self._rows:
-            raise LayerInitError(f"layer {self.name!r}: no input was recorded")
+            raise self._error("no input was recorded")
         if reduce is not None and not self.uses_stats:
-            raise LayerInitError(
-                f"layer {self.name!r}: the {self.code.name!r} code needs the rows themselves and cannot be "
-                "combined across processes; use a statistics code such as 'pca'"
+            raise self._error(
+                f"the {self.code.name!r} code needs the rows themselves and cannot be combined across "
+                "processes; use a statistics code such as 'pca'"
             )
+
+    def _pooled_rows(self, reduce: Callable[[Tensor], Tensor] | None) -> tuple[Tensor, Tensor | None]:
+        """All rows ``(groups, n, d)`` and row labels of this layer, over batches and processes."""
+        x = torch.cat(self._rows, dim=1)
+        labels = torch.cat(self._labels) if self._labels else None
+        if reduce is not None and self.gather is not None:
+            x = self.gather(x.transpose(0, 1).contiguous()).transpose(0, 1)
+            if labels is not None:
+                labels = self.gather(labels)
+        return x, labels
+
+    def _finish(self, reduce: Callable[[Tensor], Tensor] | None) -> LayerReport:
+        t0 = time.perf_counter()
+        self._check_peers(reduce)
         fit_bias = self.module.bias is not None
-        fits: list[LayerFit] = []
-        n_rows = 0
+        basis: Tensor | None = None
         try:
-            if self._stats is not None:
-                stats = [s.map(reduce) for s in self._stats] if reduce is not None else self._stats
-                n_rows = int(stats[0].n)
-                counts = stats[0].counts
-                if counts is not None and bool((counts == 0).any()):
-                    missing = torch.nonzero(counts == 0).squeeze(1).tolist()
-                    warnings.warn(
-                        f"layer {self.name!r}: classes {missing} have no samples in the subset; their "
-                        "outputs get zero weights and zero bias",
-                        stacklevel=2,
-                    )
-                for st in stats:
-                    m = self.code.moments(st, self.out_per_group, fit_bias, self.code_generator)
-                    fits.append(solve_moments(m, self.lam, self._rcond(m.gram_x.shape[0])))
+            if self._stats is not None:  # Gram mode
+                stats = self._stats.map(reduce) if reduce is not None else self._stats
+                self._warn_missing(stats.counts)
+                n_rows = int(stats.n)
+                m = self.code.moments(stats, self.out_per_group, fit_bias, self.code_generator)
+                fit = solve_moments(m, self.lam, self._rcond(m.gram_x.shape[-1]))
+                mode = "gram"
             else:
-                labels = self._labels[0] if self._labels else None
-                n_rows = self._rows[0].shape[0]
-                extra = {"rows": self._layer_rows} if self.code.requires_rows else {}
-                for xg in self._rows:
-                    s = self.code.fit(xg, self.out_per_group, labels=labels, generator=self.code_generator, **extra)
-                    fits.append(solve_moments(moments_from_rows(xg, s, fit_bias, self.dtype), self.lam))
+                x, labels = self._pooled_rows(reduce)
+                n_rows = x.shape[1]
+                if n_rows < x.shape[2]:  # span mode: solve in the coordinates of the rows' span
+                    basis, x = span_basis(x)
+                fit, mode = self._fit_rows(x, labels, fit_bias), "span" if basis is not None else "rows"
         except ValueError as err:
-            raise LayerInitError(f"layer {self.name!r}: {err}") from err
-        self._write(fits)
+            if isinstance(err, LayerInitError):
+                raise
+            raise self._error(str(err)) from err
+        weight = fit.weight if basis is None else fit.weight @ basis.mT
+        self._write(weight, fit.bias)
         self._stats, self._rows, self._labels, self._layer_rows = None, [], [], None
         self.seconds += time.perf_counter() - t0
         return LayerReport(
             name=self.name,
             kind=type(self.module).__name__,
-            in_features=fits[0].weight.shape[1],
+            in_features=self.in_per_group,
             out_features=self.out_per_group,
             groups=self.groups,
             rows=n_rows,
             code=self.code.name,
-            encoding_loss=sum(f.encoding_loss for f in fits) / len(fits),
-            decoding_loss=sum(f.decoding_loss for f in fits) / len(fits),
-            residual=max(f.residual for f in fits),
-            cond_a=max(f.cond_a for f in fits),
-            cond_b=max(f.cond_b for f in fits),
-            dropped=sum(f.dropped for f in fits),
+            encoding_loss=fit.encoding_loss,
+            decoding_loss=fit.decoding_loss,
+            residual=fit.residual,
+            cond_a=fit.cond_a,
+            cond_b=fit.cond_b,
+            dropped=fit.dropped,
             seconds=self.seconds,
+            solver=f"{mode}/{fit.path}",
         )
 
-    def _write(self, fits: list[LayerFit]) -> None:
-        weight: Tensor = self.module.weight
-        bias: Tensor | None = self.module.bias
+    def _warn_missing(self, counts: Tensor | None) -> None:
+        if counts is not None and bool((counts == 0).any()):
+            missing = torch.nonzero(counts == 0).squeeze(1).tolist()
+            warnings.warn(
+                f"layer {self.name!r}: classes {missing} have no samples in the subset; their outputs get zero "
+                "weights and zero bias",
+                stacklevel=3,
+            )
+
+    def _fit_rows(self, x: Tensor, labels: Tensor | None, fit_bias: bool) -> LayerFit:
+        """Fit from rows ``(groups, n, k)`` (the raw rows, or their span coordinates)."""
+        if self.uses_stats:
+            classes = None if labels is None else self.out_per_group
+            stats = InputStats.from_rows(x, labels, classes, self.dtype)
+            self._warn_missing(stats.counts)
+            m = self.code.moments(stats, self.out_per_group, fit_bias, self.code_generator)
+            return solve_moments(m, self.lam)
+        # Codes that need the rows: one fit per group (their implementations are not batched).
+        extra = {"rows": self._layer_rows} if self.code.requires_rows else {}
+        fits = []
+        for xg in x:
+            s = self.code.fit(xg, self.out_per_group, labels=labels, generator=self.code_generator, **extra)
+            fits.append(solve_moments(moments_from_rows(xg, s, fit_bias, self.dtype), self.lam))
+        return _stack_fits(fits)
+
+    def _write(self, weight: Tensor, bias: Tensor | None) -> None:
+        """Write ``weight`` ``(groups, out, d)`` and ``bias`` ``(groups, out)`` in place."""
+        w: Tensor = self.module.weight
+        b: Tensor | None = self.module.bias
         with torch.no_grad():
-            new_w = torch.cat([f.weight for f in fits], dim=0)
-            weight.copy_(new_w.reshape(weight.shape).to(weight.dtype))
-            if bias is not None:
-                bias.copy_(torch.cat([f.bias for f in fits if f.bias is not None]).to(bias.dtype))
+            w.copy_(weight.reshape(w.shape).to(w.dtype))
+            if b is not None and bias is not None:
+                b.copy_(bias.reshape(b.shape).to(b.dtype))
+
+
+def _stack_fits(fits: list[LayerFit]) -> LayerFit:
+    """One :class:`LayerFit` for a list of per-group fits (summarized as for a batched solve)."""
+    bias = None if fits[0].bias is None else torch.stack([f.bias for f in fits if f.bias is not None])
+    return LayerFit(
+        weight=torch.stack([f.weight for f in fits]),
+        bias=bias,
+        encoding_loss=sum(f.encoding_loss for f in fits) / len(fits),
+        decoding_loss=sum(f.decoding_loss for f in fits) / len(fits),
+        residual=max(f.residual for f in fits),
+        cond_a=max(f.cond_a for f in fits),
+        cond_b=max(f.cond_b for f in fits),
+        dropped=sum(f.dropped for f in fits),
+        path=max((f.path for f in fits), key=EIGH_PATHS.index),
+    )

@@ -31,6 +31,10 @@ class LayerReport:
         cond_b: Largest condition number of ``B = λ XᵀX``.
         dropped: Eigenvalue pairs the solver treated as singular (summed over groups).
         seconds: Wall time spent on this layer (rows, statistics, code, solve, write).
+        solver: How it was solved: ``"gram/<eigh path>"`` from the ``d x d`` statistics,
+            ``"span/<eigh path>"`` in the span of fewer rows than inputs, ``"rows/<eigh path>"`` from
+            kept rows (codes that need them); the eigh path is one of
+            :data:`lightning_sylv.solver.EIGH_PATHS` (``eigh``, ``scipy-evr``, ``ridge``).
     """
 
     name: str
@@ -47,6 +51,7 @@ class LayerReport:
     cond_b: float
     dropped: int
     seconds: float
+    solver: str = "gram/eigh"
 
 
 @dataclass
@@ -59,6 +64,10 @@ class InitReport:
         head: Name of the layer treated as the classifier head.
         passes: Forward passes over the subset (1 in single-batch mode; more when streaming).
         seconds: Wall time of the whole call.
+        untouched: Parameters that belong to no layer (layer-scale γ, class tokens, position
+            embeddings), kept as they were, mapped to what holds them.
+        initialized_parameters: Parameter entries written by the initialization.
+        total_parameters: Parameter entries of the model.
     """
 
     layers: list[LayerReport] = field(default_factory=list)
@@ -66,6 +75,14 @@ class InitReport:
     head: str | None = None
     passes: int = 0
     seconds: float = 0.0
+    untouched: dict[str, str] = field(default_factory=dict)
+    initialized_parameters: int = 0
+    total_parameters: int = 0
+
+    @property
+    def initialized_fraction(self) -> float:
+        """Fraction of the model's parameter entries that the initialization wrote."""
+        return self.initialized_parameters / self.total_parameters if self.total_parameters else 0.0
 
     def as_rows(self) -> list[dict[str, Any]]:
         """The per-layer records as plain dicts (for tables, CSV, JSON)."""

@@ -10,6 +10,12 @@ semi-definite (PSD). For that case :func:`solve_sylvester_psd` diagonalizes both
 general (non-symmetric) case goes through :func:`scipy.linalg.solve_sylvester` (Bartels-Stewart) on
 the CPU. :func:`solve_sylvester` picks between them.
 
+Every function here accepts a stack of problems (leading batch dimensions), so the groups of a grouped
+or depthwise convolution are solved in one batched call. :func:`symmetric_eigh` is the one place that
+eigendecomposes: LAPACK's divide-and-conquer driver (``torch.linalg.eigh``) can fail to converge on
+rank-deficient matrices with many repeated eigenvalues; the fallback is scipy's MRRR driver
+(``evr``) and, as a last resort, a tiny ridge. The path taken is reported.
+
 This module imports no Lightning.
 """
 
@@ -23,12 +29,17 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "EIGH_PATHS",
     "SylvesterSingularError",
     "SylvesterSolution",
     "relative_residual",
     "solve_sylvester",
     "solve_sylvester_psd",
+    "symmetric_eigh",
 ]
+
+#: Paths :func:`symmetric_eigh` can take, from the preferred one on.
+EIGH_PATHS = ("eigh", "scipy-evr", "ridge")
 
 
 class SylvesterSingularError(np.linalg.LinAlgError):
@@ -40,42 +51,105 @@ class SylvesterSolution:
     """A solution of ``A W + W B = C`` with its diagnostics.
 
     Attributes:
-        w: The solution, shape ``(m, n)``.
+        w: The solution, shape ``(*batch, m, n)``.
         dropped: How many of the ``m * n`` eigenvalue pairs ``α_i + β_j`` were treated as zero
-            (``0`` for a nonsingular system). Their components of ``W`` are set to zero, which gives
-            the minimum-norm least-squares solution.
-        cond_a: Condition number of ``A`` (``inf`` when ``A`` is singular).
-        cond_b: Condition number of ``B`` (``inf`` when ``B`` is singular).
+            (``0`` for a nonsingular system; summed over the batch). Their components of ``W`` are set
+            to zero, which gives the minimum-norm least-squares solution.
+        cond_a: Condition number of ``A`` (``inf`` when ``A`` is singular; the largest over the batch).
+        cond_b: Condition number of ``B`` (likewise).
+        path: The eigendecomposition path that solved it (one of :data:`EIGH_PATHS`; the least
+            preferred one used by ``A`` or ``B``).
     """
 
     w: Tensor
     dropped: int
     cond_a: float
     cond_b: float
+    path: str = "eigh"
 
 
 def _check_shapes(a: Tensor, b: Tensor, c: Tensor) -> None:
     for name, t in (("a", a), ("b", b), ("c", c)):
-        if t.ndim != 2:
-            raise ValueError(f"{name} must be a 2-D matrix, got shape {tuple(t.shape)}")
-    m, n = c.shape
-    if a.shape != (m, m):
+        if t.ndim < 2:
+            raise ValueError(f"{name} must be a matrix (or a stack of them), got shape {tuple(t.shape)}")
+    m, n = c.shape[-2:]
+    if a.shape[-2:] != (m, m):
         raise ValueError(f"a must be square of shape ({m}, {m}) to match c {tuple(c.shape)}, got {tuple(a.shape)}")
-    if b.shape != (n, n):
+    if b.shape[-2:] != (n, n):
         raise ValueError(f"b must be square of shape ({n}, {n}) to match c {tuple(c.shape)}, got {tuple(b.shape)}")
+    try:
+        torch.broadcast_shapes(a.shape[:-2], b.shape[:-2], c.shape[:-2])
+    except RuntimeError:
+        raise ValueError(
+            f"the batch dimensions of a {tuple(a.shape)}, b {tuple(b.shape)} and c {tuple(c.shape)} do not broadcast"
+        ) from None
     if m == 0 or n == 0:
         raise ValueError(f"cannot solve an empty Sylvester equation: c has shape {tuple(c.shape)}")
     for name, t in (("a", a), ("b", b), ("c", c)):
-        if not torch.isfinite(t).all():
-            raise ValueError(f"{name} contains NaN or Inf values")
         if not t.is_floating_point():
             raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{name} contains NaN or Inf values")
+
+
+def symmetric_eigh(a: Tensor) -> tuple[Tensor, Tensor, str]:
+    """Eigendecomposition of symmetric matrices that does not give up on rank-deficient input.
+
+    Algorithm: ``torch.linalg.eigh`` (LAPACK ``syevd``, divide and conquer, on ``a``'s device). When
+    it fails to converge (it can on matrices of low rank with many repeated eigenvalues), the stack
+    goes to :func:`scipy.linalg.eigh` with the MRRR driver ``evr`` on the CPU; should that fail too,
+    a ridge of ``1e-12 · trace / d`` (``1e-6`` in single precision) is added, ``syevd`` retried and
+    the ridge subtracted from the eigenvalues again.
+
+    Args:
+        a: Symmetric matrices, shape ``(*batch, d, d)``.
+
+    Returns:
+        ``(eigenvalues (*batch, d) ascending, eigenvectors (*batch, d, d) as columns, path)`` where
+        ``path`` is one of :data:`EIGH_PATHS`.
+
+    Raises:
+        torch.linalg.LinAlgError: If every path fails (not seen on finite input).
+    """
+    try:
+        evals, evecs = torch.linalg.eigh(a)
+        return evals, evecs, "eigh"
+    except torch.linalg.LinAlgError:
+        pass
+    try:
+        arr = a.detach().to("cpu", torch.float64).numpy()
+        flat = arr.reshape(-1, *arr.shape[-2:])
+        pairs = [scipy.linalg.eigh(m, driver="evr") for m in flat]
+        evals = torch.from_numpy(np.stack([p[0] for p in pairs]).reshape(arr.shape[:-1]))
+        evecs = torch.from_numpy(np.stack([p[1] for p in pairs]).reshape(arr.shape))
+        return evals.to(a.device, a.dtype), evecs.to(a.device, a.dtype), "scipy-evr"
+    except (np.linalg.LinAlgError, ValueError):
+        pass
+    d = a.shape[-1]
+    scale = a.diagonal(dim1=-2, dim2=-1).abs().sum(-1).clamp_min(torch.finfo(a.dtype).tiny) / d
+    ridge = (1e-12 if a.dtype == torch.float64 else 1e-6) * scale
+    eye = torch.eye(d, dtype=a.dtype, device=a.device)
+    evals, evecs = torch.linalg.eigh(a + ridge[..., None, None] * eye)
+    return evals - ridge[..., None], evecs, "ridge"
+
+
+def _worst_path(*paths: str) -> str:
+    return max(paths, key=EIGH_PATHS.index)
 
 
 def _cond(eigvals: Tensor) -> float:
-    top = float(eigvals.abs().max())
-    low = float(eigvals.abs().min())
-    return float("inf") if low == 0.0 else top / low
+    """Largest condition number ``max|λ| / min|λ|`` over a stack of spectra ``(*batch, d)``."""
+    top = eigvals.abs().amax(-1)
+    low = eigvals.abs().amin(-1)
+    if bool((low == 0).any()):
+        return float("inf")
+    return float((top / low).max())
+
+
+def _is_symmetric(t: Tensor) -> bool:
+    eps = torch.finfo(t.dtype).eps
+    scale = max(float(t.abs().max()), 1.0)
+    return bool((t - t.mT).abs().max() <= 1e3 * eps * scale * t.shape[-1])
 
 
 def solve_sylvester_psd(
@@ -99,12 +173,14 @@ def solve_sylvester_psd(
     minimum-Frobenius-norm least-squares solution, since the Sylvester operator is diagonal in the
     two eigenbases.
 
-    All work happens on the device of the inputs, in their dtype (use ``float64`` for accuracy).
+    All work happens on the device of the inputs, in their dtype (use ``float64`` for accuracy). The
+    eigendecompositions go through :func:`symmetric_eigh` (with its fallbacks); a stack of problems is
+    solved in one batched call.
 
     Args:
-        a: Symmetric PSD matrix, shape ``(m, m)``.
-        b: Symmetric PSD matrix, shape ``(n, n)``.
-        c: Right-hand side, shape ``(m, n)``.
+        a: Symmetric PSD matrix, shape ``(*batch, m, m)`` (batch dimensions broadcast).
+        b: Symmetric PSD matrix, shape ``(*batch, n, n)``.
+        c: Right-hand side, shape ``(*batch, m, n)``.
         rcond: Pairs with ``α_i + β_j <= rcond * (max|α| + max|β|)`` count as zero. Defaults to
             ``max(m, n) * eps`` of the dtype.
         allow_singular: Return the minimum-norm least-squares solution for a singular system instead
@@ -113,7 +189,7 @@ def solve_sylvester_psd(
             ``torch.linalg.eigh``), to skip recomputing it. It is trusted, not checked.
 
     Returns:
-        A :class:`SylvesterSolution` with ``w`` of shape ``(m, n)``.
+        A :class:`SylvesterSolution` with ``w`` of shape ``(*batch, m, n)``.
 
     Raises:
         ValueError: If shapes do not match, a matrix is empty, contains NaN/Inf, is not symmetric,
@@ -131,37 +207,42 @@ def solve_sylvester_psd(
     a, b, c = a.to(dtype), b.to(dtype), c.to(dtype)
     eps = torch.finfo(dtype).eps
     for name, t in (("a", a), ("b", b)):
-        scale = float(t.abs().max())
-        if float((t - t.T).abs().max()) > 1e3 * eps * max(scale, 1.0) * t.shape[0]:
+        if not _is_symmetric(t):
             raise ValueError(f"{name} must be symmetric for solve_sylvester_psd; use solve_sylvester")
-    alpha, qa = torch.linalg.eigh(a)
-    beta, qb = torch.linalg.eigh(b) if eig_b is None else (eig_b[0].to(dtype), eig_b[1].to(dtype))
-    top = float(alpha.abs().max()) + float(beta.abs().max())
+    alpha, qa, path_a = symmetric_eigh(a)
+    if eig_b is None:
+        beta, qb, path_b = symmetric_eigh(b)
+    else:
+        beta, qb, path_b = eig_b[0].to(dtype), eig_b[1].to(dtype), "eigh"
+    top = alpha.abs().amax(-1) + beta.abs().amax(-1)  # (*batch,)
     if rcond is None:
-        rcond = max(a.shape[0], b.shape[0]) * eps
+        rcond = max(a.shape[-1], b.shape[-1]) * eps
     tol = rcond * top
     for name, ev in (("a", alpha), ("b", beta)):
-        low = float(ev.min())
-        if low < -max(tol, 1e3 * eps * top):
+        low = ev.amin(-1)
+        bad = low < -torch.maximum(tol, 1e3 * eps * top)
+        if bool(bad.any()):
             raise ValueError(
-                f"{name} must be positive semi-definite, but its smallest eigenvalue is {low:.3g}; "
+                f"{name} must be positive semi-definite, but its smallest eigenvalue is {float(low.min()):.3g}; "
                 "use solve_sylvester for general matrices"
             )
     alpha = alpha.clamp_min(0)
     beta = beta.clamp_min(0)
-    denom = alpha[:, None] + beta[None, :]
-    singular = denom <= tol
+    denom = alpha[..., :, None] + beta[..., None, :]
+    singular = denom <= tol[..., None, None]
     dropped = int(singular.sum())
     if dropped and not allow_singular:
         raise SylvesterSingularError(
             f"A W + W B = C is singular: {dropped} of {denom.numel()} eigenvalue pairs of A and B sum "
-            f"to zero (tolerance {tol:.3g}), so the solution is not unique. Pass allow_singular=True "
+            f"to zero (tolerance {float(tol.max()):.3g}), so the solution is not unique. Pass allow_singular=True "
             "for the minimum-norm least-squares solution, or regularize A or B."
         )
-    rhs = qa.T @ c @ qb
+    rhs = qa.mT @ c @ qb
     w_tilde = torch.where(singular, torch.zeros_like(rhs), rhs / torch.where(singular, 1.0, denom))
-    w = qa @ w_tilde @ qb.T
-    return SylvesterSolution(w=w, dropped=dropped, cond_a=_cond(alpha), cond_b=_cond(beta))
+    w = qa @ w_tilde @ qb.mT
+    return SylvesterSolution(
+        w=w, dropped=dropped, cond_a=_cond(alpha), cond_b=_cond(beta), path=_worst_path(path_a, path_b)
+    )
 
 
 def solve_sylvester(a: Tensor, b: Tensor, c: Tensor, *, allow_singular: bool = False) -> Tensor:
@@ -186,6 +267,8 @@ def solve_sylvester(a: Tensor, b: Tensor, c: Tensor, *, allow_singular: bool = F
         SylvesterSingularError: If the system is singular (no unique solution).
     """
     _check_shapes(a, b, c)
+    if a.ndim != 2 or b.ndim != 2 or c.ndim != 2:
+        raise ValueError("solve_sylvester takes single matrices; use solve_sylvester_psd for stacks")
     if _is_symmetric(a) and _is_symmetric(b):
         try:
             return solve_sylvester_psd(a, b, c, allow_singular=allow_singular).w
@@ -205,11 +288,6 @@ def solve_sylvester(a: Tensor, b: Tensor, c: Tensor, *, allow_singular: bool = F
     return torch.from_numpy(w).to(device=c.device, dtype=dtype)
 
 
-def _is_symmetric(t: Tensor) -> bool:
-    eps = torch.finfo(t.dtype).eps
-    return bool((t - t.T).abs().max() <= 1e3 * eps * max(float(t.abs().max()), 1.0) * t.shape[0])
-
-
 def _general_singular(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> bool:
     ea = np.linalg.eigvals(a)
     eb = np.linalg.eigvals(b)
@@ -221,12 +299,15 @@ def _general_singular(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> bool:
 def relative_residual(a: Tensor, b: Tensor, c: Tensor, w: Tensor) -> float:
     """Return ``‖A W + W B − C‖_F / ‖C‖_F`` (or the absolute residual when ``C`` is zero).
 
+    For a stack of problems the largest residual over the batch is returned.
+
     Args:
-        a: Shape ``(m, m)``.
-        b: Shape ``(n, n)``.
-        c: Shape ``(m, n)``.
-        w: Shape ``(m, n)``.
+        a: Shape ``(*batch, m, m)``.
+        b: Shape ``(*batch, n, n)``.
+        c: Shape ``(*batch, m, n)``.
+        w: Shape ``(*batch, m, n)``.
     """
     res = torch.linalg.matrix_norm(a @ w + w @ b - c)
     norm_c = torch.linalg.matrix_norm(c)
-    return float(res / norm_c) if float(norm_c) > 0 else float(res)
+    ratio = torch.where(norm_c > 0, res / torch.where(norm_c > 0, norm_c, 1.0), res)
+    return float(ratio.max())

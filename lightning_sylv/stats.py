@@ -27,10 +27,11 @@ def _sum_and_gram(x: Tensor, dtype: torch.dtype, gram_dtype: torch.dtype) -> tup
     block by block and the blocks summed in ``dtype``."""
     if torch.finfo(gram_dtype).bits >= torch.finfo(dtype).bits:
         xd = x.to(dtype)
-        return xd.sum(0), xd.T @ xd
+        return xd.sum(-2), xd.mT @ xd
     xl = x.to(gram_dtype)
-    total = torch.zeros(x.shape[1], dtype=dtype, device=x.device)
-    out = torch.zeros(x.shape[1], x.shape[1], dtype=dtype, device=x.device)
+    batch, d = x.shape[:-2], x.shape[-1]
+    total = torch.zeros(*batch, d, dtype=dtype, device=x.device)
+    out = torch.zeros(*batch, d, d, dtype=dtype, device=x.device)
     # TF32 tensor cores (``set_float32_matmul_precision("high")``, common on Ampere+ GPUs) would round
     # the inputs to 10-bit mantissas: the products are taken in true float32 and the setting restored.
     previous = torch.get_float32_matmul_precision()
@@ -38,29 +39,32 @@ def _sum_and_gram(x: Tensor, dtype: torch.dtype, gram_dtype: torch.dtype) -> tup
     if strict:
         torch.set_float32_matmul_precision("highest")
     try:
-        for lo in range(0, x.shape[0], GRAM_BLOCK):
-            block = xl[lo : lo + GRAM_BLOCK]
+        for lo in range(0, x.shape[-2], GRAM_BLOCK):
+            block = xl[..., lo : lo + GRAM_BLOCK, :]
             # A low-precision column sum is ~10x faster than one that converts every entry (CPU).
-            total += block.sum(0).to(dtype)
-            out += (block.T @ block).to(dtype)
+            total += block.sum(-2).to(dtype)
+            out += (block.mT @ block).to(dtype)
     finally:
         if strict:
             torch.set_float32_matmul_precision(previous)
     # A float32 product need not be bitwise symmetric; the rounding asymmetry (~1e-7) would fail the
     # float64 symmetry checks downstream.
-    return total, (out + out.T) / 2
+    return total, (out + out.mT) / 2
 
 
 @dataclass(frozen=True)
 class InputStats:
     """Sums over rows ``x_i`` (shape ``(d,)``) with optional integer labels ``y_i``.
 
+    A stack of row sets that share their labels (the groups of a grouped convolution) is held with
+    leading batch dimensions ``*batch``; every method works on such stacks.
+
     Attributes:
         n: Number of rows, a 0-dim tensor (so it can be all-reduced with the rest).
-        sum_x: ``Σ x_i``, shape ``(d,)``.
-        gram_x: ``Σ x_i x_iᵀ``, shape ``(d, d)``.
+        sum_x: ``Σ x_i``, shape ``(*batch, d)``.
+        gram_x: ``Σ x_i x_iᵀ``, shape ``(*batch, d, d)``.
         counts: Rows per class, shape ``(C,)``, or ``None`` without labels.
-        class_sums: ``Σ_{y_i = c} x_i``, shape ``(C, d)``, or ``None`` without labels.
+        class_sums: ``Σ_{y_i = c} x_i``, shape ``(*batch, C, d)``, or ``None`` without labels.
     """
 
     n: Tensor
@@ -78,10 +82,10 @@ class InputStats:
         dtype: torch.dtype = torch.float64,
         gram_dtype: torch.dtype | None = None,
     ) -> InputStats:
-        """Statistics of the rows ``x`` ``(n, d)``; with ``labels`` ``(n,)`` also per-class sums.
+        """Statistics of the rows ``x`` ``(*batch, n, d)``; with ``labels`` ``(n,)`` also per-class sums.
 
         Args:
-            x: Rows, shape ``(n, d)``.
+            x: Rows, shape ``(n, d)``, or a stack ``(*batch, n, d)`` of row sets sharing the labels.
             labels: Integer labels, shape ``(n,)``, in ``[0, num_classes)``.
             num_classes: Number of classes ``C`` (default: ``labels.max() + 1``).
             dtype: Accumulation dtype (of the sums and of everything returned).
@@ -95,21 +99,23 @@ class InputStats:
         Raises:
             ValueError: On shape mismatch or labels outside ``[0, num_classes)``.
         """
-        if x.ndim != 2:
-            raise ValueError(f"x must have shape (n, d), got {tuple(x.shape)}")
+        if x.ndim < 2:
+            raise ValueError(f"x must have shape (n, d) or (*batch, n, d), got {tuple(x.shape)}")
         sum_x, gram = _sum_and_gram(x, dtype, gram_dtype or dtype)
         counts = class_sums = None
+        rows = x.shape[-2]
         if labels is not None:
-            if labels.shape != (x.shape[0],):
-                raise ValueError(f"labels must have shape ({x.shape[0]},), got {tuple(labels.shape)}")
+            if labels.shape != (rows,):
+                raise ValueError(f"labels must have shape ({rows},), got {tuple(labels.shape)}")
             labels = labels.to(x.device).long()
             c = int(labels.max()) + 1 if num_classes is None and labels.numel() else (num_classes or 0)
             if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= c):
                 raise ValueError(f"labels span [{int(labels.min())}, {int(labels.max())}], outside [0, {c})")
             counts = torch.bincount(labels, minlength=c).to(dtype)
-            class_sums = torch.zeros(c, x.shape[1], dtype=dtype, device=x.device).index_add_(0, labels, x.to(dtype))
+            zeros = torch.zeros(*x.shape[:-2], c, x.shape[-1], dtype=dtype, device=x.device)
+            class_sums = zeros.index_add_(-2, labels, x.to(dtype))
         return cls(
-            n=torch.tensor(float(x.shape[0]), dtype=dtype, device=x.device),
+            n=torch.tensor(float(rows), dtype=dtype, device=x.device),
             sum_x=sum_x,
             gram_x=gram,
             counts=counts,
@@ -141,9 +147,9 @@ class InputStats:
         index = index.to(self.sum_x.device)
         return replace(
             self,
-            sum_x=self.sum_x[index],
-            gram_x=self.gram_x[index][:, index],
-            class_sums=None if self.class_sums is None else self.class_sums[:, index],
+            sum_x=self.sum_x[..., index],
+            gram_x=self.gram_x[..., index, :][..., index],
+            class_sums=None if self.class_sums is None else self.class_sums[..., index],
         )
 
     @property
@@ -157,5 +163,5 @@ class InputStats:
         if not center:
             return second
         mu = self.mean
-        cov = second - torch.outer(mu, mu)
-        return (cov + cov.T) / 2
+        cov = second - mu[..., :, None] * mu[..., None, :]
+        return (cov + cov.mT) / 2

@@ -413,7 +413,7 @@ def test_float32_gram_products_tolerate_rounding_on_singular_inputs():
 def test_patch_statistics_in_gather_order_match_unfold():
     """The sums formed in the gather's (K, C) memory order and reordered equal those of F.unfold's (C, K) rows."""
     from lightning_sylv.activations import conv_patches
-    from lightning_sylv.layer_init import _row_stats
+    from lightning_sylv.layer_init import _gram_stats
     from lightning_sylv.stats import InputStats
 
     g = torch.Generator().manual_seed(0)
@@ -422,7 +422,8 @@ def test_patch_statistics_in_gather_order_match_unfold():
     conv = nn.Conv2d(5, 4, (3, 2), padding=1, bias=False).double()
     rows = conv_patches(x, conv, None)
     assert rows.x.transpose(1, 2).is_contiguous()  # the layout the fast path relies on
-    (fast,) = _row_stats(rows.x, 1, y.repeat_interleave(rows.per_sample), 3, torch.float64, None)
+    stack = _gram_stats(rows.x, 1, y.repeat_interleave(rows.per_sample), 3, torch.float64, None)
+    fast = InputStats(stack.n, stack.sum_x[0], stack.gram_x[0], stack.counts, stack.class_sums[0])
     ref_rows = torch.nn.functional.unfold(x, (3, 2), padding=1).transpose(1, 2).reshape(-1, 5 * 6)  # (C, K) order
     ref = InputStats.from_rows(ref_rows, y.repeat_interleave(rows.per_sample), 3)
     for name in ("n", "sum_x", "gram_x", "counts", "class_sums"):
@@ -478,7 +479,7 @@ def test_init_pass_runs_channels_last_on_cpu_with_the_same_result(monkeypatch):
     assert all(p.is_contiguous() for p in model.parameters())  # the weights keep their layout
     assert x.is_contiguous()  # the caller's inputs are untouched
 
-    monkeypatch.setattr("lightning_sylv.engine._channels_last", lambda t: t)
+    monkeypatch.setattr("lightning_sylv.passes.channels_last", lambda t: t)
     ref = sylvester_init_(plain, x, y, dtype=torch.float64)
     # The first layer sees the same values gathered in the same order: bit-identical weights. Later
     # layers see activations that differ by float rounding only.
@@ -496,7 +497,7 @@ def test_forward_that_needs_the_default_layout_runs_as_given(monkeypatch):
     plain = ViewFlattenCNN()
     plain.load_state_dict(model.state_dict())
     sylvester_init_(model, x, y)  # probes channels-last on two samples, then falls back
-    monkeypatch.setattr("lightning_sylv.engine._channels_last", lambda t: t)
+    monkeypatch.setattr("lightning_sylv.passes.channels_last", lambda t: t)
     sylvester_init_(plain, x, y)
     for (name, p), q in zip(model.state_dict().items(), plain.state_dict().values()):
         assert torch.equal(p, q), name
