@@ -16,25 +16,28 @@
    ``W x`` on the subset (or its running statistics when BatchNorm is not recomputed), is passed
    as ``affine``.
 
-On any exception the model's parameters and buffers are restored before the error propagates. The
-global RNG is left untouched. This module imports no Lightning.
+The passes are the shared runner of :mod:`lightning_sylv.passes` (hooks, BatchNorm recalibration,
+restore on failure, RNG isolation); this module supplies the per-layer job. On any exception the
+model's parameters and buffers (and the layers' stored full-rank weights) are restored before the
+error propagates. This module imports no Lightning.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
+from lightning_sylv._batch import batch_len, default_forward, slice_batch
 from lightning_sylv.activations import SUPPORTED_LAYERS
 from lightning_sylv.codes import LatentCode, resolve_code
 from lightning_sylv.layer_init import LayerJob
+from lightning_sylv.passes import InitializationError, hooked_pass, run_jobs, skip_reason
 from lightning_sylv.lowrank.factorize import METHODS, _check_iters, _check_ridge
 from lightning_sylv.lowrank.init import LowRankFit, init_low_rank_, input_rows
 from lightning_sylv.lowrank.layers import LowRankLayer, LowRankLinear
@@ -42,10 +45,10 @@ from lightning_sylv.report import LayerReport
 
 __all__ = ["LowRankInitError", "LowRankLayerReport", "LowRankReport", "format_low_rank_table", "low_rank_init_"]
 
-_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+_BN = nn.modules.batchnorm._BatchNorm
 
 
-class LowRankInitError(RuntimeError):
+class LowRankInitError(InitializationError):
     """Low-rank initialization failed; the model was restored to its state before the call."""
 
 
@@ -108,29 +111,6 @@ def format_low_rank_table(report: LowRankReport) -> str:
     return "\n".join(lines)
 
 
-def _default_forward(model: nn.Module, inputs: Any) -> Any:
-    return model(inputs)
-
-
-def _first(inputs: Any, k: int) -> Any:
-    if isinstance(inputs, Tensor):
-        return inputs[:k]
-    if isinstance(inputs, (list, tuple)):
-        return type(inputs)(_first(v, k) for v in inputs)
-    if isinstance(inputs, dict):
-        return {key: _first(v, k) for key, v in inputs.items()}
-    return inputs
-
-
-@contextmanager
-def _handles(handles: list[Any]) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
 @dataclass
 class _Trace:
     order: list[str] = field(default_factory=list)  # low-rank and (plain) supported layers, first calls
@@ -138,44 +118,59 @@ class _Trace:
 
 
 def _trace(model: nn.Module, inputs: Any, forward: Callable[[nn.Module, Any], Any], units: dict[nn.Module, str]) -> _Trace:
+    """Execution order of ``units``, and which BatchNorm directly consumes each low-rank layer's output."""
     trace = _Trace()
     outputs: dict[int, tuple[Tensor, str]] = {}
     names = {m: n for n, m in model.named_modules()}
-    handles = []
+    pre: dict[nn.Module, Any] = {}
+    post: dict[nn.Module, Any] = {}
     for m, name in units.items():
 
-        def pre(module: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
+        def first_call(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], name: str = name) -> None:
             if name not in trace.order:
                 trace.order.append(name)
 
-        handles.append(m.register_forward_pre_hook(pre))
+        pre[m] = first_call
         if isinstance(m, LowRankLayer):
 
-            def post(module: nn.Module, args: tuple[Any, ...], out: Any, name: str = name) -> None:
+            def output(module: nn.Module, args: tuple[Any, ...], out: Any, name: str = name) -> None:
                 if isinstance(out, Tensor):
                     outputs[id(out)] = (out, name)
 
-            handles.append(m.register_forward_hook(post))
-    for bn in (m for m in model.modules() if isinstance(m, _BN)):
+            post[m] = output
 
-        def bn_pre(module: nn.Module, args: tuple[Any, ...]) -> None:
-            hit = outputs.get(id(args[0])) if args else None
-            if hit is not None and hit[0] is args[0] and hit[1] not in trace.followers:
-                trace.followers[hit[1]] = names[module]
+    def bn_input(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        hit = outputs.get(id(args[0])) if args else None
+        if hit is not None and hit[0] is args[0] and hit[1] not in trace.followers:
+            trace.followers[hit[1]] = names[module]
 
-        handles.append(bn.register_forward_pre_hook(bn_pre))
-    was_training = model.training
-    model.eval()
+    pre.update({m: bn_input for m in model.modules() if isinstance(m, _BN)})
     try:
-        with torch.no_grad(), _handles(handles):
-            forward(model, inputs)
+        hooked_pass(model, inputs, forward, pre=pre, post=post)
     except Exception as err:
         raise LowRankInitError(
             f"the model's forward failed on the initialization batch ({type(err).__name__}: {err})"
         ) from err
-    finally:
-        model.train(was_training)
     return trace
+
+
+class _LowRankJob:
+    """The runner's job for one layer: its input at the first call, then ``fit(name, module, x)``."""
+
+    def __init__(self, module: nn.Module, name: str, fit: Callable[[str, nn.Module, Tensor], None]) -> None:
+        self.module = module
+        self.name = name
+        self._fit = fit
+        self._x: Tensor | None = None
+
+    def add_call(self, args: tuple[Any, ...], kwargs: dict[str, Any], labels: Tensor | None) -> None:
+        self._x = args[0]
+
+    def finish(self, reduce: Callable[[Tensor], Tensor] | None = None) -> None:
+        if self._x is None:
+            raise LowRankInitError(f"layer {self.name!r}: no input was recorded")
+        self._fit(self.name, self.module, self._x)
+        self._x = None
 
 
 def _dense_proxy(layer: LowRankLayer) -> nn.Module:
@@ -225,7 +220,7 @@ def low_rank_init_(
     lam: float = 10.0,
     latent: str | LatentCode = "pca",
     head_latent: str | LatentCode = "onehot",
-    forward: Callable[[nn.Module, Any], Any] = _default_forward,
+    forward: Callable[[nn.Module, Any], Any] = default_forward,
 ) -> LowRankReport:
     """Initialize the model's low-rank layers in place from a data subset.
 
@@ -282,16 +277,14 @@ def low_rank_init_(
     units: dict[nn.Module, str] = dict(low)
     if full_weight == "sylvester":
         units.update({m: n for n, m in modules.items() if isinstance(m, SUPPORTED_LAYERS) and not n.startswith(inner)})
-    trace = _trace(model, _first(inputs, 2), forward, units)
-    executed = set(trace.order)
+    trace = _trace(model, slice_batch(inputs, 0, 2), forward, units)
     jobs: dict[str, nn.Module] = {}
     for m, name in units.items():
-        if name not in executed:
-            report.skipped[name] = "not executed by the forward pass"
-        elif not all(p.requires_grad for p in m.parameters()):
-            report.skipped[name] = "frozen (requires_grad=False)"
-        else:
+        why = skip_reason(name, m, trace.order, None)
+        if why is None:
             jobs[name] = m
+        else:
+            report.skipped[name] = why
     if not any(isinstance(m, LowRankLayer) for m in jobs.values()):
         raise ValueError(f"no trainable low-rank layer is executed by the forward pass: {report.skipped}")
     head = trace.order[-1]
@@ -300,12 +293,7 @@ def low_rank_init_(
         warnings.warn(f"no labels: the head {head!r} gets the {hidden_code.name!r} code", stacklevel=2)
         head_code = hidden_code
     generator = torch.Generator().manual_seed(seed)
-    bn_state = [(m, m.training, m.momentum) for m in model.modules() if isinstance(m, _BN)]
-    snap = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items() if isinstance(v, Tensor)}
     fulls = {m: (m.full_weight, m.full_bias) for m in low}
-    was_training = model.training
-    done: set[str] = set()
-
     def run_job(name: str, module: nn.Module, x: Tensor) -> None:
         code = head_code if name == head else hidden_code
         if not isinstance(module, LowRankLayer):
@@ -336,42 +324,15 @@ def low_rank_init_(
         fit = init_low_rank_(module, w, b, rows, method, ridge=ridge, relu_iters=relu_iters, affine=affine)
         report.layers.append(LowRankLayerReport(name, type(module).__name__, full_weight, bn_name, fit))
 
-    def make(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-            if name in done:
-                return
-            done.add(name)
-            run_job(name, module, args[0])
+    def restore_fulls() -> None:
+        for m, (fw, fb) in fulls.items():
+            m.full_weight, m.full_bias = fw, fb
 
-        return hook
-
-    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
-    with torch.random.fork_rng(devices=cuda):
-        try:
-            model.eval()
-            if recalibrate_bn:
-                for m, _, _ in bn_state:
-                    m.train()
-                    if m.track_running_stats:
-                        m.reset_running_stats()
-                        m.momentum = None
-            hooks = [m.register_forward_pre_hook(make(n)) for n, m in jobs.items()]
-            with torch.no_grad(), _handles(hooks):
-                forward(model, inputs)
-            report.passes = 1
-        except Exception as err:
-            state = model.state_dict(keep_vars=True)
-            with torch.no_grad():
-                for k, v in snap.items():
-                    state[k].copy_(v)
-            for m, (fw, fb) in fulls.items():
-                m.full_weight, m.full_bias = fw, fb
-            raise LowRankInitError(f"low-rank initialization failed, the model was restored: {err}") from err
-        finally:
-            for m, training, momentum in bn_state:
-                m.momentum = momentum
-                m.train(training)
-            model.train(was_training)
+    ordered = [_LowRankJob(jobs[n], n, run_job) for n in trace.order if n in jobs]
+    report.passes = run_jobs(
+        model, inputs, labels, ordered, n_samples=batch_len(inputs), forward=forward,
+        recalibrate_bn=recalibrate_bn, on_failure=restore_fulls, error=LowRankInitError,
+        what="low-rank initialization",
+    )  # fmt: skip
     report.seconds = time.perf_counter() - start
     return report
-
