@@ -25,6 +25,7 @@ def evaluate_accuracy(
     max_batches: int | None = None,
     forward: Callable[[nn.Module, Any], Any] | None = None,
     to_device: Callable[[Any, torch.device], Any] | None = None,
+    split: Callable[[Any], tuple[Any, Tensor | None]] | None = None,
 ) -> float | None:
     """Top-1 accuracy (a fraction in ``[0, 1]``) of ``model`` on labelled ``batches``, in eval mode.
 
@@ -39,12 +40,15 @@ def evaluate_accuracy(
         max_batches: Stop after this many batches (``None``: all).
         forward: ``forward(model, inputs)``; defaults to ``model(inputs)``.
         to_device: ``to_device(inputs, device)``; defaults to ``Tensor.to``.
+        split: ``split(batch) -> (inputs, labels)``; defaults to
+            :func:`lightning_sylv.subset.split_batch` (see :class:`~lightning_sylv.subset.BatchFormat`).
 
     Returns:
         The accuracy, or ``None`` when the batches carry no labels or there are none.
     """
     device = torch.device(device)
     run = forward or (lambda m, x: m(x))
+    unpack = split or split_batch
     move = to_device or (lambda x, d: x.to(d) if isinstance(x, Tensor) else x)
     metric: MulticlassAccuracy | None = None
     was_training = model.training
@@ -54,7 +58,7 @@ def evaluate_accuracy(
             for i, batch in enumerate(batches):
                 if max_batches is not None and i >= max_batches:
                     break
-                x, y = split_batch(batch)
+                x, y = unpack(batch)
                 if y is None:
                     return None
                 logits = run(model, move(x, device))

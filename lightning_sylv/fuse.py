@@ -6,9 +6,17 @@ conv-dense, conv-conv) are replaced by one layer of a shallower *student*; the s
 and bias are the mean-square-error-optimal fit of the pair's output from the student layer's input
 on a data subset.
 
-That fit is the encoding problem of the Sylvester engine with the teacher's activation as the code
-``S`` and ``lam = math.inf`` (least squares, minimum norm): :class:`TeacherCode` is that code and
-:func:`fuse_init_` runs :func:`lightning_sylv.engine.sylvester_init_` with it. The student is
+That fit is the Sylvester engine's problem with the teacher's activation as the code ``S``:
+:class:`TeacherCode` is that code and :func:`fuse_init_` runs
+:func:`lightning_sylv.engine.sylvester_init_` with it, at λ = ``teacher_lam``. ``teacher_lam=math.inf``
+is the paper's least-squares (minimum-norm) fit, the encoding problem alone. It is ill-conditioned
+whenever the student layer's input has directions of almost no variance (constant border pixels,
+correlated hidden units, fewer samples than inputs): least squares then puts weights of any size
+there, and a network that starts with weights 100x the teacher's diverges under ordinary SGD. The
+finite default (1000) keeps the decoding term ``‖X − WᵀS‖²`` at a small weight; in the eigenbases
+of ``SSᵀ`` (eigenvalues ``α``) and ``XXᵀ`` (``β``) every entry of ``W`` is
+``(1+λ) C_ij / (α_i + λ β_j)`` with ``|C_ij| ≤ √(α_i β_j)``, hence at most ``(1+λ) / (2√λ)``, while
+directions with ``λ β_j ≫ α_i`` keep their least-squares value. The student is
 therefore fitted layer by layer in execution order, each layer from the activations of the already
 fused student layers before it, in one forward pass (BatchNorm statistics recomputed).
 
@@ -37,7 +45,6 @@ This module imports no Lightning.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -248,18 +255,21 @@ def fuse_init_(
     *,
     unmapped: Literal["keep", "sylvester"] = "keep",
     lam: float = 10.0,
+    teacher_lam: float = 1000.0,
     patches_per_image: int | None = 16,
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
     forward: Callable[[nn.Module, Any], Any] = _default_forward,
     teacher_forward: Callable[[nn.Module, Any], Any] = _default_forward,
     teacher_inputs: Any = None,
+    on_layer: Callable[[Any, int, int], None] | None = None,
 ) -> InitReport:
     """Initialize ``student``'s mapped layers in place from a trained ``teacher`` (FuseInit).
 
-    Every student layer ``s`` in ``mapping`` gets the least-squares (``lam = inf``) weight and bias
-    mapping its input on the subset to the output of teacher module ``mapping[s]`` on the same
-    samples (see the module docstring for the choice of target and the shape rules).
+    Every student layer ``s`` in ``mapping`` gets the weight and bias mapping its input on the subset
+    to the output of teacher module ``mapping[s]`` on the same samples: the Sylvester solution with
+    the teacher's activation as the code and λ = ``teacher_lam`` (``math.inf``: least squares). See
+    the module docstring for the choice of λ and target, and the shape rules.
 
     Args:
         student: The shallower network, initialized in place.
@@ -272,6 +282,8 @@ def fuse_init_(
             initialization (PCA code for hidden layers, one-hot for the head, with ``lam``), in the
             same pass.
         lam: λ of the Sylvester initialization of unmapped layers (``unmapped="sylvester"``).
+        teacher_lam: λ of the fit of the mapped layers to the teacher (``> 0``; ``math.inf``: plain
+            least squares, which recovers a linear teacher pair exactly but is ill-conditioned).
         patches_per_image: Output positions drawn per image for convolutions (``None``: all).
         seed: Seed of the patch draws.
         dtype: Precision of the statistics and solves.
@@ -279,6 +291,7 @@ def fuse_init_(
         teacher_forward: ``teacher_forward(teacher, inputs)``; defaults to ``teacher(inputs)``.
         teacher_inputs: The teacher's inputs if they differ from ``inputs`` (same samples, same
             order); tensors are moved to the teacher's device.
+        on_layer: ``on_layer(layer_report, done, total)`` after each layer (a progress bar).
 
     Returns:
         The engine's :class:`~lightning_sylv.engine.InitReport` (mapped layers have code
@@ -298,6 +311,8 @@ def fuse_init_(
         raise ValueError(f"mapping must map non-empty strings to non-empty strings, got {bad!r}")
     if unmapped not in ("keep", "sylvester"):
         raise ValueError(f"unmapped must be 'keep' or 'sylvester', got {unmapped!r}")
+    if isinstance(teacher_lam, bool) or not isinstance(teacher_lam, (int, float)) or not teacher_lam > 0:
+        raise ValueError(f"teacher_lam must be a number > 0 (math.inf: least squares), got {teacher_lam!r}")
     layers = {n: m for n, m in student.named_modules() if isinstance(m, SUPPORTED_LAYERS)}
     unknown = [n for n in mapping if n not in layers]
     if unknown:
@@ -310,10 +325,10 @@ def fuse_init_(
     codes: dict[str, str | LatentCode] = {s: TeacherCode(acts[t], t) for s, t in mapping.items()}
     # "keep": only the mapped layers; "sylvester": every layer, Sylvester with lam except the mapped ones.
     names: list[str] | Literal["all"] = list(mapping) if unmapped == "keep" else "all"
-    lams = {s: math.inf for s in mapping}  # least squares: the MSE-optimal fit to the teacher
+    lams = {s: float(teacher_lam) for s in mapping}  # inf: least squares, the MSE-optimal fit
     return sylvester_init_(
         student, inputs, labels, layers=names, lam=lam, lams=lams, codes=codes,
-        patches_per_image=patches_per_image, seed=seed, dtype=dtype, forward=forward,
+        patches_per_image=patches_per_image, seed=seed, dtype=dtype, forward=forward, on_layer=on_layer,
     )
 
 

@@ -140,7 +140,11 @@ def thumbnails(images: Tensor, max_side: int = 64) -> Tensor | None:
     return ((x - lo.view(-1, 1, 1, 1)) / span.view(-1, 1, 1, 1)).clamp_(0, 1)
 
 
-def take_sample(batches: Iterable[Any], max_samples: int) -> HeldOutSample:
+def take_sample(
+    batches: Iterable[Any],
+    max_samples: int,
+    split: Callable[[Any], tuple[Any, Tensor | None]] | None = None,
+) -> HeldOutSample:
     """Keep the first ``max_samples`` samples of ``batches`` (a validation dataloader, say).
 
     Iterating a ``DataLoader`` draws its base seed from torch's global generator; that draw is
@@ -149,6 +153,8 @@ def take_sample(batches: Iterable[Any], max_samples: int) -> HeldOutSample:
     Args:
         batches: Iterable of batches in a format :func:`lightning_sylv.subset.split_batch` reads.
         max_samples: Stop once this many samples are collected (``>= 1``).
+        split: ``split(batch) -> (inputs, labels)``; defaults to
+            :func:`~lightning_sylv.subset.split_batch`.
 
     Returns:
         A :class:`HeldOutSample` (``size`` 0 when ``batches`` is empty).
@@ -161,9 +167,10 @@ def take_sample(batches: Iterable[Any], max_samples: int) -> HeldOutSample:
         raise ValueError(f"max_samples must be >= 1, got {max_samples!r}")
     kept: list[tuple[Any, Tensor | None]] = []
     size = 0
+    unpack = split or split_batch
     with torch.random.fork_rng(devices=[]):
         for batch in batches:
-            x, y = split_batch(batch)
+            x, y = unpack(batch)
             k = min(_length(x), max_samples - size)
             if k <= 0:
                 break

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,9 @@ from torch.utils.data import ConcatDataset, Dataset, IterableDataset, Subset, Te
 from torch.utils.data._utils.collate import default_collate
 
 __all__ = [
+    "INPUT_KEYS",
+    "LABEL_KEYS",
+    "BatchFormat",
     "NoLabelsError",
     "balanced_subset",
     "class_balanced_indices",
@@ -33,6 +37,20 @@ __all__ = [
 ]
 
 _LABEL_ATTRS = ("targets", "labels", "y")
+#: Keys of a dict batch (or item) tried, in order, for the inputs and for the labels.
+INPUT_KEYS = ("x", "input", "inputs", "image", "images", "pixel_values")
+LABEL_KEYS = ("y", "label", "labels", "target", "targets")
+_WAY_OUT = (
+    "tell the callback where they are: input_key=/label_key= (a dict key, or a position in a tuple "
+    "batch), e.g. SylvesterInit(input_key='pixel_values', label_key='labels')"
+)
+
+
+_ITERABLE = (
+    "the training dataset is iterable-style (no random access), and a class-balanced subset needs a "
+    "map-style dataset: define init_dataset() on the LightningDataModule, returning a map-style dataset "
+    "of training examples (e.g. a few thousand items materialized from the stream, without augmentation)"
+)
 
 
 class NoLabelsError(ValueError):
@@ -78,13 +96,7 @@ def dataset_targets(dataset: Dataset) -> Tensor | None:
     return None
 
 
-def _item_label(item: Any) -> int | None:
-    if isinstance(item, (tuple, list)) and len(item) >= 2:
-        y = item[1]
-    elif isinstance(item, dict):
-        y = next((item[k] for k in ("y", "label", "labels", "target", "targets") if k in item), None)
-    else:
-        return None
+def _as_int_label(y: Any) -> int | None:
     if isinstance(y, Tensor):
         return int(y) if y.numel() == 1 and not y.is_floating_point() else None
     if isinstance(y, (int, np.integer)) and not isinstance(y, bool):
@@ -92,22 +104,119 @@ def _item_label(item: Any) -> int | None:
     return None
 
 
-def scan_targets(dataset: Dataset) -> Tensor:
-    """Read every item's label in one pass (items ``(x, y, ...)`` or dicts with a ``"y"``/``"label"`` key).
+@dataclass(frozen=True)
+class BatchFormat:
+    """Where a batch (or a dataset item) keeps its inputs and its integer class labels.
+
+    With both keys ``None`` (the default) a batch is read as a bare tensor (inputs, no labels), an
+    ``(x, y, ...)`` tuple or list, or a dict with one of :data:`INPUT_KEYS` and optionally one of
+    :data:`LABEL_KEYS`. A key names a dict entry (``"pixel_values"``) or a position in a tuple/list
+    batch (``0``); a given ``label_key`` must be present.
+
+    Args:
+        input_key: Where the inputs are (``None``: the defaults above).
+        label_key: Where the labels are (``None``: the defaults above).
+    """
+
+    input_key: str | int | None = None
+    label_key: str | int | None = None
+
+    def _describe(self, batch: Any) -> str:
+        if isinstance(batch, dict):
+            return f"a dict with keys {list(batch)}"
+        if isinstance(batch, (tuple, list)):
+            return f"a {type(batch).__name__} of {len(batch)}"
+        return f"a batch of type {type(batch).__name__}"
+
+    def _get(self, batch: Any, key: str | int, what: str) -> Any:
+        try:
+            if isinstance(key, int) and isinstance(batch, (tuple, list)):
+                return batch[key]
+            if isinstance(key, str) and isinstance(batch, dict):
+                return batch[key]
+        except (IndexError, KeyError):
+            pass
+        raise TypeError(
+            f"{what}_key={key!r} does not locate the {what}s in {self._describe(batch)}: give a dict key for "
+            "dict batches or a position for tuple batches"
+        )
+
+    def split(self, batch: Any) -> tuple[Any, Tensor | None]:
+        """``(inputs, labels)`` of a collated batch (``labels`` ``None`` when it carries none).
+
+        Raises:
+            TypeError: If the inputs cannot be found; the message lists the keys tried and the way out.
+        """
+        if self.input_key is not None:
+            x = self._get(batch, self.input_key, "input")
+        else:
+            x = self._default_inputs(batch)
+        if self.label_key is not None:
+            y = self._get(batch, self.label_key, "label")
+            if not isinstance(y, Tensor):
+                y = torch.as_tensor(y)
+            return x, y
+        return x, self._default_labels(batch)
+
+    def _default_inputs(self, batch: Any) -> Any:
+        if isinstance(batch, Tensor):
+            return batch
+        if isinstance(batch, (tuple, list)) and batch:
+            return batch[0]
+        if isinstance(batch, dict):
+            key = next((k for k in INPUT_KEYS if k in batch), None)
+            if key is not None:
+                return batch[key]
+        raise TypeError(
+            f"cannot find the inputs in {self._describe(batch)}; understood are tensors, (x, y, ...) tuples "
+            f"and dicts with one of the keys {list(INPUT_KEYS)} (labels under {list(LABEL_KEYS)}). Otherwise "
+            + _WAY_OUT
+        )
+
+    @staticmethod
+    def _default_labels(batch: Any) -> Tensor | None:
+        if isinstance(batch, (tuple, list)) and len(batch) > 1:
+            y = batch[1]
+            return y if isinstance(y, Tensor) and not y.is_floating_point() else None
+        if isinstance(batch, dict):
+            return next((batch[k] for k in LABEL_KEYS if k in batch), None)
+        return None
+
+    def item_label(self, item: Any) -> int | None:
+        """The integer class label of one dataset item, or ``None``."""
+        if self.label_key is not None:
+            try:
+                return _as_int_label(self._get(item, self.label_key, "label"))
+            except TypeError:
+                return None
+        if isinstance(item, (tuple, list)) and len(item) >= 2:
+            return _as_int_label(item[1])
+        if isinstance(item, dict):
+            return _as_int_label(next((item[k] for k in LABEL_KEYS if k in item), None))
+        return None
+
+
+def scan_targets(dataset: Dataset, batch_format: BatchFormat | None = None) -> Tensor:
+    """Read every item's label in one pass (items ``(x, y, ...)``, dicts with a key of
+    :data:`LABEL_KEYS`, or where ``batch_format.label_key`` says).
 
     Raises:
         NoLabelsError: If an item has no integer label.
         TypeError: If the dataset is iterable-style (no random access).
     """
     if isinstance(dataset, IterableDataset):
-        raise TypeError("iterable-style datasets have no random access; a class-balanced subset needs a map-style dataset")
+        raise TypeError(_ITERABLE)
+    fmt = batch_format or BatchFormat()
     labels = []
     for i in range(len(dataset)):  # type: ignore[arg-type]
-        y = _item_label(dataset[i])
+        y = fmt.item_label(dataset[i])
         if y is None:
+            where = f"under label_key={fmt.label_key!r}" if fmt.label_key is not None else (
+                f"(expected (x, y) tuples or dicts with one of the keys {list(LABEL_KEYS)})"
+            )
             raise NoLabelsError(
-                f"item {i} of {type(dataset).__name__} carries no integer class label (expected (x, y) "
-                "tuples or dicts with a 'y'/'label' key)"
+                f"item {i} of {type(dataset).__name__} carries no integer class label {where}; if the labels are "
+                "elsewhere, give label_key= (a dict key or a tuple position)"
             )
         labels.append(y)
     return torch.tensor(labels, dtype=torch.long)
@@ -170,29 +279,12 @@ def collate_subset(dataset: Dataset, indices: Sequence[int] | Tensor, collate_fn
 
 
 def split_batch(batch: Any) -> tuple[Any, Tensor | None]:
-    """Split a collated batch into ``(inputs, labels)``.
-
-    Accepts ``(x, y, ...)`` tuples/lists, dicts with an input key (``x``, ``input``, ``inputs``,
-    ``image``) and an optional label key (``y``, ``label``, ``labels``, ``target``, ``targets``), and
-    bare tensors (no labels).
+    """Split a collated batch into ``(inputs, labels)`` the default way (see :class:`BatchFormat`).
 
     Raises:
-        TypeError: For any other batch format.
+        TypeError: For any other batch format (the message says how to name the keys).
     """
-    if isinstance(batch, Tensor):
-        return batch, None
-    if isinstance(batch, (tuple, list)) and batch:
-        y = batch[1] if len(batch) > 1 and isinstance(batch[1], Tensor) and not batch[1].is_floating_point() else None
-        return batch[0], y
-    if isinstance(batch, dict):
-        x = next((batch[k] for k in ("x", "input", "inputs", "image") if k in batch), None)
-        y = next((batch[k] for k in ("y", "label", "labels", "target", "targets") if k in batch), None)
-        if x is not None:
-            return x, y
-    raise TypeError(
-        f"cannot find the inputs in a batch of type {type(batch).__name__}; expected (x, y) tuples, "
-        "dicts with an 'x'/'input' key, or tensors"
-    )
+    return BatchFormat().split(batch)
 
 
 def balanced_subset(
@@ -204,6 +296,7 @@ def balanced_subset(
     require_labels: bool = False,
     unlabelled_count: int | None = None,
     shard: tuple[int, int] = (0, 1),
+    batch_format: BatchFormat | None = None,
 ) -> tuple[Any, Tensor | None, Tensor]:
     """Load a class-balanced, seeded subset of ``dataset`` as one batch.
 
@@ -222,6 +315,8 @@ def balanced_subset(
         unlabelled_count: Subset size when the data has no labels.
         shard: ``(rank, world_size)``: every process draws the same subset (same seed) and loads
             only its share ``indices[rank::world_size]``.
+        batch_format: Where items and collated batches keep inputs and labels (default:
+            :class:`BatchFormat`'s defaults).
 
     Returns:
         ``(inputs, labels, indices)``: this process's share of the inputs and labels (``labels`` a
@@ -233,16 +328,14 @@ def balanced_subset(
         NoLabelsError: If ``require_labels`` and the items carry no labels.
     """
     if isinstance(dataset, IterableDataset):
-        raise TypeError(
-            "the training dataset is iterable-style (no random access); a class-balanced subset needs a "
-            "map-style dataset"
-        )
+        raise TypeError(_ITERABLE)
+    fmt = batch_format or BatchFormat()
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise ValueError("the training dataset is empty: no samples to initialize from")
     targets = dataset_targets(dataset)
     if targets is None:
         try:
-            targets = scan_targets(dataset)
+            targets = scan_targets(dataset, fmt)
         except NoLabelsError:
             if require_labels:
                 raise
@@ -259,7 +352,7 @@ def balanced_subset(
             "least one (raise samples_per_class)"
         )
     mine = indices[rank::world]
-    inputs, batch_labels = split_batch(collate_subset(dataset, mine, collate_fn))
+    inputs, batch_labels = fmt.split(collate_subset(dataset, mine, collate_fn))
     # The loaded labels win over ``.targets``: a ``target_transform`` changes them on loading.
     if batch_labels is not None:
         return inputs, batch_labels.long(), indices

@@ -4,7 +4,6 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
@@ -13,20 +12,6 @@ from lightning_sylv.data import DigitsDataModule
 from lightning_sylv.models import ImageClassifier
 
 
-def _trainer(tmp_path: Path, callbacks, **kwargs) -> Trainer:
-    opts = dict(
-        default_root_dir=tmp_path,
-        max_epochs=1,
-        limit_train_batches=2,
-        limit_val_batches=2,
-        logger=CSVLogger(tmp_path, name="csv"),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    opts.update(kwargs)
-    return Trainer(callbacks=callbacks, **opts)
 
 
 def _logged(tmp_path: Path) -> dict[str, float]:
@@ -38,10 +23,10 @@ def _logged(tmp_path: Path) -> dict[str, float]:
 
 
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
-def test_fit_on_digits_logs_accuracies_and_improves_them(tmp_path, arch):
+def test_fit_on_digits_logs_accuracies_and_improves_them(tmp_path, arch, make_trainer):
     cb = SylvesterInit(samples_per_class=20, patches_per_image=8)
     model = ImageClassifier(arch=arch)
-    _trainer(tmp_path, [cb]).fit(model, datamodule=DigitsDataModule(seed=0))
+    make_trainer(tmp_path, [cb]).fit(model, datamodule=DigitsDataModule(seed=0))
     logged = _logged(tmp_path)
     assert set(logged) == {"sylvester/pre_init_accuracy", "sylvester/initial_accuracy", "sylvester/init_time_s"}
     assert 0 <= logged["sylvester/pre_init_accuracy"] <= 1
@@ -50,13 +35,13 @@ def test_fit_on_digits_logs_accuracies_and_improves_them(tmp_path, arch):
     assert cb.initialized and len(cb.report.layers) >= 3
 
 
-def test_accuracy_matches_torchmetrics_on_val_set(tmp_path):
+def test_accuracy_matches_torchmetrics_on_val_set(tmp_path, make_trainer):
     from torchmetrics.functional.classification import multiclass_accuracy
 
     dm = DigitsDataModule(seed=0)
     cb = SylvesterInit(samples_per_class=10)
     model = ImageClassifier(arch="mlp")
-    _trainer(tmp_path, [cb], limit_train_batches=0).fit(model, datamodule=dm)
+    make_trainer(tmp_path, [cb], limit_train_batches=0).fit(model, datamodule=dm)
     model.eval()
     x, y = zip(*[b for b in dm.val_dataloader()])
     acc = multiclass_accuracy(model(torch.cat(x)), torch.cat(y), num_classes=10, average="micro")
@@ -64,11 +49,11 @@ def test_accuracy_matches_torchmetrics_on_val_set(tmp_path):
     assert cb.metrics["sylvester/initial_accuracy"] == pytest.approx(float(acc), abs=1e-6)
 
 
-def test_head_only_leaves_body_bit_identical(tmp_path):
+def test_head_only_leaves_body_bit_identical(tmp_path, make_trainer):
     model = ImageClassifier(arch="cnn")
     state = {k: v.clone() for k, v in model.state_dict().items()}
     cb = SylvesterInit(samples_per_class=10, layers="head")
-    _trainer(tmp_path, [cb], limit_train_batches=0).fit(model, datamodule=DigitsDataModule())
+    make_trainer(tmp_path, [cb], limit_train_batches=0).fit(model, datamodule=DigitsDataModule())
     head = cb.report.head
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, state[k])}
     assert changed and all(k.startswith(head + ".") for k in changed), changed
@@ -100,26 +85,26 @@ class UnlabelledModule(LightningModule):
         return DataLoader(Unlabelled(), batch_size=8)
 
 
-def test_head_only_without_labels_fails_clearly(tmp_path):
+def test_head_only_without_labels_fails_clearly(tmp_path, make_trainer):
     with pytest.raises(ValueError, match="no integer class label"):
-        _trainer(tmp_path, [SylvesterInit(layers="head")]).fit(UnlabelledModule())
+        make_trainer(tmp_path, [SylvesterInit(layers="head")]).fit(UnlabelledModule())
 
 
-def test_all_layers_without_labels_runs_unsupervised(tmp_path):
+def test_all_layers_without_labels_runs_unsupervised(tmp_path, make_trainer):
     cb = SylvesterInit(samples_per_class=2)
     with pytest.warns(UserWarning, match="no labels"):
-        _trainer(tmp_path, [cb]).fit(UnlabelledModule())
+        make_trainer(tmp_path, [cb]).fit(UnlabelledModule())
     assert cb.report.layers[0].code == "pca" and cb.report.layers[0].rows == 20
     assert "sylvester/initial_accuracy" not in cb.metrics
 
 
-def test_dataloaders_passed_to_fit(tmp_path):
+def test_dataloaders_passed_to_fit(tmp_path, make_trainer):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(60, 1, 8, 8, generator=g)
     y = torch.arange(10).repeat(6)
     dl = DataLoader(TensorDataset(x, y), batch_size=16)
     cb = SylvesterInit(samples_per_class=3)
-    _trainer(tmp_path, [cb]).fit(ImageClassifier(arch="mlp"), train_dataloaders=dl, val_dataloaders=dl)
+    make_trainer(tmp_path, [cb]).fit(ImageClassifier(arch="mlp"), train_dataloaders=dl, val_dataloaders=dl)
     assert cb.report.layers[0].rows == 30
     assert "sylvester/initial_accuracy" in cb.metrics
 
@@ -141,19 +126,19 @@ class AugmentsOnDevice(ImageClassifier):
         self.calls_before_training = self.transfer_calls
 
 
-def test_batch_transfer_hooks_are_not_run_on_the_subset_or_the_evaluation(tmp_path):
+def test_batch_transfer_hooks_are_not_run_on_the_subset_or_the_evaluation(tmp_path, make_trainer):
     model = AugmentsOnDevice()
     cb = SylvesterInit(samples_per_class=10)
-    _trainer(tmp_path, [cb]).fit(model, datamodule=DigitsDataModule(seed=0))
+    make_trainer(tmp_path, [cb]).fit(model, datamodule=DigitsDataModule(seed=0))
     assert model.calls_before_training == 0  # neither the subset nor the accuracies went through it
     assert model.transfer_calls > 0  # training batches still do
     assert cb.metrics["sylvester/initial_accuracy"] > 0.8
 
 
-def test_resume_from_checkpoint_does_not_reinitialize(tmp_path):
+def test_resume_from_checkpoint_does_not_reinitialize(tmp_path, make_trainer):
     dm = DigitsDataModule()
     cb = SylvesterInit(samples_per_class=5)
-    trainer = _trainer(tmp_path, [cb], enable_checkpointing=True)
+    trainer = make_trainer(tmp_path, [cb], enable_checkpointing=True)
     model = ImageClassifier(arch="mlp")
     trainer.fit(model, datamodule=dm)
     ckpt = tmp_path / "last.ckpt"
@@ -163,7 +148,7 @@ def test_resume_from_checkpoint_does_not_reinitialize(tmp_path):
 
     cb2 = SylvesterInit(samples_per_class=5)
     model2 = ImageClassifier(arch="mlp")
-    trainer2 = _trainer(tmp_path, [cb2], max_epochs=2, enable_checkpointing=True)
+    trainer2 = make_trainer(tmp_path, [cb2], max_epochs=2, enable_checkpointing=True)
     trainer2.fit(model2, datamodule=dm, ckpt_path=ckpt)
     assert cb2.initialized and cb2.report is None  # restored state: no second initialization
 
@@ -177,17 +162,17 @@ def test_fast_dev_run_skips_with_warning(tmp_path):
     assert not cb.initialized
 
 
-def test_no_logger_still_works(tmp_path):
+def test_no_logger_still_works(tmp_path, make_trainer):
     cb = SylvesterInit(samples_per_class=5, verbose=False)
-    _trainer(tmp_path, [cb], logger=False).fit(ImageClassifier(arch="mlp"), datamodule=DigitsDataModule())
+    make_trainer(tmp_path, [cb], logger=False).fit(ImageClassifier(arch="mlp"), datamodule=DigitsDataModule())
     assert cb.metrics["sylvester/initial_accuracy"] > 0.5
 
 
-def test_summary_is_printed(tmp_path, caplog):
+def test_summary_is_printed(tmp_path, caplog, make_trainer):
     import logging
 
     with caplog.at_level(logging.INFO):
-        _trainer(tmp_path, [SylvesterInit(samples_per_class=5)]).fit(
+        make_trainer(tmp_path, [SylvesterInit(samples_per_class=5)]).fit(
             ImageClassifier(arch="mlp"), datamodule=DigitsDataModule()
         )
     text = caplog.text
@@ -216,8 +201,8 @@ def test_bad_arguments_rejected_at_construction(kwargs, match):
         SylvesterInit(**kwargs)
 
 
-def test_duplicate_callbacks_warn(tmp_path):
+def test_duplicate_callbacks_warn(tmp_path, make_trainer):
     with pytest.warns(UserWarning, match="2 SylvesterInit callbacks"):
-        _trainer(tmp_path, [SylvesterInit(samples_per_class=3), SylvesterInit(samples_per_class=4)]).fit(
+        make_trainer(tmp_path, [SylvesterInit(samples_per_class=3), SylvesterInit(samples_per_class=4)]).fit(
             ImageClassifier(arch="mlp"), datamodule=DigitsDataModule()
         )

@@ -2,33 +2,19 @@
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
 
 from lightning_sylv.data import DigitsDataModule
 from lightning_sylv.models import ImageClassifier
 
 
-def _trainer(**kwargs) -> Trainer:
-    opts = dict(
-        max_epochs=1,
-        limit_train_batches=3,
-        limit_val_batches=2,
-        limit_test_batches=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    opts.update(kwargs)
-    return Trainer(**opts)
 
 
 @pytest.mark.parametrize("arch", ["mlp", "cnn"])
-def test_fit_and_test_on_digits_log_every_metric(arch):
+def test_fit_and_test_on_digits_log_every_metric(arch, make_trainer):
     torch.manual_seed(0)
     model = ImageClassifier(arch=arch, width=8)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    trainer = _trainer()
+    trainer = make_trainer(None, limit_train_batches=3)
     dm = DigitsDataModule(batch_size=32)
     trainer.fit(model, datamodule=dm)
     metrics = trainer.callback_metrics

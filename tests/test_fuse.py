@@ -12,8 +12,6 @@ import lightning
 import pytest
 import torch
 import torch.nn.functional as F
-from lightning.pytorch import Trainer
-from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
 from lightning_sylv import FuseInit
@@ -43,6 +41,7 @@ def _gen(seed: int = 0) -> torch.Generator:
 
 
 # --------------------------------------------------------------------------- exact recovery
+# teacher_lam=inf: plain least squares, which recovers a linear teacher pair exactly.
 
 
 def test_dense_dense_linear_teacher_is_recovered_exactly():
@@ -50,7 +49,7 @@ def test_dense_dense_linear_teacher_is_recovered_exactly():
     teacher = nn.Sequential(nn.Linear(8, 12), nn.Linear(12, 5))
     student = nn.Sequential(nn.Linear(8, 5))
     x = torch.randn(200, 8, generator=_gen())
-    report = fuse_init_(student, teacher, x, {"0": "1"})
+    report = fuse_init_(student, teacher, x, {"0": "1"}, teacher_lam=math.inf)
     w, b = compose_linear(teacher[0], teacher[1])
     torch.testing.assert_close(w, teacher[1].weight.double() @ teacher[0].weight.double())
     torch.testing.assert_close(student[0].weight.double(), w, atol=1e-5, rtol=0)
@@ -68,7 +67,7 @@ def test_conv_conv_linear_teacher_is_recovered_exactly(patches):
     teacher = nn.Sequential(nn.Conv2d(2, 4, 3), nn.Conv2d(4, 3, 3))
     student = nn.Sequential(nn.Conv2d(2, 3, 5))
     x = torch.randn(40, 2, 10, 10, generator=_gen())
-    fuse_init_(student, teacher, x, {"0": "1"}, patches_per_image=patches)
+    fuse_init_(student, teacher, x, {"0": "1"}, patches_per_image=patches, teacher_lam=math.inf)
     kernel, bias = compose_conv(teacher[0], teacher[1])
     assert kernel.shape == (3, 2, 5, 5)
     torch.testing.assert_close(student[0].weight.double(), kernel, atol=1e-5, rtol=0)
@@ -99,7 +98,7 @@ def test_conv_dense_linear_teacher_is_recovered_exactly():
     teacher = nn.Sequential(nn.Conv2d(1, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 6))
     student = nn.Sequential(nn.Flatten(), nn.Linear(64, 6))
     x = torch.randn(200, 1, 8, 8, generator=_gen())
-    fuse_init_(student, teacher, x, {"1": "2"})
+    fuse_init_(student, teacher, x, {"1": "2"}, teacher_lam=math.inf)
     x_new = torch.randn(30, 1, 8, 8, generator=_gen(1))
     torch.testing.assert_close(student(x_new), teacher(x_new), atol=1e-4, rtol=0)
 
@@ -109,7 +108,7 @@ def test_fit_error_decreases_with_more_samples_for_a_nonlinear_teacher():
         torch.manual_seed(seed)
         teacher = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 4))
         student = nn.Sequential(nn.Linear(10, 4))
-        fuse_init_(student, teacher, torch.randn(n, 10, generator=_gen(seed)), {"0": "2"})
+        fuse_init_(student, teacher, torch.randn(n, 10, generator=_gen(seed)), {"0": "2"}, teacher_lam=math.inf)
         x_test = torch.randn(2000, 10, generator=_gen(100 + seed))
         with torch.no_grad():
             return float((student(x_test) - teacher(x_test)).square().mean())
@@ -163,7 +162,7 @@ def test_unknown_names_and_bad_mappings_fail_clearly():
     with pytest.raises(ValueError, match=r"student layers \['fc'\] in mapping are not .*its layers are \['0'\]"):
         fuse_init_(student, teacher, x, {"fc": "2"})
     with pytest.raises(ValueError, match=r"student layers \['1'\]"):  # a ReLU is not a fittable layer
-        fuse_init_(student, teacher, x, {"1": "2"})
+        fuse_init_(student, teacher, x, {"1": "2"}, teacher_lam=math.inf)
     with pytest.raises(ValueError, match=r"teacher modules \['head'\] do not exist in the teacher; its leaf modules are \['0', '1', '2'\]"):
         fuse_init_(student, teacher, x, {"0": "head"})
     with pytest.raises(ValueError, match="non-empty mapping"):
@@ -228,20 +227,12 @@ def teacher_ckpt(tmp_path_factory) -> Path:
     return path
 
 
-def _trainer(tmp_path: Path, callbacks, **kwargs) -> Trainer:
-    opts = dict(
-        default_root_dir=tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=3,
-        logger=CSVLogger(tmp_path, name="csv"), enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0,
-    )
-    opts.update(kwargs)
-    return Trainer(callbacks=callbacks, **opts)
 
 
-def test_callback_fuses_through_a_trainer_and_logs(tmp_path, teacher_ckpt):
+def test_callback_fuses_through_a_trainer_and_logs(tmp_path, teacher_ckpt, make_trainer):
     cb = FuseInit(mapping=MAPPING, teacher_class="ImageClassifier", teacher_checkpoint=str(teacher_ckpt), samples_per_class=30)
     student = ImageClassifier(arch="mlp", hidden=STUDENT_HIDDEN)
-    trainer = _trainer(tmp_path, [cb], limit_train_batches=0)
+    trainer = make_trainer(tmp_path, [cb], limit_train_batches=0)
     trainer.fit(student, datamodule=DigitsDataModule(seed=0))
     rows = list(csv.DictReader(next(tmp_path.glob("csv/version_*/metrics.csv")).open()))
     logged = {k: float(v) for row in rows for k, v in row.items() if v and k.startswith("fuse/")}
@@ -256,27 +247,27 @@ def test_callback_fuses_through_a_trainer_and_logs(tmp_path, teacher_ckpt):
     saved = {k: v.clone() for k, v in student.state_dict().items()}
     again = FuseInit(mapping=MAPPING, teacher_class="ImageClassifier", teacher_checkpoint=str(teacher_ckpt))
     fresh = ImageClassifier(arch="mlp", hidden=STUDENT_HIDDEN)
-    _trainer(tmp_path, [again], max_epochs=1, limit_train_batches=0, logger=False).fit(
+    make_trainer(tmp_path, [again], max_epochs=1, limit_train_batches=0, logger=False).fit(
         fresh, datamodule=DigitsDataModule(seed=0), ckpt_path=tmp_path / "student.ckpt"
     )
     assert again.report is None and again.initialized
     assert all(torch.equal(v, saved[k]) for k, v in fresh.state_dict().items())
 
 
-def test_callback_with_a_teacher_instance_and_sylvester_fallback(tmp_path, teacher_ckpt):
+def test_callback_with_a_teacher_instance_and_sylvester_fallback(tmp_path, teacher_ckpt, make_trainer):
     teacher = ImageClassifier.load_from_checkpoint(teacher_ckpt)
     cb = FuseInit(mapping={"net.features.1": "net.features.3"}, teacher=teacher, unmapped="sylvester", samples_per_class=20)
-    _trainer(tmp_path, [cb], limit_train_batches=0, logger=False).fit(
+    make_trainer(tmp_path, [cb], limit_train_batches=0, logger=False).fit(
         ImageClassifier(arch="mlp", hidden=STUDENT_HIDDEN), datamodule=DigitsDataModule(seed=0)
     )
     assert [r.code for r in cb.report.layers] == ["teacher", "pca", "onehot"]
     assert cb.metrics["fuse/initial_accuracy"] > 0.7
 
 
-def test_a_bfloat16_teacher_gets_inputs_in_its_dtype(tmp_path, teacher_ckpt):
+def test_a_bfloat16_teacher_gets_inputs_in_its_dtype(tmp_path, teacher_ckpt, make_trainer):
     teacher = ImageClassifier.load_from_checkpoint(teacher_ckpt).to(torch.bfloat16)
     cb = FuseInit(mapping=MAPPING, teacher=teacher, samples_per_class=20)
-    _trainer(tmp_path, [cb], limit_train_batches=0, logger=False).fit(
+    make_trainer(tmp_path, [cb], limit_train_batches=0, logger=False).fit(
         ImageClassifier(arch="mlp", hidden=STUDENT_HIDDEN), datamodule=DigitsDataModule(seed=0)
     )
     assert cb.metrics["fuse/teacher_accuracy"] > 0.8

@@ -3,13 +3,10 @@
 import copy
 import csv
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
 from lightning_sylv import LowRankInit
@@ -337,24 +334,9 @@ def test_engine_restores_the_model_on_failure():
 # ------------------------------------------------------------------------------------------ callback
 
 
-def _trainer(tmp_path: Path, callbacks, **kwargs) -> Trainer:
-    opts = dict(
-        default_root_dir=tmp_path,
-        max_epochs=1,
-        limit_train_batches=3,
-        limit_val_batches=2,
-        logger=CSVLogger(tmp_path, name="csv"),
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-    )
-    opts.update(kwargs)
-    return Trainer(callbacks=callbacks, **opts)
 
 
-def test_callback_converts_before_optimizers_and_trains_the_factors(tmp_path):
+def test_callback_converts_before_optimizers_and_trains_the_factors(tmp_path, make_trainer):
     model = ImageClassifier(arch="mlp", hidden=[32, 32])
     cb = LowRankInit(ranks=0.25, method="relu", exclude=["net.head"], samples_per_class=10, relu_iters=2)
     seen = {}
@@ -364,7 +346,7 @@ def test_callback_converts_before_optimizers_and_trains_the_factors(tmp_path):
             seen["u"] = pl_module.net.features[1].u.weight.detach().clone()
             seen["opt"] = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
 
-    _trainer(tmp_path, [cb, Spy()]).fit(model, datamodule=DigitsDataModule(seed=0))
+    make_trainer(tmp_path, [cb, Spy()], limit_train_batches=3).fit(model, datamodule=DigitsDataModule(seed=0))
     layer = model.net.features[1]
     assert isinstance(layer, LowRankLinear) and layer.rank == 8 and isinstance(model.net.head, nn.Linear)
     assert cb.converted == ["net.features.1", "net.features.3"] and cb.initialized
@@ -377,11 +359,11 @@ def test_callback_converts_before_optimizers_and_trains_the_factors(tmp_path):
     assert logged["lowrank/relu_error"] < logged["lowrank/spectral_relu_error"]
 
 
-def test_callback_skips_on_resume_and_keeps_the_checkpoint(tmp_path):
+def test_callback_skips_on_resume_and_keeps_the_checkpoint(tmp_path, make_trainer):
     dm = DigitsDataModule(seed=0)
     cb = LowRankInit(ranks={"net.features.1": 4}, method="data", samples_per_class=5, evaluate=False, verbose=False)
     model = ImageClassifier(arch="mlp", hidden=[16])
-    trainer = _trainer(tmp_path, [cb], logger=False)
+    trainer = make_trainer(tmp_path, [cb], logger=False)
     trainer.fit(model, datamodule=dm)
     ckpt = tmp_path / "last.ckpt"
     trainer.save_checkpoint(ckpt)
@@ -389,7 +371,7 @@ def test_callback_skips_on_resume_and_keeps_the_checkpoint(tmp_path):
     assert "net.features.1.u.weight" in saved and not any("full_weight" in k for k in saved)
     fresh = ImageClassifier(arch="mlp", hidden=[16])  # full-rank again: setup converts before loading
     cb2 = LowRankInit(ranks={"net.features.1": 4}, method="data", samples_per_class=5, evaluate=False, verbose=False)
-    _trainer(tmp_path, [cb2], logger=False, max_epochs=1, limit_train_batches=0).fit(fresh, datamodule=dm, ckpt_path=ckpt)
+    make_trainer(tmp_path, [cb2], logger=False, max_epochs=1, limit_train_batches=0).fit(fresh, datamodule=dm, ckpt_path=ckpt)
     assert cb2.report is None and cb2.initialized
     assert torch.equal(fresh.net.features[1].u.weight, saved["net.features.1.u.weight"])
     assert fresh.net.features[1].full_weight is None  # keep_full=False: no full-rank copy kept on resume
@@ -455,14 +437,14 @@ def test_cli_builds_the_callback_from_flags(tmp_path, monkeypatch):
     assert isinstance(cli.model.net.features[1], LowRankLinear) and cli.model.net.features[1].rank == 32
 
 
-def test_callback_draws_its_subset_from_init_dataset_when_the_datamodule_defines_it(tmp_path):
+def test_callback_draws_its_subset_from_init_dataset_when_the_datamodule_defines_it(tmp_path, make_trainer):
     class WithInitData(DigitsDataModule):
         def init_dataset(self):
             x, y = self.train_dataset[:][0][:20], torch.arange(20) % 10  # 2 per class
             return torch.utils.data.TensorDataset(x, y)
 
     cb = LowRankInit(ranks=0.25, method="data", exclude=["net.head"], samples_per_class=5, evaluate=False, verbose=False)
-    _trainer(tmp_path, [cb], logger=False, limit_train_batches=1).fit(
+    make_trainer(tmp_path, [cb], logger=False, limit_train_batches=1).fit(
         ImageClassifier(arch="mlp", hidden=[16]), datamodule=WithInitData(seed=0)
     )
     assert cb.initialized and cb.subset_size == 20  # not 50: the training set has >= 5 per class

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
@@ -34,23 +33,10 @@ from lightning_sylv.subset import balanced_subset
 SAMPLES = 40  # embedding_samples in the shared run: keeps t-SNE well under a second
 
 
-def _trainer(root: Path, callbacks, **kwargs) -> Trainer:
-    opts = dict(
-        default_root_dir=root,
-        max_epochs=1,
-        limit_train_batches=2,
-        limit_val_batches=2,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    opts.update(kwargs)
-    return Trainer(callbacks=callbacks, **opts)
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, make_trainer):
     """One real fit with a TensorBoardLogger. No training batch runs (limit_train_batches=0), so the
     model still holds exactly the initialized weights for the recomputation test."""
     root = tmp_path_factory.mktemp("tb")
@@ -58,7 +44,7 @@ def run(tmp_path_factory):
     model = ImageClassifier(arch="mlp")
     dm = DigitsDataModule(seed=0)
     logger = TensorBoardLogger(root, name="digits")
-    _trainer(root, [cb], logger=logger, limit_train_batches=0).fit(model, datamodule=dm)
+    make_trainer(root, [cb], logger=logger, limit_train_batches=0).fit(model, datamodule=dm)
     ea = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "scalars": 0, "tensors": 0})
     ea.Reload()
     return {"root": root, "log_dir": Path(logger.log_dir), "cb": cb, "model": model, "dm": dm, "ea": ea}
@@ -228,9 +214,9 @@ def _artefacts(root: Path) -> list[Path]:
     return [p for pattern in patterns for p in root.rglob(pattern)]
 
 
-def test_csv_logger_gets_the_scalars_and_no_tensorboard_artefacts(tmp_path):
+def test_csv_logger_gets_the_scalars_and_no_tensorboard_artefacts(tmp_path, make_trainer):
     cb = SylvesterInit(samples_per_class=5, verbose=False)
-    _trainer(tmp_path, [cb], logger=CSVLogger(tmp_path, name="csv"), limit_train_batches=1).fit(
+    make_trainer(tmp_path, [cb], logger=CSVLogger(tmp_path, name="csv"), limit_train_batches=1).fit(
         ImageClassifier(arch="mlp"), datamodule=DigitsDataModule()
     )
     assert _artefacts(tmp_path) == []
@@ -242,19 +228,19 @@ def test_csv_logger_gets_the_scalars_and_no_tensorboard_artefacts(tmp_path):
     assert "sylvester/inspection_time_s" not in cb.metrics
 
 
-def test_no_logger_no_files_no_crash(tmp_path):
+def test_no_logger_no_files_no_crash(tmp_path, make_trainer):
     cb = SylvesterInit(samples_per_class=5, verbose=False)
-    _trainer(tmp_path, [cb], logger=False, limit_train_batches=0).fit(
+    make_trainer(tmp_path, [cb], logger=False, limit_train_batches=0).fit(
         ImageClassifier(arch="mlp"), datamodule=DigitsDataModule()
     )
     assert cb.metrics["sylvester/initial_accuracy"] > 0.5
     assert _artefacts(tmp_path) == []
 
 
-def test_inspection_can_be_switched_off(tmp_path):
+def test_inspection_can_be_switched_off(tmp_path, make_trainer):
     cb = SylvesterInit(samples_per_class=5, verbose=False, log_embeddings=False, log_tsne=False)
     logger = TensorBoardLogger(tmp_path, name="tb")
-    _trainer(tmp_path, [cb], logger=logger, limit_train_batches=0).fit(
+    make_trainer(tmp_path, [cb], logger=logger, limit_train_batches=0).fit(
         ImageClassifier(arch="mlp"), datamodule=DigitsDataModule()
     )
     assert not (Path(logger.log_dir) / "projector_config.pbtxt").exists()
@@ -270,12 +256,10 @@ _BAR = re.compile(r"SylvesterInit: +\d+%\|")
 @pytest.mark.parametrize(
     ("progress_bar", "verbose", "shown"), [(False, True, False), (True, False, False), (True, True, True)]
 )
-def test_layer_progress_bar_follows_the_trainers_bar_and_verbose(
-    tmp_path, capsys, monkeypatch, progress_bar, verbose, shown
-):
+def test_layer_progress_bar_follows_the_trainers_bar_and_verbose(tmp_path, capsys, monkeypatch, progress_bar, verbose, shown, make_trainer):
     monkeypatch.setattr(_logging, "PROGRESS_DELAY_S", 0.0)  # show it even for a fast init
     cb = SylvesterInit(samples_per_class=3, verbose=verbose, evaluate=False)
-    _trainer(tmp_path, [cb], logger=False, limit_train_batches=0, enable_progress_bar=progress_bar).fit(
+    make_trainer(tmp_path, [cb], logger=False, limit_train_batches=0, enable_progress_bar=progress_bar).fit(
         ImageClassifier(arch="mlp"), datamodule=DigitsDataModule()
     )
     out = capsys.readouterr()

@@ -1,28 +1,51 @@
-"""What every data-driven initialization callback shares: when to run, where the subset comes from,
-how the model is run under the trainer's precision, and where the metrics go."""
+"""The template every data-driven initialization callback follows.
+
+:class:`DataDrivenInit` owns ``on_fit_start``: whether to run (only a real resume skips), the fit's
+data and precision-aware forward (:class:`FitContext`), the class-balanced subset, the DDP policy,
+the timing, the accuracy, publishing the metrics (loggers, ``trainer.callback_metrics``, TensorBoard
+HParams), the per-layer report and the summary. A subclass declares its :attr:`~DataDrivenInit.prefix`
+and arguments and implements :meth:`~DataDrivenInit._initialize` (one initialize step), optionally
+:meth:`~DataDrivenInit._before` / :meth:`~DataDrivenInit._after` around it.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 import torch
 from lightning.fabric.utilities import move_data_to_device
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from lightning_sylv._checks import (
+    check_bool,
+    check_identifier,
+    check_int,
+    check_key,
+    check_positive_int,
+    check_positive_number,
+)
 from lightning_sylv.callbacks._distributed import check_strategy, sync_module
+from lightning_sylv.callbacks._logging import layer_progress, log_callback_hparams, log_report, publish_metrics
 from lightning_sylv.callbacks._trainer_data import stage_dataloader
 from lightning_sylv.evaluation import evaluate_accuracy
-from lightning_sylv.report import InitReport
-from lightning_sylv.subset import balanced_subset
+from lightning_sylv.subset import BatchFormat, balanced_subset
 
-__all__ = ["DataDrivenInit", "FitContext", "Subset"]
+__all__ = ["DTYPES", "DataDrivenInit", "FitContext", "InitSubset", "percent"]
+
+#: precision -> (dtype of statistics and solves, dtype of the row products behind the second moments).
+#: SylvesterInit accepts all three; FuseInit and LowRankInit "float64" and "float32".
+DTYPES: dict[str, tuple[torch.dtype, torch.dtype | None]] = {
+    "float64": (torch.float64, None),
+    "mixed": (torch.float64, torch.float32),
+    "float32": (torch.float32, None),
+}
 
 
 @dataclass
@@ -35,9 +58,13 @@ class FitContext:
         device: The model's device.
         to_device: Moves inputs to a device and casts them to the run's precision (without the
             batch-transfer hooks, which expect whole training batches).
-        forward: Runs a model on inputs inside the precision plugin's forward context (autocast).
+        forward: Runs the model on inputs to logits, inside the precision plugin's forward context
+            (autocast): ``model(inputs)``, or the LightningModule method named by the callback's
+            ``forward`` argument.
         init_dataset: Where the subset is drawn from: ``datamodule.init_dataset()`` when the datamodule
             defines it (e.g. the training images without augmentation), else the training dataset.
+        batch_format: Where batches keep their inputs and labels (the callback's ``input_key`` /
+            ``label_key``).
     """
 
     train_dl: DataLoader
@@ -46,32 +73,95 @@ class FitContext:
     to_device: Callable[[Any, torch.device], Any]
     forward: Callable[[nn.Module, Any], Any]
     init_dataset: Dataset
+    batch_format: BatchFormat
 
 
 @dataclass
-class Subset:
+class InitSubset:
     """The initialization subset: ``raw`` as collated (CPU), ``inputs``/``labels`` on the model's device,
     ``indices`` of the whole subset (all processes)."""
 
     raw: Any
     inputs: Any
-    labels: torch.Tensor | None
-    indices: torch.Tensor
+    labels: Tensor | None
+    indices: Tensor
+
+
+def percent(value: float | None) -> str:
+    """``0.1234 -> "12.34%"``, ``None -> "n/a"``."""
+    return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
 class DataDrivenInit(Callback):
     """Base class of the callbacks that initialize a model from data at the start of ``fit``.
 
-    It keeps ``initialized`` in the checkpoint (a resumed run is never re-initialized), refuses
-    sharded strategies, and gives subclasses the fit's data and precision-aware forward. Subclasses
-    implement ``on_fit_start``, starting with ``if not self._should_run(trainer): return``.
+    Subclasses set :attr:`prefix` (metric and hparam names are ``<prefix>/<name>``),
+    :attr:`hparam_names`, :attr:`shard_subset`, and implement :meth:`_initialize`. The shared
+    arguments are validated here, once.
+
+    Args:
+        samples_per_class: Training examples drawn per class.
+        lam: λ of the Sylvester solves.
+        patches_per_image: Random patch positions per image for convolutions (``None``: all).
+        seed: Seed of the subset and patch draws.
+        evaluate: Measure validation accuracy.
+        eval_batches: Cap on validation batches per evaluation (``None``: all).
+        verbose: Print the summary and the per-layer table; show the layer progress bar.
+        forward: Name of a LightningModule method mapping a batch's inputs to logits, used instead of
+            ``forward`` for every pass the callback makes (``None``: the model's ``forward``).
+        input_key, label_key: Where batches keep their inputs and labels (a dict key, or a position
+            in a tuple batch); ``None``: tuples ``(x, y)``, or the usual dict keys.
     """
 
-    def __init__(self) -> None:
+    #: Metric and hparam names are ``<prefix>/<name>``.
+    prefix: ClassVar[str] = ""
+    #: The arguments recorded as hparams ``<prefix>/<argument>``.
+    hparam_names: ClassVar[tuple[str, ...]] = ()
+    #: Under DDP, each process loads its share of the subset (and the statistics are summed across
+    #: processes); otherwise every process loads and fits on the whole subset. Either way rank 0's
+    #: weights are broadcast.
+    shard_subset: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        *,
+        samples_per_class: int,
+        lam: float,
+        patches_per_image: int | None,
+        seed: int,
+        evaluate: bool,
+        eval_batches: int | None,
+        verbose: bool,
+        forward: str | None,
+        input_key: str | int | None,
+        label_key: str | int | None,
+    ) -> None:
+        check_positive_int("samples_per_class", samples_per_class)
+        check_positive_number("lam", lam)
+        check_positive_int("patches_per_image", patches_per_image, allow_none=True)
+        check_int("seed", seed)
+        check_bool("evaluate", evaluate)
+        check_positive_int("eval_batches", eval_batches, allow_none=True)
+        check_bool("verbose", verbose)
+        check_identifier("forward", forward, allow_none=True)
+        check_key("input_key", input_key)
+        check_key("label_key", label_key)
+        self.samples_per_class = samples_per_class
+        self.lam = float(lam)
+        self.patches_per_image = patches_per_image
+        self.seed = seed
+        self.evaluate = evaluate
+        self.eval_batches = eval_batches
+        self.verbose = verbose
+        self.forward = forward
+        self.input_key = input_key
+        self.label_key = label_key
         self.initialized = False
-        self.report: InitReport | None = None
+        self.report: Any = None
         self.subset_size = 0
         self.metrics: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ checkpoint state (unchanged)
 
     def state_dict(self) -> dict[str, Any]:
         return {"initialized": self.initialized, "metrics": dict(self.metrics)}
@@ -80,16 +170,102 @@ class DataDrivenInit(Callback):
         self.initialized = bool(state_dict.get("initialized", False))
         self.metrics = dict(state_dict.get("metrics", {}))
 
+    # ------------------------------------------------------------------ hooks a subclass implements
+
+    def _initialize(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        ctx: FitContext,
+        subset: InitSubset,
+        on_layer: Callable[[Any, int, int], None] | None,
+    ) -> Any:
+        """Initialize ``pl_module`` in place from ``subset``; return the report."""
+        raise NotImplementedError
+
+    def _before(self, trainer: pl.Trainer, pl_module: pl.LightningModule, ctx: FitContext) -> dict[str, float]:
+        """Runs before the init timer starts; returns metrics (names without the prefix)."""
+        return {}
+
+    def _after(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, ctx: FitContext, metrics: dict[str, float]
+    ) -> dict[str, float]:
+        """Runs after the initial accuracy is measured; returns more metrics (without the prefix)."""
+        return {}
+
+    def _require_labels(self) -> bool:
+        return False
+
+    def _recalibrated(self) -> bool:
+        """Whether BatchNorm statistics were recomputed (then averaged across DDP processes)."""
+        return True
+
+    def _report_metrics(self) -> dict[str, float]:
+        """Metrics summarizing the report (without the prefix)."""
+        return {}
+
+    def _report_tensorboard(self) -> tuple[str, dict[str, float]] | None:
+        """``(Markdown table, per-layer scalars)`` for TensorBoard, or ``None``."""
+        return None
+
+    def _on_skip(self, pl_module: pl.LightningModule) -> None:
+        """Runs when the callback skips (resume, ``fast_dev_run``)."""
+
+    def _summary(self) -> str:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ the template
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The callback's arguments as hparams ``{"<prefix>/<argument>": value}``."""
+        return {f"{self.prefix}/{n}": getattr(self, n) for n in self.hparam_names}
+
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         check_strategy(trainer.strategy, type(self).__name__)
 
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._should_run(trainer):
+            self._on_skip(pl_module)
+            log_callback_hparams(trainer, pl_module, self.hyperparameters())
+            return
+        self.report = None
+        ctx = self._context(trainer, pl_module)
+        metrics = self._before(trainer, pl_module, ctx)
+        start = time.perf_counter()
+        subset = self._subset(ctx, trainer)
+        with layer_progress(trainer, self.verbose, type(self).__name__) as on_layer:
+            self.report = self._initialize(trainer, pl_module, ctx, subset, on_layer)
+        if trainer.world_size > 1:
+            sync_module(pl_module, trainer.strategy, average_norm_stats=self._recalibrated())
+        self.subset_size = len(subset.indices)
+        metrics["init_time_s"] = time.perf_counter() - start  # subset and init, no evaluation
+        metrics.update(self._report_metrics())
+        post = self._accuracy(ctx, pl_module)
+        if post is not None:
+            metrics["initial_accuracy"] = post
+        metrics.update(self._after(trainer, pl_module, ctx, metrics))
+        self.initialized = True
+        self.metrics = {f"{self.prefix}/{k}": v for k, v in metrics.items()}
+        publish_metrics(trainer, self.metrics)
+        log_callback_hparams(trainer, pl_module, self.hyperparameters(), self.metrics)
+        tb = self._report_tensorboard()
+        if tb is not None:
+            log_report(trainer, self.prefix, *tb)
+        if self.verbose:
+            rank_zero_info(self._summary())
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning empties callback_metrics after the sanity check: put the init metrics back.
+        if self.metrics:
+            publish_metrics(trainer, self.metrics, loggers=False)
+
     def _should_run(self, trainer: pl.Trainer) -> bool:
+        """Only a real resume (``trainer.fit(..., ckpt_path=...)``) skips: a reused callback instance
+        with a fresh model initializes it again."""
         name = type(self).__name__
-        if self.initialized:
-            rank_zero_info(f"{name}: the model was already initialized (restored from a checkpoint); skipping.")
-            return False
         if trainer.ckpt_path is not None:
-            rank_zero_info(f"{name}: resuming from {trainer.ckpt_path}; keeping the checkpoint's weights.")
+            state = "was initialized" if self.initialized else "holds trained weights"
+            rank_zero_info(f"{name}: resuming from {trainer.ckpt_path}; the model {state}, keeping the checkpoint's weights.")
             self.initialized = True
             return False
         if trainer.fast_dev_run:
@@ -97,12 +273,19 @@ class DataDrivenInit(Callback):
             return False
         return True
 
-    def _context(self, trainer: pl.Trainer, pl_module: pl.LightningModule, evaluate: bool) -> FitContext:
+    def _context(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> FitContext:
+        name = type(self).__name__
         train_dl = stage_dataloader(trainer, "train")
         if train_dl is None:
             raise RuntimeError(
-                f"{type(self).__name__} needs a training DataLoader (from a datamodule, the LightningModule's "
+                f"{name} needs a training DataLoader (from a datamodule, the LightningModule's "
                 "train_dataloader, or trainer.fit(train_dataloaders=...)); none was found"
+            )
+        method = self.forward
+        if method is not None and not callable(getattr(pl_module, method, None)):
+            raise ValueError(
+                f"{name}(forward={method!r}): {type(pl_module).__name__} has no method {method!r}; name a "
+                "LightningModule method that maps a batch's inputs to logits"
             )
         plugin = trainer.precision_plugin
 
@@ -115,42 +298,45 @@ class DataDrivenInit(Callback):
 
         def forward(model: nn.Module, inputs: Any) -> Any:
             with plugin.forward_context():  # autocast for mixed precision
-                return model(inputs)
+                return model(inputs) if method is None else getattr(model, method)(inputs)
 
         hook = getattr(trainer.datamodule, "init_dataset", None)
         return FitContext(
             train_dl=train_dl,
-            val_dl=stage_dataloader(trainer, "val") if evaluate else None,
+            val_dl=stage_dataloader(trainer, "val") if self.evaluate else None,
             device=pl_module.device,
             to_device=to_device,
             forward=forward,
             init_dataset=hook() if callable(hook) else train_dl.dataset,
+            batch_format=BatchFormat(self.input_key, self.label_key),
         )
 
-    @staticmethod
-    def _subset(
-        ctx: FitContext,
-        samples_per_class: int,
-        seed: int,
-        *,
-        require_labels: bool,
-        shard: tuple[int, int] = (0, 1),
-    ) -> Subset:
+    def _subset(self, ctx: FitContext, trainer: pl.Trainer) -> InitSubset:
+        shard = (trainer.global_rank, trainer.world_size) if self.shard_subset else (0, 1)
         raw, labels, indices = balanced_subset(
-            ctx.init_dataset, samples_per_class, seed, ctx.train_dl.collate_fn, require_labels=require_labels, shard=shard
+            ctx.init_dataset,
+            self.samples_per_class,
+            self.seed,
+            ctx.train_dl.collate_fn,
+            require_labels=self._require_labels(),
+            shard=shard,
+            batch_format=ctx.batch_format,
         )
-        return Subset(
+        return InitSubset(
             raw=raw,
             inputs=ctx.to_device(raw, ctx.device),
             labels=None if labels is None else labels.to(ctx.device),
             indices=indices,
         )
 
-    @staticmethod
-    def _accuracy(ctx: FitContext, model: nn.Module, max_batches: int | None, *, precision_aware: bool = True) -> float | None:
+    def _accuracy(self, ctx: FitContext, model: nn.Module, *, precision_aware: bool = True) -> float | None:
+        """Validation accuracy of ``model`` (``None`` without labelled validation data). With
+        ``precision_aware=False`` (e.g. a teacher in its own device and dtype) the inputs go to the
+        model's device and dtype and ``model(inputs)`` runs."""
         if ctx.val_dl is None:
             return None
-        if not precision_aware:  # e.g. a teacher loaded in its own device and dtype
+        split = ctx.batch_format.split
+        if not precision_aware:
             first = next(iter(model.parameters()), None)
             device = ctx.device if first is None else first.device
 
@@ -160,26 +346,15 @@ class DataDrivenInit(Callback):
                     return inputs.to(first.dtype)
                 return inputs
 
-            return evaluate_accuracy(model, ctx.val_dl, device, max_batches=max_batches, to_device=to_model)
-        return evaluate_accuracy(model, ctx.val_dl, ctx.device, max_batches=max_batches, forward=ctx.forward, to_device=ctx.to_device)
-
-    def _synced(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, start: float, subset: Subset, recalibrated: bool = True
-    ) -> float:
-        """After the weights are written: make every rank hold rank 0's weights (DDP; BatchNorm
-        statistics averaged first if ``recalibrated``), record the subset size, and return the seconds
-        since ``start`` (the init time: evaluations are not in it)."""
-        if trainer.world_size > 1:
-            sync_module(pl_module, trainer.strategy, average_norm_stats=recalibrated)
-        self.subset_size = len(subset.indices)
-        return time.perf_counter() - start
-
-    def _publish(self, trainer: pl.Trainer) -> None:
-        """Log :attr:`metrics` to every attached logger (loggers write on rank zero only)."""
-        for logger in trainer.loggers:
-            logger.log_metrics(self.metrics, step=trainer.global_step)
-
-
-def percent(value: float | None) -> str:
-    """``0.1234 -> "12.34%"``, ``None -> "n/a"``."""
-    return "n/a" if value is None else f"{100 * value:.2f}%"
+            return evaluate_accuracy(
+                model, ctx.val_dl, device, max_batches=self.eval_batches, to_device=to_model, split=split
+            )
+        return evaluate_accuracy(
+            model,
+            ctx.val_dl,
+            ctx.device,
+            max_batches=self.eval_batches,
+            forward=ctx.forward,
+            to_device=ctx.to_device,
+            split=split,
+        )

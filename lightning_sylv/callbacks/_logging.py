@@ -1,10 +1,12 @@
-"""Logger glue of :class:`~lightning_sylv.callbacks.SylvesterInit`: hparams, the per-layer report,
-TensorBoard's Projector / t-SNE figure, and a progress bar over layers.
+"""Logger glue of the initialization callbacks, parameterized by their prefix (``sylvester``,
+``fuse``, ``lowrank``): hparams with the init metrics, the per-layer report, TensorBoard's Projector /
+t-SNE figure, and a progress bar over layers.
 
 Everything that draws or computes lives in :mod:`lightning_sylv.inspection` and
 :mod:`lightning_sylv.report`; this module only decides *where* things go:
 
-* scalars (accuracies, times) go to every attached logger (the callback does that);
+* scalars (accuracies, times) go to every attached logger, to ``trainer.callback_metrics`` and, for
+  TensorBoard, into the HParams session as its metrics (:func:`publish_metrics`);
 * the Markdown table, per-layer scalars, embeddings and the t-SNE figure go only to
   ``TensorBoardLogger`` loggers (their ``experiment`` is a ``SummaryWriter``), and only on global rank 0.
   Nothing here is a collective operation, so ranks may take different paths.
@@ -37,7 +39,6 @@ from lightning_sylv.inspection import (
     tsne_2d,
     tsne_figure,
 )
-from lightning_sylv.report import InitReport, LayerReport, format_markdown, layer_scalars
 
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
@@ -52,13 +53,14 @@ __all__ = [
     "layer_progress",
     "log_callback_hparams",
     "log_report",
+    "publish_metrics",
     "tensorboard_writers",
 ]
 
 TAG_BEFORE = "sylvester/features_before_init"
 TAG_AFTER = "sylvester/features_after_init"
 TAG_TSNE = "sylvester/tsne"
-TAG_LAYERS = "sylvester/layers"
+TAG_LAYERS = "sylvester/layers"  # f"{prefix}/layers" for the other callbacks
 #: The layer progress bar appears only when initialization takes longer than this (seconds).
 PROGRESS_DELAY_S = 1.0
 
@@ -84,41 +86,67 @@ def _lightning_hparams(trainer: pl.Trainer, pl_module: pl.LightningModule) -> di
     return out
 
 
-def log_callback_hparams(trainer: pl.Trainer, pl_module: pl.LightningModule, params: dict[str, Any]) -> None:
-    """Record the callback's arguments (``params``, keys ``sylvester/<arg>``) with every logger.
+def log_callback_hparams(
+    trainer: pl.Trainer,
+    pl_module: pl.LightningModule,
+    params: dict[str, Any],
+    metrics: dict[str, float] | None = None,
+) -> None:
+    """Record the callback's arguments (``params``, keys ``<prefix>/<arg>``) with every logger, and
+    ``metrics`` (the init metrics) as the HParams session's metrics in TensorBoard.
 
     TensorBoard's HParams plugin keeps only the *first* hparams session written to a run, and
     ``on_fit_start`` runs before Lightning logs the LightningModule's and datamodule's hparams. Logging
     ``params`` alone there would hide the model's hparams from the HParams tab, so a
-    ``TensorBoardLogger`` gets the model's hparams together with ``params`` (Lightning's own call that
-    follows adds nothing new to the plugin and merges into ``hparams.yaml``). Other loggers merge
-    repeated calls themselves and get ``params`` alone. Loggers log on rank zero only.
+    ``TensorBoardLogger`` gets the model's hparams together with ``params``, and the init metrics as
+    the session's metrics (written as scalars at step 0 too), instead of Lightning's placeholder
+    ``hp_metric = -1``; Lightning's own call that follows adds nothing new to the plugin and merges
+    into ``hparams.yaml``. Other loggers merge repeated calls themselves and get ``params`` alone (the
+    metrics reach them through :func:`publish_metrics`). Loggers log on rank zero only.
     """
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams({**_lightning_hparams(trainer, pl_module), **params})
+            logger.log_hyperparams({**_lightning_hparams(trainer, pl_module), **params}, metrics=metrics or None)
         else:
             logger.log_hyperparams(params)
 
 
-def log_report(trainer: pl.Trainer, report: InitReport, samples: int | None) -> None:
-    """The per-layer report to TensorBoard: a Markdown table (tag ``sylvester/layers``) and scalars
-    ``sylvester/layer/<name>/<field>`` (see :func:`lightning_sylv.report.layer_scalars`)."""
-    writers = tensorboard_writers(trainer)
-    if not writers:
+def publish_metrics(trainer: pl.Trainer, metrics: dict[str, float], *, loggers: bool = True) -> None:
+    """Make ``metrics`` visible the way Lightning's own metrics are: in ``trainer.callback_metrics``
+    (so ``ModelCheckpoint``, ``EarlyStopping`` and sweepers can monitor them) and, with ``loggers``,
+    in every attached logger except TensorBoard, which gets them with the hparams
+    (:func:`log_callback_hparams`).
+
+    Lightning clears ``callback_metrics`` after the sanity check; the callbacks call this again in
+    ``on_train_start`` with ``loggers=False``.
+    """
+    device = trainer.strategy.root_device if trainer.strategy is not None else None
+    for key, value in metrics.items():
+        trainer.callback_metrics[key] = torch.tensor(float(value), device=device)
+    if not loggers:
         return
-    table = format_markdown(report, samples)
-    scalars = layer_scalars(report)
+    for logger in trainer.loggers:
+        if not isinstance(logger, TensorBoardLogger):
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+
+def log_report(trainer: pl.Trainer, prefix: str, table: str, scalars: dict[str, float]) -> None:
+    """The per-layer report to TensorBoard: a Markdown ``table`` (tag ``<prefix>/layers``) and
+    ``scalars`` (e.g. ``<prefix>/layer/<name>/<field>``, from :func:`lightning_sylv.report.layer_scalars`)."""
+    writers = tensorboard_writers(trainer)
     for writer in writers:
-        writer.add_text(TAG_LAYERS, table, global_step=trainer.global_step)
+        writer.add_text(f"{prefix}/layers", table, global_step=trainer.global_step)
         for tag, value in scalars.items():
             writer.add_scalar(tag, value, global_step=trainer.global_step)
         writer.flush()
 
 
 @contextmanager
-def layer_progress(trainer: pl.Trainer, enabled: bool) -> Iterator[Callable[[LayerReport, int, int], None] | None]:
-    """A tqdm bar over the initialized layers, for ``sylvester_init_(on_layer=...)``.
+def layer_progress(
+    trainer: pl.Trainer, enabled: bool, desc: str = "SylvesterInit"
+) -> Iterator[Callable[[Any, int, int], None] | None]:
+    """A tqdm bar over the initialized layers (titled ``desc``), for ``sylvester_init_(on_layer=...)``;
+    ``on_layer(layer, done, total)`` reads ``layer.name`` only.
 
     Yields ``None`` (no bar) unless ``enabled``, on global rank 0, with an enabled progress bar
     callback on the trainer. The bar uses Lightning's ``Tqdm`` on stdout like the training bar and
@@ -131,7 +159,7 @@ def layer_progress(trainer: pl.Trainer, enabled: bool) -> Iterator[Callable[[Lay
     from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
     bar = Tqdm(
-        desc="SylvesterInit",
+        desc=desc,
         unit="layer",
         leave=True,
         dynamic_ncols=True,
@@ -140,7 +168,7 @@ def layer_progress(trainer: pl.Trainer, enabled: bool) -> Iterator[Callable[[Lay
         delay=PROGRESS_DELAY_S,
     )
 
-    def on_layer(layer: LayerReport, done: int, total: int) -> None:
+    def on_layer(layer: Any, done: int, total: int) -> None:
         if bar.total != total:
             bar.total = total
         bar.set_postfix_str(layer.name, refresh=False)
@@ -230,6 +258,7 @@ class FeatureInspection:
         device: torch.device,
         forward: Callable[[nn.Module, Any], Any],
         to_device: Callable[[Any, torch.device], Any],
+        split: Callable[[Any], tuple[Any, Any]] | None = None,
     ) -> FeatureInspection | None:
         """An inspection if something is to be logged: ``projector`` or ``tsne``, a TensorBoardLogger on
         this (global rank 0) process, and validation data (else a warning and ``None``).
@@ -244,6 +273,7 @@ class FeatureInspection:
             device: Device the sample is moved to.
             forward: ``forward(model, inputs)``.
             to_device: ``to_device(inputs, device)``.
+            split: ``split(batch) -> (inputs, labels)`` for the validation batches.
         """
         if not (projector or tsne):
             return None
@@ -260,7 +290,7 @@ class FeatureInspection:
             return None
         start = time.perf_counter()
         try:
-            sample = take_sample(val_dl, samples)
+            sample = take_sample(val_dl, samples, split)
         except Exception as err:  # noqa: BLE001 - a visualization must not stop training
             rank_zero_warn(
                 f"SylvesterInit: could not take the validation sample for TensorBoard ({type(err).__name__}: {err})."

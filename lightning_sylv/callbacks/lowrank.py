@@ -10,15 +10,22 @@ forward, the accuracy and the logging come from :class:`~lightning_sylv.callback
 
 from __future__ import annotations
 
+import inspect
 import math
-import time
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 import lightning.pytorch as pl
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 
-from lightning_sylv._checks import check_bool, check_choice, check_int, check_positive_int, check_positive_number
-from lightning_sylv.callbacks._base import DataDrivenInit, percent
+from lightning_sylv._checks import (
+    check_bool,
+    check_choice,
+    check_nonnegative_int,
+    check_nonnegative_number,
+    check_patterns,
+)
+from lightning_sylv.callbacks._base import DataDrivenInit, FitContext, InitSubset, percent
 from lightning_sylv.callbacks.sylvester import SylvesterInit
 from lightning_sylv.lowrank import (
     METHODS,
@@ -31,9 +38,14 @@ from lightning_sylv.lowrank import (
 
 __all__ = ["LowRankInit"]
 
+_INIT_TAKES_ON_LAYER = "on_layer" in inspect.signature(low_rank_init_).parameters
+#: Per-layer fields of the low-rank report sent to TensorBoard as ``lowrank/layer/<name>/<field>``.
+_FIT_FIELDS = ("rank", "rows", "linear_error", "relu_error", "spectral_relu_error", "best_iteration", "seconds")
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+
+def _is_rank(value: object) -> bool:
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    return (is_int and value >= 1) or _is_fraction(value)  # type: ignore[operator]
 
 
 def _is_fraction(value: object) -> bool:
@@ -73,8 +85,10 @@ class LowRankInit(DataDrivenInit):
             layers chosen by ``layers``/``exclude``; or ``{layer name: rank}`` (int, or fraction),
             naming layers relative to the LightningModule (e.g. ``"net.layer1.0.conv1"``).
         method: ``"spectral"``, ``"data"`` or ``"relu"``.
-        layers: With a float ``ranks``: ``fnmatch`` patterns of the layer names to convert
-            (``None``: every ``nn.Linear`` and ungrouped ``nn.Conv2d``).
+        layers: With a float ``ranks``: ``fnmatch`` patterns of the layer names to convert;
+            ``None`` or ``"all"``: every ``nn.Linear`` and ungrouped ``nn.Conv2d`` (as in
+            ``SylvesterInit``, where ``layers`` also takes ``"all"`` or name patterns; ``"head"`` has no
+            low-rank meaning).
         exclude: With a float ``ranks``: patterns of layers kept full-rank (e.g. ``["net.stem.*",
             "net.head"]``).
         full_weight: ``"current"``: approximate the weights the layers had when converted.
@@ -94,6 +108,10 @@ class LowRankInit(DataDrivenInit):
         evaluate: Measure validation accuracy after initialization.
         eval_batches: Cap on validation batches for that evaluation (``None``: all).
         verbose: Print a summary and a per-layer table.
+        forward: Name of a LightningModule method that maps inputs to logits (as for
+            ``SylvesterInit``; ``None``: ``forward``).
+        input_key: Where a batch keeps its inputs (a dict key or a tuple position; ``None``: default).
+        label_key: Where a batch keeps its labels (likewise).
 
     Raises:
         ValueError: At construction, for any invalid argument (the message names it and its value).
@@ -104,11 +122,18 @@ class LowRankInit(DataDrivenInit):
         trainer.fit(model, datamodule=dm)
     """
 
+    prefix = "lowrank"
+    hparam_names = (
+        "ranks", "method", "layers", "exclude", "full_weight", "samples_per_class", "patches_per_image", "seed",
+        "relu_iters", "ridge", "through_batchnorm", "lam", "keep_full", "evaluate", "eval_batches", "verbose",
+        "forward", "input_key", "label_key",
+    )  # fmt: skip
+
     def __init__(
         self,
         ranks: dict[str, int | float] | float = 0.25,
         method: Literal["spectral", "data", "relu"] = "relu",
-        layers: list[str] | None = None,
+        layers: list[str] | Literal["all"] | None = None,
         exclude: list[str] | None = None,
         full_weight: Literal["current", "sylvester"] = "current",
         samples_per_class: int = 100,
@@ -122,10 +147,15 @@ class LowRankInit(DataDrivenInit):
         evaluate: bool = True,
         eval_batches: int | None = None,
         verbose: bool = True,
+        forward: str | None = None,
+        input_key: str | int | None = None,
+        label_key: str | int | None = None,
     ) -> None:
+        if layers == "all":
+            layers = None
         if isinstance(ranks, dict):
             for name, r in ranks.items():
-                if not isinstance(name, str) or not name or not (_is_int(r) and r >= 1 or _is_fraction(r)):
+                if not isinstance(name, str) or not name or not _is_rank(r):
                     raise ValueError(
                         f"ranks must map layer names to positive ints or fractions in (0, 1], got {name!r}: {r!r}"
                     )
@@ -136,42 +166,29 @@ class LowRankInit(DataDrivenInit):
         elif not _is_fraction(ranks):
             raise ValueError(f"ranks must be a fraction in (0, 1] or a dict of layer ranks, got {ranks!r}")
         check_choice("method", method, METHODS)
-        for arg, value in (("layers", layers), ("exclude", exclude)):
-            is_patterns = isinstance(value, (list, tuple)) and all(isinstance(p, str) and p for p in value)
-            if value is not None and not is_patterns:
-                raise ValueError(f"{arg} must be a list of layer-name patterns or None, got {value!r}")
+        check_patterns("layers", layers, allow_none=True)
+        check_patterns("exclude", exclude, allow_none=True)
         check_choice("full_weight", full_weight, ("current", "sylvester"))
-        check_positive_int("samples_per_class", samples_per_class)
-        check_positive_int("patches_per_image", patches_per_image, allow_none=True)
-        check_int("seed", seed)
-        if not _is_int(relu_iters) or relu_iters < 0:
-            raise ValueError(f"relu_iters must be an int >= 0, got {relu_iters!r}")
-        if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not math.isfinite(ridge) or ridge < 0:
-            raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}")
-        check_positive_number("lam", lam)
-        flags = {"through_batchnorm": through_batchnorm, "keep_full": keep_full, "evaluate": evaluate, "verbose": verbose}
-        for arg, value in flags.items():
-            check_bool(arg, value)
-        check_positive_int("eval_batches", eval_batches, allow_none=True)
-        super().__init__()
+        check_nonnegative_int("relu_iters", relu_iters)
+        check_nonnegative_number("ridge", ridge)
+        check_bool("through_batchnorm", through_batchnorm)
+        check_bool("keep_full", keep_full)
+        super().__init__(
+            samples_per_class=samples_per_class, lam=lam, patches_per_image=patches_per_image, seed=seed,
+            evaluate=evaluate, eval_batches=eval_batches, verbose=verbose, forward=forward,
+            input_key=input_key, label_key=label_key,
+        )  # fmt: skip
         self.ranks = dict(ranks) if isinstance(ranks, dict) else float(ranks)
         self.method = method
         self.layers = None if layers is None else list(layers)
         self.exclude = list(exclude or [])
         self.full_weight = full_weight
-        self.samples_per_class = samples_per_class
-        self.patches_per_image = patches_per_image
-        self.seed = seed
         self.relu_iters = relu_iters
         self.ridge = float(ridge)
         self.through_batchnorm = through_batchnorm
-        self.lam = float(lam)
         self.keep_full = keep_full
-        self.evaluate = evaluate
-        self.eval_batches = eval_batches
-        self.verbose = verbose
         self.converted: list[str] = []
-        self.report: LowRankReport | None = None  # type: ignore[assignment]
+        self.report: LowRankReport | None = None
 
     @property
     def state_key(self) -> str:
@@ -197,17 +214,25 @@ class LowRankInit(DataDrivenInit):
             if isinstance(m, LowRankLayer):
                 m.drop_full()
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self._should_run(trainer):  # restored from a checkpoint, resuming, or fast_dev_run
-            if not self.keep_full:  # setup() stored them for an initialization that does not come
-                self._drop_full(pl_module)
-            return
+    def _on_skip(self, pl_module: pl.LightningModule) -> None:
+        if not self.keep_full:  # setup() stored them for an initialization that does not come
+            self._drop_full(pl_module)
+
+    def _before(self, trainer: pl.Trainer, pl_module: pl.LightningModule, ctx: FitContext) -> dict[str, float]:
         self._check_optimizers(trainer, pl_module)
-        ctx = self._context(trainer, pl_module, self.evaluate)
-        start = time.perf_counter()
+        return {}
+
+    def _initialize(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        ctx: FitContext,
+        subset: InitSubset,
+        on_layer: Callable[[Any, int, int], None] | None,
+    ) -> LowRankReport:
         # Every process draws and loads the whole subset, so all compute the same factors.
-        subset = self._subset(ctx, self.samples_per_class, self.seed, require_labels=False)
-        self.report = low_rank_init_(
+        extra: dict[str, Any] = {"on_layer": on_layer} if _INIT_TAKES_ON_LAYER else {}
+        report = low_rank_init_(
             pl_module,
             subset.inputs,
             subset.labels,
@@ -220,21 +245,32 @@ class LowRankInit(DataDrivenInit):
             through_batchnorm=self.through_batchnorm,
             lam=self.lam,
             forward=ctx.forward,
+            **extra,
         )
         if not self.keep_full:
             self._drop_full(pl_module)
-        self.metrics = {"lowrank/init_time_s": self._synced(trainer, pl_module, start, subset)}
-        fits = [r.fit for r in self.report.layers if r.fit.relu_error is not None]
-        if fits:
-            self.metrics["lowrank/relu_error"] = sum(f.relu_error or 0.0 for f in fits) / len(fits)
-            self.metrics["lowrank/spectral_relu_error"] = sum(f.spectral_relu_error or 0.0 for f in fits) / len(fits)
-        acc = self._accuracy(ctx, pl_module, self.eval_batches)
-        if acc is not None:
-            self.metrics["lowrank/initial_accuracy"] = acc
-        self.initialized = True
-        self._publish(trainer)
-        if self.verbose:
-            rank_zero_info(self._summary())
+        return report
+
+    def _report_metrics(self) -> dict[str, float]:
+        fits = [r.fit for r in self.report.layers if r.fit.relu_error is not None] if self.report else []
+        if not fits:
+            return {}
+        return {
+            "relu_error": sum(f.relu_error or 0.0 for f in fits) / len(fits),
+            "spectral_relu_error": sum(f.spectral_relu_error or 0.0 for f in fits) / len(fits),
+        }
+
+    def _report_tensorboard(self) -> tuple[str, dict[str, float]] | None:
+        if self.report is None:
+            return None
+        scalars: dict[str, float] = {}
+        for r in self.report.layers:
+            for f in _FIT_FIELDS:
+                value = getattr(r.fit, f, None)
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    scalars[f"lowrank/layer/{r.name}/{f}"] = float(value)
+        table = "```\n" + format_low_rank_table(self.report) + "\n```"  # fixed-width text in the Text tab
+        return table, scalars
 
     def _summary(self) -> str:
         m, nan = self.metrics, float("nan")

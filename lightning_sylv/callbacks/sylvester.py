@@ -9,29 +9,36 @@ What goes to TensorBoard (report table, embeddings, t-SNE) and the progress bar 
 
 from __future__ import annotations
 
-import time
+import inspect
+from collections.abc import Callable
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_sylv._checks import check_bool, check_choice, check_int, check_positive_int, check_positive_number
-from lightning_sylv.callbacks._base import DataDrivenInit, percent
+from lightning_sylv._checks import check_bool, check_choice, check_positive_int
+from lightning_sylv.callbacks._base import DTYPES, DataDrivenInit, FitContext, InitSubset, percent
 from lightning_sylv.callbacks._distributed import sum_across_processes
-from lightning_sylv.callbacks._logging import FeatureInspection, layer_progress, log_callback_hparams, log_report
+from lightning_sylv.callbacks._logging import FeatureInspection
 from lightning_sylv.codes import CODES
 from lightning_sylv.engine import sylvester_init_
-from lightning_sylv.report import InitReport, format_table
+from lightning_sylv.report import InitReport, format_markdown, format_table, layer_scalars
 
 __all__ = ["SylvesterInit"]
 
-#: precision -> (dtype of statistics and solves, dtype of the row products behind the second moments)
-_DTYPES = {
-    "float64": (torch.float64, None),
-    "mixed": (torch.float64, torch.float32),
-    "float32": (torch.float32, None),
-}
+_ENGINE_TAKES_NUM_CLASSES = "num_classes" in inspect.signature(sylvester_init_).parameters
+
+
+def _first(inputs: Any, k: int) -> Any:
+    """The first ``k`` samples of (possibly nested) inputs."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs[:k]
+    if isinstance(inputs, (list, tuple)):
+        return type(inputs)(_first(v, k) for v in inputs)
+    if isinstance(inputs, dict):
+        return {key: _first(v, k) for key, v in inputs.items()}
+    return inputs
 
 
 class SylvesterInit(DataDrivenInit):
@@ -39,19 +46,22 @@ class SylvesterInit(DataDrivenInit):
 
     At the start of ``trainer.fit`` the callback draws ``samples_per_class`` training examples of
     every class (seeded; from ``datamodule.init_dataset()`` when the datamodule defines it, e.g. the
-    training set without augmentation, else from the training dataloader's dataset), then initializes the model's ``Linear``/``Conv1d``/``Conv2d`` layers in
-    execution order: each layer's weight ``W`` minimizes ``‖X − WᵀS‖² + λ‖WX − S‖²`` for its input
-    activations ``X`` on the subset and a latent code ``S`` (principal components for hidden
-    layers, one-hot labels for the head), i.e. solves the Sylvester equation
-    ``SSᵀW + W(λXXᵀ) = (1+λ)SXᵀ``. BatchNorm statistics are recomputed on the subset. Weights are
-    written in place, so optimizers that already hold the parameters see the new values.
+    training set without augmentation, else from the training dataloader's dataset), then
+    initializes the model's ``Linear``/``Conv1d``/``Conv2d`` layers in execution order: each layer's
+    weight ``W`` minimizes ``‖X − WᵀS‖² + λ‖WX − S‖²`` for its input activations ``X`` on the subset
+    and a latent code ``S`` (principal components for hidden layers, one-hot labels for the head),
+    i.e. solves the Sylvester equation ``SSᵀW + W(λXXᵀ) = (1+λ)SXᵀ``. BatchNorm statistics are
+    recomputed on the subset. Weights are written in place, so optimizers that already hold the
+    parameters see the new values.
 
     It logs ``sylvester/pre_init_accuracy`` and ``sylvester/initial_accuracy`` (validation accuracy
     before and after, fractions in ``[0, 1]``; skipped when there is no labelled validation data)
     and ``sylvester/init_time_s`` (subset loading plus initialization, without the accuracy
-    evaluations and the inspection) to every attached logger, and records its arguments as hparams
-    ``sylvester/<argument>``. When training resumes from a checkpoint the callback does nothing: its
-    state records that the model was initialized.
+    evaluations and the inspection) to every attached logger and to ``trainer.callback_metrics``
+    (so ``ModelCheckpoint``/``EarlyStopping`` can monitor them), and records its arguments as hparams
+    ``sylvester/<argument>`` (in TensorBoard with the init metrics as the HParams metrics). When
+    training resumes from a checkpoint (``trainer.fit(..., ckpt_path=...)``) the callback does
+    nothing; a callback reused for another ``fit`` initializes that model again.
 
     With a ``TensorBoardLogger`` attached (rank zero only) it also logs the per-layer report (Text tab
     ``sylvester/layers``, scalars ``sylvester/layer/<name>/<field>``) and, on the first
@@ -65,10 +75,10 @@ class SylvesterInit(DataDrivenInit):
         samples_per_class: Training examples drawn per class (classes with fewer use all of theirs,
             with a warning). Without labels, ``10 * samples_per_class`` random examples are used.
         layers: ``"all"`` initializes every layer; ``"head"`` only the classifier head (the last
-            executed layer, or ``head``), leaving every other parameter and buffer bit-identical —
-            for fine-tuning a pretrained body. ``"head"`` requires labelled data.
-        latent: Latent code of the hidden layers, a name in :data:`lightning_sylv.codes.CODES`.
-        head_latent: Latent code of the head (``"onehot"``: one-hot class labels).
+            executed layer, or ``head``), leaving every other parameter and buffer bit-identical, for
+            fine-tuning a pretrained body. ``"head"`` requires labelled data.
+        latent: Latent code of the hidden layers, one of: {latents}.
+        head_latent: Latent code of the head (``"onehot"``: one-hot class labels), one of the same.
         lam: λ, the weight of the encoding loss relative to the decoding loss (``> 0``; paper: 10).
         patches_per_image: Random patch positions per image for convolutions (``None``: all).
         batch_size: Stream the subset through the model in mini-batches of this size, accumulating
@@ -78,7 +88,7 @@ class SylvesterInit(DataDrivenInit):
         head: Qualified name of the head module (default: the last ``Linear``/``Conv`` executed).
         precision: ``"float64"`` (default): statistics, codes and solves in float64; ``"mixed"``: the
             row products behind each layer's second moments (the ``O(n d²)`` bulk of the work) in
-            float32, summed, factorized and solved in float64 — about twice as fast on CPUs, with
+            float32, summed, factorized and solved in float64, about twice as fast on CPUs, with
             entries accurate to ~1e-6 relative; ``"float32"``: everything in float32. Results are
             cast to each parameter's dtype either way.
         evaluate: Measure validation accuracy before and after initialization.
@@ -88,19 +98,39 @@ class SylvesterInit(DataDrivenInit):
             progress bar is enabled).
         embedding_samples: Validation samples whose penultimate features (the head's input) are
             logged to TensorBoard, before and after initialization (the first ones in the validation
-            dataloader's order). t-SNE time grows quickly with this number; 500 takes seconds.
+            dataloader's order). t-SNE time grows quickly with this number.
         log_embeddings: Write the features to TensorBoard's Projector (needs a ``TensorBoardLogger``).
         log_tsne: Log a 2-D t-SNE scatter plot of the features before and after, side by side, as an
             image (needs a ``TensorBoardLogger``).
+        forward: Name of a LightningModule method that maps a batch's inputs to logits, for models
+            whose ``forward`` returns features (e.g. ``"logits"`` for
+            ``def logits(self, x): return self.head(self(x))``). Used for the init pass, the
+            accuracy and the features. ``None``: ``forward``.
+        num_classes: Number of classes the head must output. ``None``: the datamodule's or the
+            LightningModule's ``num_classes`` attribute or hparam; a model whose logits have another
+            width is refused before anything is changed. Without either, the largest label + 1, and a
+            model with fewer outputs, or more than twice as many, is refused.
+        input_key: Where a batch keeps its inputs: a dict key (``"pixel_values"``) or a position in a
+            tuple batch. ``None``: the first element of a tuple, or the usual dict keys.
+        label_key: Where a batch keeps its integer class labels, likewise (``None``: the second
+            element of a tuple, or the usual dict keys such as ``"labels"``).
 
     Raises:
         ValueError: At construction, for any invalid argument (the message names it and its value).
 
     Example::
 
-        trainer = Trainer(callbacks=[SylvesterInit(samples_per_class=100)])
+        trainer = Trainer(max_epochs=20, callbacks=[SylvesterInit(samples_per_class=100)])
         trainer.fit(model, datamodule=dm)
     """
+
+    prefix = "sylvester"
+    shard_subset = True
+    hparam_names = (
+        "samples_per_class", "layers", "latent", "head_latent", "lam", "patches_per_image", "batch_size",
+        "seed", "head", "precision", "evaluate", "eval_batches", "verbose", "embedding_samples",
+        "log_embeddings", "log_tsne", "forward", "num_classes", "input_key", "label_key",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -117,42 +147,41 @@ class SylvesterInit(DataDrivenInit):
         evaluate: bool = True,
         eval_batches: int | None = None,
         verbose: bool = True,
-        embedding_samples: int = 500,
+        embedding_samples: int = 200,
         log_embeddings: bool = True,
         log_tsne: bool = True,
+        forward: str | None = None,
+        num_classes: int | None = None,
+        input_key: str | int | None = None,
+        label_key: str | int | None = None,
     ) -> None:
-        super().__init__()
-        check_positive_int("samples_per_class", samples_per_class)
+        super().__init__(
+            samples_per_class=samples_per_class, lam=lam, patches_per_image=patches_per_image, seed=seed,
+            evaluate=evaluate, eval_batches=eval_batches, verbose=verbose, forward=forward,
+            input_key=input_key, label_key=label_key,
+        )  # fmt: skip
         check_choice("layers", layers, ("all", "head"))
         check_choice("latent", latent, CODES)
         check_choice("head_latent", head_latent, CODES)
-        check_positive_number("lam", lam)
-        check_positive_int("patches_per_image", patches_per_image, allow_none=True)
         check_positive_int("batch_size", batch_size, allow_none=True)
-        check_int("seed", seed)
         if head is not None and (not isinstance(head, str) or not head):
             raise ValueError(f"head must be a module name or None, got {head!r}")
-        check_choice("precision", precision, _DTYPES)
-        check_positive_int("eval_batches", eval_batches, allow_none=True)
+        check_choice("precision", precision, DTYPES)
         check_positive_int("embedding_samples", embedding_samples)
-        for arg, value in (("evaluate", evaluate), ("verbose", verbose), ("log_embeddings", log_embeddings), ("log_tsne", log_tsne)):
-            check_bool(arg, value)
-        self.samples_per_class = samples_per_class
+        check_bool("log_embeddings", log_embeddings)
+        check_bool("log_tsne", log_tsne)
+        check_positive_int("num_classes", num_classes, allow_none=True)
         self.layers = layers
         self.latent = latent
         self.head_latent = head_latent
-        self.lam = float(lam)
-        self.patches_per_image = patches_per_image
         self.batch_size = batch_size
-        self.seed = seed
         self.head = head
         self.precision = precision
-        self.evaluate = evaluate
-        self.eval_batches = eval_batches
-        self.verbose = verbose
         self.embedding_samples = embedding_samples
         self.log_embeddings = log_embeddings
         self.log_tsne = log_tsne
+        self.num_classes = num_classes
+        self._inspection: FeatureInspection | None = None
 
     @property
     def state_key(self) -> str:
@@ -176,22 +205,18 @@ class SylvesterInit(DataDrivenInit):
                 "again in turn. Keep one unless that is intended."
             )
 
-    def hyperparameters(self) -> dict[str, Any]:
-        """The callback's arguments as hparams ``{"sylvester/<argument>": value}``."""
-        names = (
-            "samples_per_class", "layers", "latent", "head_latent", "lam", "patches_per_image", "batch_size",
-            "seed", "head", "precision", "evaluate", "eval_batches", "verbose", "embedding_samples",
-            "log_embeddings", "log_tsne",
-        )  # fmt: skip
-        return {f"sylvester/{n}": getattr(self, n) for n in names}
+    def _require_labels(self) -> bool:
+        return self.layers == "head"
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        log_callback_hparams(trainer, pl_module, self.hyperparameters())
-        if not self._should_run(trainer):
-            return
-        ctx = self._context(trainer, pl_module, self.evaluate)
-        pre = self._accuracy(ctx, pl_module, self.eval_batches)
-        inspection = FeatureInspection.create(
+    def _recalibrated(self) -> bool:
+        return self.layers != "head"
+
+    def _before(self, trainer: pl.Trainer, pl_module: pl.LightningModule, ctx: FitContext) -> dict[str, float]:
+        out: dict[str, float] = {}
+        pre = self._accuracy(ctx, pl_module)
+        if pre is not None:
+            out["pre_init_accuracy"] = pre
+        self._inspection = FeatureInspection.create(
             trainer,
             ctx.val_dl,
             samples=self.embedding_samples,
@@ -201,51 +226,110 @@ class SylvesterInit(DataDrivenInit):
             device=ctx.device,
             forward=ctx.forward,
             to_device=ctx.to_device,
+            split=ctx.batch_format.split,
         )
-        if inspection is not None:
-            inspection.before(pl_module, self.head)
-        start = time.perf_counter()
-        subset = self._subset(
-            ctx,
-            self.samples_per_class,
-            self.seed,
-            require_labels=self.layers == "head",
-            shard=(trainer.global_rank, trainer.world_size),
-        )
-        with layer_progress(trainer, self.verbose) as on_layer:
-            self.report = sylvester_init_(
-                pl_module,
-                subset.inputs,
-                subset.labels,
-                layers=self.layers,
-                latent=self.latent,
-                head_latent=self.head_latent,
-                lam=self.lam,
-                patches_per_image=self.patches_per_image,
-                head=self.head,
-                seed=self.seed,
-                dtype=_DTYPES[self.precision][0],
-                gram_dtype=_DTYPES[self.precision][1],
-                batch_size=self.batch_size,
-                reduce=sum_across_processes(trainer.strategy) if trainer.world_size > 1 else None,
-                forward=ctx.forward,
-                on_layer=on_layer,
+        if self._inspection is not None:
+            self._inspection.before(pl_module, self.head)
+        return out
+
+    def _expected_classes(self, trainer: pl.Trainer, pl_module: pl.LightningModule, labels: torch.Tensor) -> tuple[int, str]:
+        """The number of classes the head must output, and where that number comes from."""
+        if self.num_classes is not None:
+            return self.num_classes, "num_classes"
+        for owner, source in ((trainer.datamodule, "the datamodule's num_classes"), (pl_module, "the model's num_classes")):
+            value = getattr(owner, "num_classes", None) if owner is not None else None
+            if value is None and owner is not None:
+                value = getattr(owner, "hparams", {}).get("num_classes")
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value, source
+        return int(labels.max()) + 1, "the largest label + 1"
+
+    def _check_logits(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, ctx: FitContext, subset: InitSubset
+    ) -> int | None:
+        """Refuse, before anything is written, a model whose output does not have one value per class
+        (a ``forward`` that returns features): the head would get a one-hot code of the wrong size."""
+        if subset.labels is None or subset.labels.numel() == 0 or self.head_latent != "onehot":
+            return None
+        classes, source = self._expected_classes(trainer, pl_module, subset.labels)
+        declared = source != "the largest label + 1"
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                out = ctx.forward(pl_module, _first(subset.inputs, 2))
+        except Exception:  # noqa: BLE001 - the engine's own pass reports a failing forward, with context
+            return None
+        finally:
+            pl_module.train(was_training)
+        if not isinstance(out, torch.Tensor) or out.ndim != 2:
+            return classes if declared else None
+        # Declared: the width must match. Guessed from the labels (some classes may be absent from
+        # the data): refuse fewer outputs, or so many more that most units would get no class.
+        if out.shape[1] != classes and (declared or out.shape[1] < classes or out.shape[1] > 2 * classes):
+            how = "forward" if self.forward is None else f"{self.forward}()"
+            raise ValueError(
+                f"SylvesterInit: the model's {how} returns {out.shape[1]} values per sample, but there are "
+                f"{classes} classes ({source}), so the head (the last layer it runs) cannot be given a one-hot "
+                "code. If forward returns features and another module maps them to logits, add a "
+                "LightningModule method that returns logits and name it: SylvesterInit(forward='logits') "
+                "(from the CLI: --trainer.callbacks.forward logits). If the class count is wrong, pass "
+                "num_classes=. Nothing was changed."
             )
-        init_time = self._synced(trainer, pl_module, start, subset, recalibrated=self.layers != "head")
-        post = self._accuracy(ctx, pl_module, self.eval_batches)
-        self.initialized = True
-        self.metrics = {"sylvester/init_time_s": init_time}
-        if pre is not None:
-            self.metrics["sylvester/pre_init_accuracy"] = pre
-        if post is not None:
-            self.metrics["sylvester/initial_accuracy"] = post
-        if inspection is not None:
-            inspection.after(pl_module, self.report.head, pre, post, f"layers={self.layers}, λ={self.lam:g}")
-            self.metrics["sylvester/inspection_time_s"] = inspection.seconds
-        self._publish(trainer)
-        log_report(trainer, self.report, self.subset_size)
-        if self.verbose:
-            rank_zero_info(self._summary())
+        return classes if declared else None
+
+    def _initialize(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        ctx: FitContext,
+        subset: InitSubset,
+        on_layer: Callable[[Any, int, int], None] | None,
+    ) -> InitReport:
+        classes = self._check_logits(trainer, pl_module, ctx, subset)
+        extra: dict[str, Any] = {}
+        if _ENGINE_TAKES_NUM_CLASSES and classes is not None:
+            extra["num_classes"] = classes
+        dtype, gram_dtype = DTYPES[self.precision]
+        return sylvester_init_(
+            pl_module,
+            subset.inputs,
+            subset.labels,
+            layers=self.layers,
+            latent=self.latent,
+            head_latent=self.head_latent,
+            lam=self.lam,
+            patches_per_image=self.patches_per_image,
+            head=self.head,
+            seed=self.seed,
+            dtype=dtype,
+            gram_dtype=gram_dtype,
+            batch_size=self.batch_size,
+            reduce=sum_across_processes(trainer.strategy) if trainer.world_size > 1 else None,
+            forward=ctx.forward,
+            on_layer=on_layer,
+            **extra,
+        )
+
+    def _after(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, ctx: FitContext, metrics: dict[str, float]
+    ) -> dict[str, float]:
+        inspection, self._inspection = self._inspection, None
+        if inspection is None:
+            return {}
+        inspection.after(
+            pl_module,
+            self.report.head,
+            metrics.get("pre_init_accuracy"),
+            metrics.get("initial_accuracy"),
+            f"layers={self.layers}, λ={self.lam:g}",
+        )
+        return {"inspection_time_s": inspection.seconds}
+
+    def _report_tensorboard(self) -> tuple[str, dict[str, float]] | None:
+        if self.report is None:
+            return None
+        return format_markdown(self.report, self.subset_size), layer_scalars(self.report, prefix="sylvester/layer")
 
     def _summary(self) -> str:
         report = self.report or InitReport()
@@ -256,3 +340,7 @@ class SylvesterInit(DataDrivenInit):
             f"from {self.subset_size} samples ({report.passes} pass(es)); validation accuracy without init "
             f"{percent(pre)} -> with init {percent(post)}\n" + format_table(report, self.subset_size or None)
         )
+
+
+if SylvesterInit.__doc__:  # the latent codes in the help (CLI) and the docs
+    SylvesterInit.__doc__ = SylvesterInit.__doc__.replace("{latents}", ", ".join(f'"{c}"' for c in CODES))
