@@ -334,3 +334,42 @@ def test_cli_flags_and_config(tmp_path, teacher_ckpt, monkeypatch):
     ])
     fuse = next(c for c in run.trainer.callbacks if isinstance(c, FuseInit))
     assert fuse.teacher_checkpoint == str(teacher_ckpt) and fuse.initialized and fuse.subset_size == 100
+
+
+def _config_student() -> ImageClassifier:
+    """The student of configs/digits_fuse.yaml, with the optimizer that config ships (SGD, lr 0.05)."""
+    import yaml
+
+    args = yaml.safe_load((ROOT / "configs/digits_fuse.yaml").read_text())["model"]["init_args"]
+    return ImageClassifier(**args)
+
+
+def _val_acc(trainer, model, dm) -> float:
+    return trainer.validate(model, datamodule=dm, verbose=False)[0]["val/acc"]
+
+
+def test_the_fused_student_trains_with_the_shipped_optimizer(tmp_path, teacher_ckpt, make_trainer):
+    """Plain least squares (teacher_lam=inf) gave weights 80-900x the teacher's, and SGD at the config's
+    learning rate diverged (issue 17.1). The default teacher_lam must train at least as well as a random
+    student under the same optimizer and keep the weights at the teacher's scale."""
+    import yaml
+
+    callback_args = yaml.safe_load((ROOT / "configs/digits_fuse.yaml").read_text())["trainer"]["callbacks"][0]["init_args"]
+    teacher = ImageClassifier.load_from_checkpoint(teacher_ckpt)
+    cb = FuseInit(mapping=callback_args["mapping"], teacher=teacher, samples_per_class=50,
+                  teacher_lam=callback_args.get("teacher_lam", 1000.0), verbose=False)
+    dm = DigitsDataModule(seed=0)
+    opts = dict(logger=False, limit_train_batches=None, limit_val_batches=None, max_epochs=2)
+    torch.manual_seed(0)
+    fused = _config_student()
+    make_trainer(tmp_path, [cb], **opts).fit(fused, datamodule=dm)
+    torch.manual_seed(0)
+    random_student = _config_student()
+    trainer = make_trainer(tmp_path, [], **opts)
+    trainer.fit(random_student, datamodule=dm)
+    teacher_norm = max(float(m.weight.norm()) for m in teacher.modules() if isinstance(m, nn.Linear))
+    student_norm = max(float(m.weight.norm()) for m in fused.modules() if isinstance(m, nn.Linear))
+    assert student_norm < 3 * teacher_norm, (student_norm, teacher_norm)
+    fused_acc, random_acc = _val_acc(trainer, fused, dm), _val_acc(trainer, random_student, dm)
+    assert fused_acc >= random_acc - 0.01 and fused_acc >= cb.metrics["fuse/initial_accuracy"] - 0.02, (
+        fused_acc, random_acc, cb.metrics)
