@@ -79,6 +79,13 @@ def test_python_dash_m_help_lists_every_documented_argument(tmp_path, callback):
 
     for name in inspect.signature(getattr(lightning_sylv, callback)).parameters:
         assert f"--trainer.callbacks.{name}" in proc.stdout or f"--{name}" in proc.stdout, name
+    # Readable: no expansion of every nn.Module subclass (FuseInit's Python-only teacher printed 525
+    # lines), no Sphinx roles, and the latent codes listed.
+    lines = proc.stdout.splitlines()
+    assert len(lines) < 160, len(lines)
+    assert not re.search(r":(data|class|func|mod|meth|attr):`", proc.stdout)
+    if callback == "SylvesterInit":
+        assert '"pca", "signed_pca", "onehot"' in " ".join(proc.stdout.split())
 
 
 def test_bad_flag_value_is_rejected_with_the_argument_named(tmp_path):
