@@ -177,9 +177,10 @@ class PCACode(LatentCode):
 
     name = "pca"
 
-    def __init__(self, center: bool = True, signed: bool = False) -> None:
+    def __init__(self, center: bool = True, signed: bool = False, energy: float | None = None) -> None:
         self.center = center
         self.signed = signed
+        self.energy = energy
         if signed:
             self.name = "signed_pca"
 
@@ -233,7 +234,13 @@ class PCACode(LatentCode):
         n = int(stats.n)
         wanted = -(-out_features // 2) if self.signed else out_features
         k = min(wanted, d, max(n - 1, 1) if self.center else n)
-        comps, _ = self._eig(stats, k, _eig_out)
+        full: list[tuple[Tensor, Tensor]] = [] if _eig_out is None else _eig_out
+        comps, top = self._eig(stats, k, full)
+        if self.energy is not None:
+            evals = full[-1][0].clamp_min(0).flip(-1)  # descending
+            share = evals.cumsum(-1) / evals.sum(-1, keepdim=True).clamp_min(torch.finfo(evals.dtype).tiny)
+            k_e = int((share < self.energy).sum(-1).max()) + 1
+            comps = comps[..., : min(k, k_e), :]
         return fill_columns(comps.mT, out_features, generator)  # S = (X - offset) @ P is linear in P
 
     def fit(
