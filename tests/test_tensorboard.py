@@ -40,7 +40,7 @@ def run(tmp_path_factory, make_trainer):
     """One real fit with a TensorBoardLogger. No training batch runs (limit_train_batches=0), so the
     model still holds exactly the initialized weights for the recomputation test."""
     root = tmp_path_factory.mktemp("tb")
-    cb = SylvesterInit(samples_per_class=10, embedding_samples=SAMPLES, verbose=False)
+    cb = SylvesterInit(samples_per_class=10, embedding_samples=SAMPLES, verbose=False, log_tsne=True)
     model = ImageClassifier(arch="mlp")
     dm = DigitsDataModule(seed=0)
     logger = TensorBoardLogger(root, name="digits")

@@ -175,3 +175,31 @@ def test_lowrank_init_publishes_metrics_hparams_and_its_report(tmp_path, make_tr
     assert "lowrank/layer/net.features.1/relu_error" in ea.Tags()["scalars"]
     saved = (tmp_path / "tb" / "version_0" / "hparams.yaml").read_text()
     assert "lowrank/method: relu" in saved and "lowrank/ranks: 0.25" in saved
+
+
+def test_layers_takes_name_patterns_in_both_callbacks(tmp_path, make_trainer):
+    model = ImageClassifier(arch="mlp")
+    first = model.net.features[1].weight.clone()
+    cb = SylvesterInit(samples_per_class=5, layers=["net.features.3", "net.h*"], verbose=False)
+    make_trainer(tmp_path, [cb], logger=False, limit_train_batches=0).fit(model, datamodule=DigitsDataModule(seed=0))
+    assert [r.name for r in cb.report.layers] == ["net.features.3", "net.head"]
+    assert torch.equal(model.net.features[1].weight, first)
+    with pytest.raises(ValueError, match=r"matches none of the model's layers"):
+        make_trainer(tmp_path, [SylvesterInit(layers=["nope*"])], logger=False).fit(
+            ImageClassifier(arch="mlp"), datamodule=DigitsDataModule(seed=0)
+        )
+    assert LowRankInit(layers="all").layers is None
+
+
+def test_the_default_inspection_skips_the_costly_tsne_figure(tmp_path, make_trainer):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cb = SylvesterInit(samples_per_class=5, verbose=False)
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    make_trainer(tmp_path, [cb], logger=logger, limit_train_batches=0).fit(
+        ImageClassifier(arch="mlp"), datamodule=DigitsDataModule(seed=0)
+    )
+    ea = EventAccumulator(logger.log_dir)
+    ea.Reload()
+    assert not ea.Tags()["images"] and "sylvester/silhouette_after_init" in ea.Tags()["scalars"]
+    assert (tmp_path / "tb" / "version_0" / "projector_config.pbtxt").is_file()
