@@ -47,7 +47,7 @@ from lightning_sylv._batch import batch_len, default_forward, slice_batch
 from lightning_sylv.activations import SUPPORTED_LAYERS
 from lightning_sylv.attention import attention_jobs
 from lightning_sylv.codes import LatentCode, resolve_code
-from lightning_sylv.layer_init import LayerJob, code_uses_stats
+from lightning_sylv.layer_init import SOLVERS, LayerJob, code_uses_stats
 from lightning_sylv.passes import InitializationError, Job, execution_order, probe_forward, run_jobs, skip_reason
 from lightning_sylv.report import InitReport, LayerReport
 
@@ -121,6 +121,8 @@ def sylvester_init_(
     lams: Mapping[str, float] | None = None,
     forward: Callable[[nn.Module, Any], Any] = default_forward,
     num_classes: int | None = None,
+    solver: Literal["exact", "randomized"] = "exact",
+    power_iterations: int = 1,
     on_layer: Callable[[LayerReport, int, int], None] | None = None,
 ) -> InitReport:
     """Initialize ``model``'s layers in place from a data subset (Sylvester initialization).
@@ -164,6 +166,13 @@ def sylvester_init_(
             convolutions on CPUs); the values are the same.
         num_classes: Classes of the data. With it, a head whose output count differs (a ``forward``
             that returns features, not logits) is refused before anything is written.
+        solver: ``"exact"``: every layer solved exactly, from ``d x d`` statistics or in the span of
+            fewer rows than inputs. ``"randomized"``: the fast mode for hidden layers with PCA codes
+            whose outputs are far fewer than their inputs and rows: a randomized leading principal
+            subspace (``O(n d k)``, the order of the layer's forward pass, instead of
+            ``O(n d² + d³)``); see :mod:`lightning_sylv.layer_init`. It keeps the rows of such layers
+            (memory ``n x d``, as their activations) and needs ``gather`` under ``reduce``.
+        power_iterations: Subspace iterations of the randomized mode (``>= 0``).
         on_layer: Called as ``on_layer(layer_report, done, total)`` after each layer (progress bars).
 
     Returns:
@@ -185,6 +194,10 @@ def sylvester_init_(
         raise ValueError(f"patches_per_image must be >= 1 or None, got {patches_per_image!r}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 or None, got {batch_size!r}")
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {list(SOLVERS)}, got {solver!r}")
+    if isinstance(power_iterations, bool) or not isinstance(power_iterations, int) or power_iterations < 0:
+        raise ValueError(f"power_iterations must be an int >= 0, got {power_iterations!r}")
     if num_classes is not None and num_classes < 1:
         raise ValueError(f"num_classes must be >= 1 or None, got {num_classes!r}")
     hidden_code, head_code = resolve_code(latent), resolve_code(head_latent)
@@ -251,7 +264,7 @@ def sylvester_init_(
         return LayerJob(
             module, name, code or hidden_code, lam if layer_lam is None else layer_lam, patches_per_image,
             generator, dtype, gram_dtype, code_generator=_layer_generator(seed, name), samples=total,
-            gather=gather, distributed=reduce is not None,
+            gather=gather, distributed=reduce is not None, solver=solver, power_iterations=power_iterations,
         )  # fmt: skip
 
     jobs: list[Job] = []

@@ -20,6 +20,18 @@ Which statistics are kept follows the data. With ``n`` rows of ``d`` inputs (per
   Across processes the rows are gathered (all-gather), not summed; without a gather the job uses
   Gram mode.
 
+* ``solver="randomized"`` — the fast mode, for unsupervised codes (PCA) when the layer needs far
+  fewer directions ``k`` (its outputs) than it has inputs (``(4 + 4 q)(k + 11) <= d``, where the
+  range finder is cheaper than the Gram matrix) and at least ``2 (k + 11)`` rows: the rows
+  are kept, a randomized range finder (Halko, Martinsson & Tropp 2011: ``k + 10`` Gaussian
+  directions, ``power_iterations`` rounds of subspace iteration, float32 products) finds the
+  leading principal subspace, the mean is added to it, and the problem is solved exactly in that
+  ``k + 11``-dimensional subspace as in span mode. Cost ``O(n d k)`` — the order of the layer's own
+  forward pass — instead of ``O(n d² + d³)``. The PCA code's directions are then approximate
+  (the subspace captures the top ``k`` directions up to the randomized method's error); everything
+  else is unchanged. Layers where this does not pay, supervised codes (the head) and rows-only
+  codes use the exact modes.
+
 The mode is chosen once per layer from the total row count over all processes (``samples`` x rows
 per sample), so every process takes the same path. Codes that need the rows themselves (ICA,
 K-means, LDA, a teacher's activations) keep them in either mode (single batch, single process only).
@@ -45,7 +57,21 @@ from lightning_sylv.report import LayerReport
 from lightning_sylv.solver import EIGH_PATHS
 from lightning_sylv.stats import InputStats
 
-__all__ = ["LayerInitError", "LayerJob", "autocast_off", "code_uses_stats", "grouped_rows", "span_basis"]
+__all__ = [
+    "SOLVERS",
+    "LayerInitError",
+    "LayerJob",
+    "autocast_off",
+    "code_uses_stats",
+    "grouped_rows",
+    "randomized_basis",
+    "span_basis",
+]
+
+#: Layer solvers: ``"exact"`` (Gram or span mode by the row count) and ``"randomized"`` (the fast mode).
+SOLVERS = ("exact", "randomized")
+#: Extra random directions of the randomized range finder beyond the ``k`` the code needs.
+OVERSAMPLE = 10
 
 
 class LayerInitError(ValueError):
@@ -69,7 +95,7 @@ def autocast_off(device: torch.device) -> AbstractContextManager[Any]:
 
 def code_uses_stats(code: LatentCode) -> bool:
     """Whether ``code`` fits from statistics alone (streamable, reducible across processes)."""
-    return type(code).moments is not LatentCode.moments
+    return code.from_statistics
 
 
 def grouped_rows(x: Tensor, groups: int) -> Tensor:
@@ -98,6 +124,34 @@ def span_basis(x: Tensor) -> tuple[Tensor, Tensor]:
     """
     q, r = torch.linalg.qr(x.mT, mode="reduced")
     return q, r.mT
+
+
+def randomized_basis(x: Tensor, k: int, power_iterations: int, generator: torch.Generator) -> Tensor:
+    """An orthonormal basis of the leading principal subspace of the rows, plus their mean.
+
+    Algorithm: randomized range finder with subspace iteration (Halko, Martinsson & Tropp, "Finding
+    structure with randomness", SIAM Review 53(2), 2011, Alg. 4.4) on the centred rows: ``Y = Xc Ω``
+    with a Gaussian ``Ω`` of ``k`` columns, ``power_iterations`` rounds of ``Y <- Xc (Xcᵀ Q(Y))``,
+    then the row space of ``Q(Y)ᵀ Xc``; the mean row is appended and the whole orthonormalized.
+    Cost ``O(n d k (2 + 2 power_iterations))`` in the rows' dtype.
+
+    Args:
+        x: Rows, shape ``(*batch, n, d)``.
+        k: Directions to find (``k < min(n, d)``).
+        power_iterations: Rounds of subspace iteration (more: closer to the exact top-``k`` subspace).
+        generator: CPU generator of ``Ω``.
+
+    Returns:
+        ``(*batch, d, k + 1)`` with orthonormal columns.
+    """
+    mu = x.mean(-2, keepdim=True)
+    xc = x - mu
+    omega = torch.randn(*x.shape[:-2], x.shape[-1], k, generator=generator, dtype=torch.float32)
+    y = xc @ omega.to(device=x.device, dtype=x.dtype)
+    for _ in range(power_iterations):
+        y = xc @ (xc.mT @ torch.linalg.qr(y).Q)
+    rows = torch.linalg.qr(y).Q.mT @ xc  # (k, d): its row space is the leading subspace
+    return torch.linalg.qr(torch.cat([rows.mT, mu.mT], dim=-1)).Q
 
 
 def _gram_stats(
@@ -142,6 +196,8 @@ class LayerJob:
             to pool the rows in span mode under DDP. ``None`` with a ``reduce`` at :meth:`finish`
             means Gram mode, whatever the row count.
         distributed: Whether :meth:`finish` will get a ``reduce`` (several processes).
+        solver: ``"exact"`` or ``"randomized"`` (the fast mode; see the module docstring).
+        power_iterations: Subspace iterations of the randomized range finder.
     """
 
     def __init__(
@@ -159,6 +215,8 @@ class LayerJob:
         samples: int | None = None,
         gather: Callable[[Tensor], Tensor] | None = None,
         distributed: bool = False,
+        solver: str = "exact",
+        power_iterations: int = 1,
     ) -> None:
         self.module = module
         self.name = name
@@ -172,6 +230,9 @@ class LayerJob:
         self.samples = samples
         self.gather = gather
         self.distributed = distributed
+        self.solver = solver
+        self.power_iterations = power_iterations
+        self.fast = False  # randomized basis, decided with the span mode at the first batch
         self.groups: int = getattr(module, "groups", 1)
         self.out_per_group: int = module.weight.shape[0] // self.groups
         self.in_per_group: int = module.weight[0].numel()
@@ -221,10 +282,28 @@ class LayerJob:
     def _error(self, message: str) -> LayerInitError:
         return LayerInitError(f"layer {self.name!r}: {message}")
 
+    def _directions(self) -> int:
+        """Directions of the input the code can use: its outputs (half of them for a signed PCA code)."""
+        signed = getattr(self.code, "signed", False)
+        return -(-self.out_per_group // 2) if signed else self.out_per_group
+
     def _decide_span(self, batch_rows: int, per_sample: int) -> bool:
+        """Keep the rows (span or randomized mode) rather than Gram sums; sets :attr:`fast`."""
         total = batch_rows if self.samples is None else self.samples * per_sample
         pooled = not self.distributed or self.gather is not None
-        return total < self.in_per_group and pooled
+        if not pooled:
+            return False
+        k = self._directions() + OVERSAMPLE
+        # The range finder costs ~(2 + 2 q) n d k products against ~n d² / 2 for the Gram matrix (and
+        # d³ for its eigendecomposition): it pays when k is well below d / (4 + 4 q).
+        self.fast = (
+            self.solver == "randomized"
+            and self.uses_stats
+            and not self.code.requires_labels
+            and (4 + 4 * self.power_iterations) * (k + 1) <= self.in_per_group
+            and 2 * (k + 1) <= total
+        )
+        return self.fast or total < self.in_per_group
 
     def _add(self, x: Tensor, labels: Tensor | None) -> None:
         t0 = time.perf_counter()
@@ -267,7 +346,8 @@ class LayerJob:
                     f"the {self.code.name!r} code needs all rows at once; it cannot be streamed over several "
                     "batches (use a statistics code such as 'pca', or no batch_size)"
                 )
-            block = grouped_rows(rows.x, self.groups).to(self.dtype)
+            # The randomized range finder runs in float32 (its products are the O(n d k) part).
+            block = grouped_rows(rows.x, self.groups).to(torch.float32 if self.fast else self.dtype)
             if not bool(torch.isfinite(block).all()):
                 raise self._error(
                     "its input activations contain NaN/Inf values (check the data and the layers before it)"
@@ -341,9 +421,14 @@ class LayerJob:
             else:
                 x, labels = self._pooled_rows(reduce)
                 n_rows = x.shape[1]
-                if n_rows < x.shape[2]:  # span mode: solve in the coordinates of the rows' span
+                mode = "rows"
+                if self.fast:  # solve in a randomized leading subspace (plus the mean)
+                    basis = randomized_basis(x, self._directions() + OVERSAMPLE, self.power_iterations, self.code_generator)
+                    x, basis, mode = (x @ basis).to(self.dtype), basis.to(self.dtype), "randomized"
+                elif n_rows < x.shape[2]:  # span mode: solve in the coordinates of the rows' span
                     basis, x = span_basis(x)
-                fit, mode = self._fit_rows(x, labels, fit_bias), "span" if basis is not None else "rows"
+                    mode = "span"
+                fit = self._fit_rows(x, labels, fit_bias)
         except ValueError as err:
             if isinstance(err, LayerInitError):
                 raise
@@ -388,6 +473,7 @@ class LayerJob:
             m = self.code.moments(stats, self.out_per_group, fit_bias, self.code_generator)
             return solve_moments(m, self.lam)
         # Codes that need the rows: one fit per group (their implementations are not batched).
+        # rows= only for codes that declare they need it: codes written against the older fit() signature work.
         extra = {"rows": self._layer_rows} if self.code.requires_rows else {}
         fits = []
         for xg in x:

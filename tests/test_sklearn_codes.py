@@ -8,7 +8,7 @@ from torch import nn
 
 from lightning_sylv.codes import resolve_code
 from lightning_sylv.engine import sylvester_init_
-from lightning_sylv.sklearn_codes import ICACode, KMeansCode, LDACode
+from lightning_sylv.codes import ICACode, KMeansCode, LDACode
 
 
 @pytest.fixture(scope="module")

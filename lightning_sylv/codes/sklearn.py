@@ -3,7 +3,7 @@
 All three need the rows themselves (no statistics-only fit), so they run on a single batch in a
 single process. They fit on at most ``max_fit_rows`` rows (a seeded random subset, for speed), then
 transform every row; the result moves back to the rows' device and dtype. Too few columns are
-completed with :func:`lightning_sylv.codes.fill_columns` (negated columns, then random mixtures).
+completed with :func:`lightning_sylv.codes.base.fill_columns` (negated columns, then random mixtures).
 
 This module imports no Lightning.
 """
@@ -13,6 +13,8 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from typing import TYPE_CHECKING
+
 import torch
 from sklearn.cluster import KMeans
 from sklearn.decomposition import FastICA
@@ -20,7 +22,11 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.exceptions import ConvergenceWarning
 from torch import Tensor
 
-from lightning_sylv.codes import LatentCode, PCACode, _check_rows, fill_columns
+from lightning_sylv.codes.base import LatentCode, check_rows, fill_columns
+from lightning_sylv.codes.linear import PCACode
+
+if TYPE_CHECKING:
+    from lightning_sylv.activations import LayerRows
 
 __all__ = ["ICACode", "KMeansCode", "LDACode"]
 
@@ -60,8 +66,15 @@ class LDACode(_SklearnCode):
     name = "lda"
     requires_labels = True
 
-    def fit(self, x: Tensor, out_features: int, labels: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
-        _check_rows(x, out_features)
+    def fit(
+        self,
+        x: Tensor,
+        out_features: int,
+        labels: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        rows: LayerRows | None = None,
+    ) -> Tensor:
+        check_rows(x, out_features)
         if labels is None:
             raise ValueError("the LDA code needs class labels, but the data has none; use 'pca' or 'ica'")
         idx = _fit_rows(x, self.max_fit_rows, generator)
@@ -105,8 +118,15 @@ class ICACode(_SklearnCode):
             raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
         self.max_iter = max_iter
 
-    def fit(self, x: Tensor, out_features: int, labels: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
-        _check_rows(x, out_features)
+    def fit(
+        self,
+        x: Tensor,
+        out_features: int,
+        labels: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        rows: LayerRows | None = None,
+    ) -> Tensor:
+        check_rows(x, out_features)
         k = min(out_features, x.shape[1], max(x.shape[0] - 1, 1))
         idx = _fit_rows(x, self.max_fit_rows, generator)
         xn = x.detach().cpu().double().numpy()
@@ -138,8 +158,15 @@ class KMeansCode(_SklearnCode):
             raise ValueError(f"n_init must be a positive int, got {n_init!r}")
         self.n_init = n_init
 
-    def fit(self, x: Tensor, out_features: int, labels: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
-        _check_rows(x, out_features)
+    def fit(
+        self,
+        x: Tensor,
+        out_features: int,
+        labels: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        rows: LayerRows | None = None,
+    ) -> Tensor:
+        check_rows(x, out_features)
         idx = _fit_rows(x, self.max_fit_rows, generator)
         xc = x - x.mean(0)
         xn = xc.detach().cpu().double().numpy()[idx.numpy()]

@@ -1,97 +1,30 @@
-"""Latent codes ``S``: the targets a layer's outputs should encode.
+"""Linear codes from input statistics: principal components (hidden layers) and one-hot labels (head).
 
-A code turns a layer's input rows ``X`` (shape ``(n, d_in)``; one row per sample, or per sampled
-patch for convolutions) into the code ``S`` of shape ``(n, d_out)``, one column per output unit of the
-layer. The Sylvester initializer then finds the ``W`` that best encodes ``X`` into ``S`` and decodes
-``S`` back into ``X``.
+* :class:`PCACode` (``"pca"``, ``"signed_pca"``): projections onto the leading principal components.
+* :class:`OneHotCode` (``"onehot"``): one-hot class labels.
 
-Codes here:
-
-* :class:`PCACode` (``"pca"``, hidden layers): projections onto the leading principal components.
-* :class:`OneHotCode` (``"onehot"``, the classifier head): one-hot class labels.
-
-Every code implements :class:`LatentCode`; further codes (LDA, ICA, K-means, a teacher's activations)
-subclass it and are looked up by name through :func:`resolve_code`.
+Both fit from sums of the rows (:class:`~lightning_sylv.stats.InputStats`), so they stream and
+combine across processes, and both accept stacks of row sets (convolution groups).
 
 This module imports no Lightning.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
-from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from lightning_sylv.codes.base import LatentCode, check_rows, fill_columns
 from lightning_sylv.layer_fit import Moments
 from lightning_sylv.solver import symmetric_eigh
 from lightning_sylv.stats import InputStats
 
-__all__ = ["CODES", "LatentCode", "OneHotCode", "PCACode", "fill_columns", "resolve_code"]
+if TYPE_CHECKING:
+    from lightning_sylv.activations import LayerRows
 
-
-class LatentCode(ABC):
-    """Interface of a latent code.
-
-    Subclasses implement :meth:`fit`. They must return exactly ``out_features`` columns; when the data
-    cannot support that many (for example PCA on fewer input dimensions than outputs), the subclass
-    documents how it fills the remaining columns.
-    """
-
-    #: Short name used in reports and by :func:`resolve_code`.
-    name: str = "code"
-    #: Whether :meth:`fit` needs ``labels``.
-    requires_labels: bool = False
-    #: Whether :meth:`fit` needs to know where its rows come from; the engine then passes
-    #: ``rows=`` (a :class:`lightning_sylv.activations.LayerRows` without ``x``' group split) to
-    #: :meth:`fit`. Such codes are rows-only (no streaming, single process).
-    requires_rows: bool = False
-
-    @abstractmethod
-    def fit(
-        self,
-        x: Tensor,
-        out_features: int,
-        labels: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """Return the code ``S`` for the input rows ``x``.
-
-        Args:
-            x: Input rows, shape ``(n, d_in)``, floating point.
-            out_features: Number of columns of ``S`` (the layer's output units).
-            labels: Integer class labels, shape ``(n,)``, or ``None``.
-            generator: CPU random generator for codes that draw random numbers.
-
-        Returns:
-            ``S`` of shape ``(n, out_features)`` on ``x``'s device and dtype.
-        """
-
-    def moments(
-        self,
-        stats: InputStats,
-        out_features: int,
-        fit_bias: bool,
-        generator: torch.Generator | None = None,
-    ) -> Moments:
-        """The layer problem's :class:`~lightning_sylv.layer_fit.Moments` from input statistics alone.
-
-        Codes that can do this work with streamed mini-batches and across processes (the statistics
-        are sums that merge). The default raises ``NotImplementedError``: such a code needs the rows
-        (:meth:`fit`).
-
-        Args:
-            stats: Sums over the layer's input rows (with per-class sums if labelled).
-            out_features: Number of code columns.
-            fit_bias: Return centred moments and the means (for a layer with a bias).
-            generator: CPU generator for random fills.
-        """
-        raise NotImplementedError(f"the {self.name!r} code needs the rows themselves (no statistics-only fit)")
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+__all__ = ["OneHotCode", "PCACode"]
 
 
 def _linear_code_moments(
@@ -115,39 +48,6 @@ def _linear_code_moments(
     e_cx = raw - offset[..., :, None] * mu[..., None, :]  # E[(x - c) xᵀ]
     e_cc = e_cx - mu[..., :, None] * offset[..., None, :] + offset[..., :, None] * offset[..., None, :]
     return Moments(gram_x=raw, gram_s=pt @ e_cc @ proj, cross=pt @ e_cx)
-
-
-def fill_columns(s: Tensor, out_features: int, generator: torch.Generator | None = None) -> Tensor:
-    """Extend a code ``s`` ``(n, k)`` to ``out_features`` columns without exact duplicates.
-
-    Columns ``k .. 2k-1`` are the negated columns ``-s`` (after a ReLU both halves of every direction
-    survive); columns from ``2k`` on are random unit-norm combinations of the ``k`` columns (drawn from
-    ``generator``). With ``out_features <= k`` the first ``out_features`` columns are returned.
-
-    Args:
-        s: Code columns, shape ``(*batch, n, k)``, ``k >= 1`` (a stack shares the random mix).
-        out_features: Columns wanted.
-        generator: CPU generator for the random combinations.
-    """
-    k = s.shape[-1]
-    if out_features <= k:
-        return s[..., :out_features]
-    extra = [-s[..., : min(k, out_features - k)]]
-    n_rand = out_features - 2 * k
-    if n_rand > 0:
-        mix = torch.randn(k, n_rand, generator=generator, dtype=torch.float64)
-        mix = (mix / mix.norm(dim=0, keepdim=True)).to(device=s.device, dtype=s.dtype)
-        extra.append(s @ mix)
-    return torch.cat([s, *extra], dim=-1)
-
-
-def _check_rows(x: Tensor, out_features: int) -> None:
-    if x.ndim != 2:
-        raise ValueError(f"x must have shape (n, d_in), got {tuple(x.shape)}")
-    if x.shape[0] == 0:
-        raise ValueError("x has no rows: the code needs at least one sample")
-    if not isinstance(out_features, int) or out_features < 1:
-        raise ValueError(f"out_features must be a positive int, got {out_features!r}")
 
 
 class PCACode(LatentCode):
@@ -176,6 +76,7 @@ class PCACode(LatentCode):
     """
 
     name = "pca"
+    from_statistics = True
 
     def __init__(self, center: bool = True, signed: bool = False, energy: float | None = None) -> None:
         self.center = center
@@ -249,8 +150,9 @@ class PCACode(LatentCode):
         out_features: int,
         labels: Tensor | None = None,
         generator: torch.Generator | None = None,
+        rows: LayerRows | None = None,
     ) -> Tensor:
-        _check_rows(x, out_features)
+        check_rows(x, out_features)
         stats = InputStats.from_rows(x, dtype=x.dtype)
         return (x - self._offset(stats)) @ self.projection(stats, out_features, generator)
 
@@ -284,6 +186,7 @@ class OneHotCode(LatentCode):
 
     name = "onehot"
     requires_labels = True
+    from_statistics = True
 
     def fit(
         self,
@@ -291,8 +194,9 @@ class OneHotCode(LatentCode):
         out_features: int,
         labels: Tensor | None = None,
         generator: torch.Generator | None = None,
+        rows: LayerRows | None = None,
     ) -> Tensor:
-        _check_rows(x, out_features)
+        check_rows(x, out_features)
         if labels is None:
             raise ValueError(
                 "the one-hot code needs class labels, but the data has none; use an unsupervised "
@@ -340,52 +244,3 @@ class OneHotCode(LatentCode):
             mean_x=mu,
             mean_s=p,
         )
-
-
-def _lda() -> LatentCode:
-    from lightning_sylv.sklearn_codes import LDACode
-
-    return LDACode()
-
-
-def _ica() -> LatentCode:
-    from lightning_sylv.sklearn_codes import ICACode
-
-    return ICACode()
-
-
-def _kmeans() -> LatentCode:
-    from lightning_sylv.sklearn_codes import KMeansCode
-
-    return KMeansCode()
-
-
-#: Built-in codes by name (read-only): ``pca``, ``signed_pca``, ``onehot``, and the scikit-learn backed ``lda``,
-#: ``ica`` and ``kmeans`` (Fig. 3 of the paper; see :mod:`lightning_sylv.sklearn_codes`).
-CODES: Mapping[str, Callable[[], LatentCode]] = MappingProxyType(
-    {
-        "pca": PCACode,
-        "signed_pca": lambda: PCACode(signed=True),
-        "onehot": OneHotCode,
-        "lda": _lda,
-        "ica": _ica,
-        "kmeans": _kmeans,
-    }
-)
-
-
-def resolve_code(code: str | LatentCode) -> LatentCode:
-    """Return a :class:`LatentCode` for a name in :data:`CODES` or an instance.
-
-    Raises:
-        ValueError: If ``code`` is an unknown name.
-        TypeError: If ``code`` is neither a string nor a :class:`LatentCode`.
-    """
-    if isinstance(code, LatentCode):
-        return code
-    if isinstance(code, str):
-        try:
-            return CODES[code]()
-        except KeyError:
-            raise ValueError(f"unknown latent code {code!r}; choose one of {sorted(CODES)}") from None
-    raise TypeError(f"code must be a name or a LatentCode, got {type(code).__name__}")
