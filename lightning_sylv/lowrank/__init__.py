@@ -1,7 +1,8 @@
 """Low-rank (factorized) layers and their function-aware initialization.
 
-* :mod:`~lightning_sylv.lowrank.layers`: :class:`LowRankLinear`, :class:`LowRankConv2d` (``W = U·V``)
-  and :func:`to_low_rank`, which converts chosen layers of an existing model in place.
+* :mod:`~lightning_sylv.lowrank.layers`: :class:`LowRankLinear`, :class:`LowRankConv2d` (``W = U·V``).
+* :mod:`~lightning_sylv.lowrank.convert`: :func:`to_low_rank`, which converts chosen layers of an
+  existing model in place.
 * :mod:`~lightning_sylv.lowrank.factorize`: the matrix math of the three initializers —
   ``"spectral"`` (truncated SVD of ``W``), ``"data"`` (reduced-rank regression of ``W x`` on the
   layer's inputs) and ``"relu"`` (refined so that ``relu(U V x + b)`` matches ``relu(W x + b)``).
@@ -13,6 +14,7 @@ The :class:`lightning_sylv.callbacks.LowRankInit` callback is the Lightning glue
 imports Lightning.
 """
 
+from lightning_sylv.lowrank.convert import to_low_rank
 from lightning_sylv.lowrank.engine import (
     LowRankInitError,
     LowRankLayerReport,
@@ -37,7 +39,6 @@ from lightning_sylv.lowrank.layers import (
     LowRankLinear,
     full_rank_of,
     resolve_rank,
-    to_low_rank,
 )
 
 __all__ = [

@@ -226,7 +226,7 @@ def low_rank_init_(
 
     Args:
         model: A model containing :class:`~lightning_sylv.lowrank.layers.LowRankLinear` /
-            ``LowRankConv2d`` layers (see :func:`~lightning_sylv.lowrank.layers.to_low_rank`).
+            ``LowRankConv2d`` layers (see :func:`~lightning_sylv.lowrank.convert.to_low_rank`).
         inputs: The subset's inputs, on the model's device, as ``forward`` expects them.
         labels: Integer labels ``(N,)``; used only by a one-hot head code with ``"sylvester"``.
         method: ``"spectral"``, ``"data"`` or ``"relu"``.
