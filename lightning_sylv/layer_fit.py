@@ -119,6 +119,10 @@ class Moments:
         cross: ``SᵀX / n``, shape ``(*batch, d_out, d_in)``.
         mean_x: ``mean(X)`` ``(*batch, d_in)`` or ``None``.
         mean_s: ``mean(S)`` ``(*batch, d_out)`` or ``None``.
+        basis_s: Optional orthonormal basis ``(*batch, d_out, r)`` of a subspace holding the ranges
+            of ``gram_s`` and ``cross`` (a code with more outputs than independent directions, such
+            as PCA's filled columns, knows one). The solve then runs in it: ``r`` instead of
+            ``d_out`` dimensions on the left, exactly, since the minimum-norm ``W`` lies in it.
         eig_x: Optional eigendecomposition ``(eigenvalues, eigenvectors)`` of ``gram_x`` that the code
             already computed (PCA does), so the solver need not repeat it.
     """
@@ -129,6 +133,7 @@ class Moments:
     mean_x: Tensor | None = None
     mean_s: Tensor | None = None
     eig_x: tuple[Tensor, Tensor] | None = None
+    basis_s: Tensor | None = None
 
 
 def moments_from_rows(x: Tensor, s: Tensor, fit_bias: bool, dtype: torch.dtype = torch.float64) -> Moments:
@@ -174,8 +179,13 @@ def solve_moments(m: Moments, lam: float, rcond: float | None = None) -> LayerFi
         return _least_squares(m, rcond)
     a, b, c = m.gram_s, lam * m.gram_x, (1.0 + lam) * m.cross
     eig_b = None if m.eig_x is None else (lam * m.eig_x[0], m.eig_x[1])
-    sol = solve_sylvester_psd(a, b, c, allow_singular=True, eig_b=eig_b, rcond=rcond)
-    w = sol.w
+    q = m.basis_s
+    if q is not None:  # left side in the code's own subspace: r x r instead of d_out x d_out
+        sol = solve_sylvester_psd(q.mT @ a @ q, b, q.mT @ c, allow_singular=True, eig_b=eig_b, rcond=rcond)
+        w = q @ sol.w
+    else:
+        sol = solve_sylvester_psd(a, b, c, allow_singular=True, eig_b=eig_b, rcond=rcond)
+        w = sol.w
     enc, dec = _losses(m, w)
     return LayerFit(
         weight=w,

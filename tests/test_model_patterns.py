@@ -333,3 +333,18 @@ class warnings_as_errors:  # noqa: N801 - a context manager used like a function
 
     def __exit__(self, *exc: object) -> None:
         self._ctx.__exit__(*exc)
+
+
+def test_more_outputs_than_inputs_solve_in_the_codes_subspace_exactly():
+    """A PCA code with filled columns (d_out > d_in): the left side is solved in range(Pᵀ), exactly."""
+    from dataclasses import replace
+
+    from lightning_sylv.layer_fit import solve_moments
+    from lightning_sylv.stats import InputStats
+
+    x = torch.randn(50, 6, generator=_gen(16), dtype=torch.float64)
+    m = PCACode().moments(InputStats.from_rows(x), 20, fit_bias=True, generator=_gen(17))
+    assert m.basis_s is not None and m.basis_s.shape == (20, 6)
+    fast, full = solve_moments(m, 10.0), solve_moments(replace(m, basis_s=None), 10.0)
+    torch.testing.assert_close(fast.weight, full.weight, atol=1e-10, rtol=1e-8)
+    torch.testing.assert_close(fast.bias, full.bias, atol=1e-10, rtol=1e-8)

@@ -11,6 +11,8 @@ This module imports no Lightning.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from typing import TYPE_CHECKING
 
 import torch
@@ -168,7 +170,12 @@ class PCACode(LatentCode):
         full: list[tuple[Tensor, Tensor]] = []
         proj = self.projection(stats, out_features, generator, _eig_out=full)
         eig = full[0] if (self.center and fit_bias) else None  # the solver's B is this covariance
-        return _linear_code_moments(stats, proj, self._offset(stats), fit_bias, eig)
+        m = _linear_code_moments(stats, proj, self._offset(stats), fit_bias, eig)
+        if out_features > proj.shape[-2]:
+            # More outputs than input dimensions: S = (X - c) P has rank <= d, and both SᵀS and SᵀX
+            # live in the range of Pᵀ, so the solve can run there (d instead of d_out dimensions).
+            m = replace(m, basis_s=torch.linalg.qr(proj.mT).Q)
+        return m
 
     def __repr__(self) -> str:
         return f"PCACode(center={self.center}, signed={self.signed})"
