@@ -7,6 +7,7 @@ from collections.abc import Collection
 from typing import Any
 
 __all__ = [
+    "is_int",
     "check_bool",
     "check_choice",
     "check_identifier",
@@ -20,7 +21,8 @@ __all__ = [
 ]
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """``True`` for an ``int`` that is not a ``bool``."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -32,7 +34,7 @@ def check_bool(name: str, value: Any) -> None:
 
 def check_int(name: str, value: Any) -> None:
     """Raise ``ValueError`` unless ``value`` is an int (not a bool)."""
-    if not _is_int(value):
+    if not is_int(value):
         raise ValueError(f"{name} must be an int, got {value!r}")
 
 
@@ -40,7 +42,7 @@ def check_positive_int(name: str, value: Any, *, allow_none: bool = False) -> No
     """Raise ``ValueError`` unless ``value`` is an int ``>= 1`` (or ``None`` when allowed)."""
     if value is None and allow_none:
         return
-    if not _is_int(value) or value < 1:
+    if not is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, got {value!r}")
 
 
@@ -60,7 +62,7 @@ def check_choice(name: str, value: Any, choices: Collection[Any]) -> None:
 def check_key(name: str, value: Any) -> None:
     """Raise ``ValueError`` unless ``value`` is ``None``, a non-empty str (a dict key) or an int >= 0
     (a position in a tuple)."""
-    ok = value is None or (isinstance(value, str) and value) or (_is_int(value) and value >= 0)
+    ok = value is None or (isinstance(value, str) and value) or (is_int(value) and value >= 0)
     if not ok:
         raise ValueError(f"{name} must be None, a dict key (str) or a tuple position (int >= 0), got {value!r}")
 
@@ -84,7 +86,7 @@ def check_patterns(name: str, value: Any, *, allow_none: bool = False) -> None:
 
 def check_nonnegative_int(name: str, value: Any) -> None:
     """Raise ``ValueError`` unless ``value`` is an int ``>= 0`` (not a bool)."""
-    if not _is_int(value) or value < 0:
+    if not is_int(value) or value < 0:
         raise ValueError(f"{name} must be an int >= 0, got {value!r}")
 
 

@@ -48,7 +48,14 @@ from lightning_sylv.activations import SUPPORTED_LAYERS
 from lightning_sylv.attention import attention_jobs
 from lightning_sylv.codes import LatentCode, resolve_code
 from lightning_sylv.layer_init import SOLVERS, LayerJob, code_uses_stats
-from lightning_sylv.passes import InitializationError, Job, execution_order, probe_forward, run_jobs, skip_reason
+from lightning_sylv.passes import (
+    InitializationError,
+    Job,
+    execution_order,
+    probe_forward,
+    run_jobs,
+    skip_reason,
+)
 from lightning_sylv.report import InitReport, LayerReport
 
 __all__ = ["InitReport", "LayerReport", "SylvesterInitError", "execution_order", "sylvester_init_", "units"]

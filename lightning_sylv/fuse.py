@@ -52,15 +52,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_sylv._batch import default_forward, move_batch
 from lightning_sylv.activations import SUPPORTED_LAYERS, LayerRows
 from lightning_sylv.codes import LatentCode
 from lightning_sylv.engine import InitReport, sylvester_init_
+from lightning_sylv.passes import hooked_pass
 
 __all__ = ["TeacherCode", "compose_conv", "compose_linear", "fuse_init_", "teacher_activations"]
-
-
-def _default_forward(model: nn.Module, inputs: Any) -> Any:
-    return model(inputs)
 
 
 class TeacherCode(LatentCode):
@@ -171,29 +169,11 @@ class TeacherCode(LatentCode):
         return f"TeacherCode(source={self.source!r}, shape={tuple(self.activation.shape)})"
 
 
-def _move(inputs: Any, like: Tensor | None) -> Any:
-    """``inputs`` (tensors, possibly nested in lists, tuples, dicts) on ``like``'s device, floating-point
-    ones in its dtype (a teacher kept in bfloat16 gets bfloat16 inputs)."""
-    if like is None:
-        return inputs
-    if isinstance(inputs, Tensor):
-        return inputs.to(like.device, like.dtype) if inputs.is_floating_point() else inputs.to(like.device)
-    if isinstance(inputs, (list, tuple)):
-        return type(inputs)(_move(v, like) for v in inputs)
-    if isinstance(inputs, dict):
-        return {k: _move(v, like) for k, v in inputs.items()}
-    return inputs
-
-
-def _first_parameter(module: nn.Module) -> Tensor | None:
-    return next(iter(module.parameters()), None)
-
-
 def teacher_activations(
     teacher: nn.Module,
     inputs: Any,
     names: list[str] | tuple[str, ...],
-    forward: Callable[[nn.Module, Any], Any] = _default_forward,
+    forward: Callable[[nn.Module, Any], Any] = default_forward,
 ) -> dict[str, Tensor]:
     """Outputs of the named teacher modules on ``inputs`` (one forward pass in eval mode, no grad).
 
@@ -220,7 +200,7 @@ def teacher_activations(
         raise ValueError(f"teacher modules {unknown} do not exist in the teacher; its leaf modules are {known}")
     out: dict[str, Tensor] = {}
 
-    def make(name: str) -> Callable[..., None]:
+    def make(name: str) -> Callable[[nn.Module, tuple[Any, ...], Any], None]:
         def hook(module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
             if name in out:
                 return
@@ -230,16 +210,8 @@ def teacher_activations(
 
         return hook
 
-    handles = [modules[n].register_forward_hook(make(n)) for n in dict.fromkeys(names)]
-    was_training = teacher.training
-    teacher.eval()
-    try:
-        with torch.no_grad():
-            forward(teacher, _move(inputs, _first_parameter(teacher)))
-    finally:
-        for h in handles:
-            h.remove()
-        teacher.train(was_training)
+    post = {modules[n]: make(n) for n in dict.fromkeys(names)}
+    hooked_pass(teacher, move_batch(inputs, next(teacher.parameters(), None)), forward, post=post)
     missing = [n for n in names if n not in out]
     if missing:
         raise ValueError(f"teacher modules {missing} were not executed by the teacher's forward pass")
@@ -259,8 +231,8 @@ def fuse_init_(
     patches_per_image: int | None = 16,
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
-    forward: Callable[[nn.Module, Any], Any] = _default_forward,
-    teacher_forward: Callable[[nn.Module, Any], Any] = _default_forward,
+    forward: Callable[[nn.Module, Any], Any] = default_forward,
+    teacher_forward: Callable[[nn.Module, Any], Any] = default_forward,
     teacher_inputs: Any = None,
     on_layer: Callable[[Any, int, int], None] | None = None,
 ) -> InitReport:

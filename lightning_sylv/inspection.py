@@ -22,7 +22,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from lightning_sylv._batch import batch_len, default_forward, map_batch, slice_batch
 from lightning_sylv.activations import SUPPORTED_LAYERS
+from lightning_sylv.passes import hooked_pass
 from lightning_sylv.subset import split_batch
 
 if TYPE_CHECKING:
@@ -94,27 +96,6 @@ class TsnePanel:
     title: str
 
 
-def _take(inputs: Any, k: int) -> Any:
-    """The first ``k`` rows of every tensor in a (nested) batch."""
-    if isinstance(inputs, Tensor):
-        return inputs[:k]
-    if isinstance(inputs, (list, tuple)):
-        return type(inputs)(_take(v, k) for v in inputs)
-    if isinstance(inputs, dict):
-        return {key: _take(v, k) for key, v in inputs.items()}
-    return inputs
-
-
-def _length(inputs: Any) -> int:
-    if isinstance(inputs, Tensor):
-        return int(inputs.shape[0])
-    if isinstance(inputs, (list, tuple)) and inputs:
-        return _length(inputs[0])
-    if isinstance(inputs, dict) and inputs:
-        return _length(next(iter(inputs.values())))
-    raise TypeError(f"cannot tell the number of samples of inputs of type {type(inputs).__name__}")
-
-
 def thumbnails(images: Tensor, max_side: int = 64) -> Tensor | None:
     """Image thumbnails for TensorBoard's projector sprite, each min-max scaled to ``[0, 1]``.
 
@@ -171,10 +152,10 @@ def take_sample(
     with torch.random.fork_rng(devices=[]):
         for batch in batches:
             x, y = unpack(batch)
-            k = min(_length(x), max_samples - size)
+            k = min(batch_len(x), max_samples - size)
             if k <= 0:
                 break
-            kept.append((_take(x, k), None if y is None else y[:k]))
+            kept.append((slice_batch(x, 0, k), None if y is None else y[:k]))
             size += k
             if size >= max_samples:
                 break
@@ -198,8 +179,9 @@ def capture_features(
 ) -> FeatureCapture:
     """Capture the input of ``layer`` (the penultimate features) over ``batches``.
 
-    A forward pre-hook records the layer's input at its first call in each forward pass; the model
-    runs in eval mode under ``torch.no_grad()`` and its train/eval mode is put back afterwards.
+    A forward pre-hook records the layer's input at its first call in each forward pass, one
+    :func:`~lightning_sylv.passes.hooked_pass` per batch (eval mode, no gradients, the train/eval
+    mode put back afterwards).
 
     Args:
         model: The network.
@@ -222,8 +204,8 @@ def capture_features(
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
     device = torch.device(device)
-    run = forward or (lambda m, x: m(x))
-    move = to_device or (lambda x, d: x.to(d) if isinstance(x, Tensor) else x)
+    run = forward or default_forward
+    move = to_device or (lambda x, d: map_batch(lambda t: t.to(d), x))
     names = {m: n for n, m in model.named_modules()}
     if layer is not None:
         try:
@@ -237,8 +219,8 @@ def capture_features(
     seen: set[str] = set()
     current: list[tuple[str, Tensor]] = []
 
-    def make(name: str) -> Callable[..., None]:
-        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+    def make(name: str) -> Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], None]:
+        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             if name in seen or not args or not isinstance(args[0], Tensor):
                 return
             seen.add(name)
@@ -246,38 +228,30 @@ def capture_features(
 
         return hook
 
-    handles = [m.register_forward_pre_hook(make(n)) for m, n in targets.items()]
+    pre = {m: make(n) for m, n in targets.items()}
     feats: list[Tensor] = []
     labels: list[Tensor] = []
     captured: set[str] = set()
     correct, counted, scored = 0, 0, True
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                x, y = split_batch(batch)
-                seen.clear()
-                current.clear()
-                out = run(model, move(x, device))
-                if not current:
-                    continue
-                name, inp = current[0]
-                captured.add(name)
-                feats.append(inp.float().reshape(inp.shape[0], -1).cpu())
-                if y is None:
-                    scored = False
-                    continue
-                labels.append(y.detach().long().cpu().reshape(-1))
-                if isinstance(out, Tensor) and out.ndim == 2 and out.shape[0] == labels[-1].shape[0]:
-                    correct += int((out.argmax(1).cpu() == labels[-1]).sum())
-                    counted += labels[-1].shape[0]
-                else:
-                    scored = False
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
+    for batch in batches:
+        x, y = split_batch(batch)
+        seen.clear()
+        current.clear()
+        out = hooked_pass(model, move(x, device), run, pre=pre)
+        if not current:
+            continue
+        name, inp = current[0]
+        captured.add(name)
+        feats.append(inp.float().reshape(inp.shape[0], -1).cpu())
+        if y is None:
+            scored = False
+            continue
+        labels.append(y.detach().long().cpu().reshape(-1))
+        if isinstance(out, Tensor) and out.ndim == 2 and out.shape[0] == labels[-1].shape[0]:
+            correct += int((out.argmax(1).cpu() == labels[-1]).sum())
+            counted += labels[-1].shape[0]
+        else:
+            scored = False
     if not feats:
         what = f"layer {layer!r}" if layer is not None else "any Linear/Conv1d/Conv2d layer"
         raise ValueError(f"no features captured: the batches are empty or the forward pass never calls {what}")

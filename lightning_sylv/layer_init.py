@@ -65,6 +65,7 @@ __all__ = [
     "code_uses_stats",
     "grouped_rows",
     "randomized_basis",
+    "canonical_order",
     "span_basis",
 ]
 
@@ -124,6 +125,22 @@ def span_basis(x: Tensor) -> tuple[Tensor, Tensor]:
     """
     q, r = torch.linalg.qr(x.mT, mode="reduced")
     return q, r.mT
+
+
+def canonical_order(x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """The rows ``(*batch, n, d)`` (and their labels ``(n,)``) in an order that depends only on their values.
+
+    The basis :func:`span_basis` returns depends on the order of the rows, and the rows of one layer
+    arrive in different orders from one process (subset order) and from an all-gather (rank order).
+    Sorting them by a fixed linear key, one permutation for every group, makes the span solve, and
+    with it the signs of a PCA code's directions, the same either way. Rows with equal keys are, but
+    for a measure-zero set of inputs, equal rows, whose order cannot matter.
+    """
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    weights = torch.arange(1, x.shape[-1] + 1, device=x.device, dtype=dtype).sqrt()
+    key = (x.to(dtype) @ weights).reshape(-1, x.shape[-2]).sum(0)
+    order = torch.argsort(key, stable=True)
+    return x[..., order, :], None if labels is None else labels[order]
 
 
 def randomized_basis(x: Tensor, k: int, power_iterations: int, generator: torch.Generator) -> Tensor:
@@ -403,7 +420,9 @@ class LayerJob:
             x = self.gather(x.transpose(0, 1).contiguous()).transpose(0, 1)
             if labels is not None:
                 labels = self.gather(labels)
-        return x, labels
+        # Statistics codes see the rows as a set: put them in an order that does not depend on where
+        # they came from. Codes that need the rows keep them aligned with the layer's sampled positions.
+        return canonical_order(x, labels) if self.uses_stats else (x, labels)
 
     def _finish(self, reduce: Callable[[Tensor], Tensor] | None) -> LayerReport:
         t0 = time.perf_counter()

@@ -32,6 +32,21 @@ def test_ddp_ranks_identical_and_match_single_process(tmp_path):
 
 
 @pytest.mark.slow
+def test_ddp_layers_with_fewer_rows_than_inputs_gather_their_rows(tmp_path):
+    """40 samples of 64 features over 3 processes (14/13/13 rows): the first layer pools its rows
+    across processes (an uneven all-gather) and solves in their span, as a single process does."""
+    _run(tmp_path, 3, "ddp", "wide")
+    _run(tmp_path, 1, "auto", "wide")
+    single = torch.load(tmp_path / "world1_rank0.pt")
+    assert torch.load(tmp_path / "solvers_world1_rank0.pt")["net.0"].startswith("span")
+    for rank in range(3):
+        assert torch.load(tmp_path / f"solvers_world3_rank{rank}.pt")["net.0"].startswith("span"), rank
+        weights = torch.load(tmp_path / f"world3_rank{rank}.pt")
+        for k in single:
+            torch.testing.assert_close(weights[k], single[k], rtol=1e-5, atol=1e-6, msg=f"{k} (rank {rank})")
+
+
+@pytest.mark.slow
 def test_ddp_with_batchnorm_ranks_identical(tmp_path):
     _run(tmp_path, 2, "ddp", "bn")
     r0 = torch.load(tmp_path / "world2_rank0.pt")

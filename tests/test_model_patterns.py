@@ -104,11 +104,30 @@ def test_span_solve_equals_the_exact_solve_of_the_full_problem():
 
 def test_span_basis_reconstructs_rank_deficient_rows():
     g = _gen(4)
-    x = torch.randn(3, 30, 4, generator=g, dtype=torch.float64) @ torch.randn(3, 4, 500, generator=g, dtype=torch.float64)
+    x = (torch.randn(3, 30, 4, generator=g, dtype=torch.float64)
+         @ torch.randn(3, 4, 500, generator=g, dtype=torch.float64))
     q, z = span_basis(x)  # rank 4 rows, 30 of them, 500 inputs
     assert q.shape == (3, 500, 30) and z.shape == (3, 30, 30)
     torch.testing.assert_close(z @ q.mT, x, atol=1e-10, rtol=0)
     torch.testing.assert_close(q.mT @ q, torch.eye(30, dtype=torch.float64).expand(3, 30, 30), atol=1e-10, rtol=0)
+
+
+def test_span_solve_does_not_depend_on_the_order_of_the_rows():
+    """A process sees its rows in subset order, an all-gather in rank order: same weights either way
+    (the span basis and with it a PCA direction's sign depended on the order)."""
+    g = _gen(5)
+    x = torch.randn(40, 64, generator=g)
+    y = _labels(40, 4)
+    perm = torch.randperm(40, generator=g)
+    weights = []
+    for order in (torch.arange(40), perm):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 4))
+        report = sylvester_init_(net, x[order], y[order])
+        assert report.layers[0].solver.startswith("span")
+        weights.append([p.detach().clone() for p in net.parameters()])
+    for a, b in zip(*weights):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
 
 
 class _LateStage(nn.Module):
@@ -298,7 +317,8 @@ def test_conv3d_patches_reproduce_the_convolution_and_the_layer_initializes():
     assert rows.out_shape == tuple(out.shape[2:])
     dense = rows.x.reshape(rows.x.shape[0], -1) @ conv.weight.reshape(4, -1).T + conv.bias
     torch.testing.assert_close(dense.reshape(3, -1, 4).transpose(1, 2).reshape(out.shape), out)
-    model = nn.Sequential(nn.Conv3d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(8, 10))
+    model = nn.Sequential(nn.Conv3d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(),
+                          nn.Linear(8, 10))
     report = sylvester_init_(model, torch.randn(30, 1, 4, 6, 6, generator=_gen(13)), _labels(30, 10))
     assert [r.kind for r in report.layers] == ["Conv3d", "Linear"]
 
@@ -317,11 +337,11 @@ def test_label_span_error_names_the_real_span_once():
 def test_a_head_that_does_not_match_the_classes_is_refused_with_the_fix():
     """A forward that returns features: its last layer is not the classifier."""
     model = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 64))
-    with pytest.raises(ValueError, match="64 outputs but the data has 10 classes.*forward"):
+    with pytest.raises(ValueError, match=r"64 outputs but the data has 10 classes.*forward"):
         sylvester_init_(model, torch.randn(30, 4, generator=_gen(15)), _labels(30, 10), num_classes=10)
 
 
-class warnings_as_errors:  # noqa: N801 - a context manager used like a function
+class warnings_as_errors:  # a context manager used like a function
     """Fail on any warning (an 'unsupported layer' warning here would be a regression)."""
 
     def __enter__(self) -> None:

@@ -1,5 +1,7 @@
 """Precision settings, determinism and the bad inputs a real run can throw at the callback."""
 
+import warnings
+
 import pytest
 import torch
 from lightning.pytorch import LightningModule, Trainer
@@ -123,12 +125,37 @@ def test_fewer_samples_than_input_dims_is_solved_min_norm():
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+class Mix(nn.Module):
+    """A layer type the initializer does not know: a 2-D ``weight`` it cannot fit."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.eye(dim))
+
+    def forward(self, x):
+        return x @ self.weight
+
+
 def test_unsupported_layer_is_skipped_warned_and_reported():
+    model = Net(extra=Mix(32))
+    before = model.extra.weight.detach().clone()
+    cb = SylvesterInit(samples_per_class=3, verbose=False, evaluate=False)
+    with pytest.warns(UserWarning, match=r"extra \(Mix\)"):
+        _fit(model, cb, _data(), limit_train_batches=0)
+    assert "unsupported layer type Mix" in cb.report.skipped["extra"]
+    assert torch.equal(model.extra.weight, before)
+
+
+def test_a_parameter_that_is_not_a_layer_is_reported_untouched_without_a_warning():
+    """PReLU's slope (1-D) is a parameter, not a layer: kept, listed in ``report.untouched``."""
     model = Net(extra=nn.PReLU(32))
     cb = SylvesterInit(samples_per_class=3, verbose=False, evaluate=False)
-    with pytest.warns(UserWarning, match=r"extra \(PReLU\)"):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="layers the Sylvester initializer does not handle")
         _fit(model, cb, _data(), limit_train_batches=0)
-    assert "unsupported layer type PReLU" in cb.report.skipped["extra"]
+    assert "extra" not in cb.report.skipped
+    assert "PReLU" in cb.report.untouched["extra.weight"]
+    assert cb.report.initialized_parameters < cb.report.total_parameters
 
 
 def test_nan_activations_name_the_layer_and_restore():

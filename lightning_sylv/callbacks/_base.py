@@ -32,7 +32,12 @@ from lightning_sylv._checks import (
     check_positive_number,
 )
 from lightning_sylv.callbacks._distributed import check_strategy, sync_module
-from lightning_sylv.callbacks._logging import layer_progress, log_callback_hparams, log_report, publish_metrics
+from lightning_sylv.callbacks._logging import (
+    layer_progress,
+    log_callback_hparams,
+    log_report,
+    publish_metrics,
+)
 from lightning_sylv.callbacks._trainer_data import stage_dataloader
 from lightning_sylv.evaluation import evaluate_accuracy
 from lightning_sylv.subset import BatchFormat, balanced_subset

@@ -38,6 +38,24 @@ def sum_across_processes(strategy: Strategy) -> Callable[[Tensor], Tensor]:
     return reduce
 
 
+def gather_across_processes(strategy: Strategy) -> Callable[[Tensor], Tensor]:
+    """A function concatenating a tensor along its first dimension over all processes (an all-gather).
+
+    Processes may hold different numbers of rows (a subset that does not split evenly): every
+    process pads its rows to the largest count, the padded blocks are gathered, and the padding is
+    cut off again. The result is the same, in rank order, on every process.
+    """
+
+    def gather(t: Tensor) -> Tensor:
+        sizes = strategy.all_gather(torch.tensor([t.shape[0]], device=t.device)).reshape(-1).tolist()
+        most = max(int(n) for n in sizes)
+        padded = torch.cat([t, t.new_zeros((most - t.shape[0], *t.shape[1:]))]) if t.shape[0] < most else t
+        blocks = strategy.all_gather(padded.contiguous())
+        return torch.cat([blocks[rank, : int(n)] for rank, n in enumerate(sizes)])
+
+    return gather
+
+
 def sync_module(module: nn.Module, strategy: Strategy, average_norm_stats: bool = True) -> None:
     """Make all processes hold rank 0's parameters and buffers, bit for bit.
 

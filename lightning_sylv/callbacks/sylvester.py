@@ -10,38 +10,24 @@ What goes to TensorBoard (report table, embeddings, t-SNE) and the progress bar 
 from __future__ import annotations
 
 import fnmatch
-import inspect
 from collections.abc import Callable
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 
+from lightning_sylv._batch import slice_batch
 from lightning_sylv._checks import check_bool, check_choice, check_patterns, check_positive_int
-from lightning_sylv.callbacks._base import DTYPES, DataDrivenInit, FitContext, InitSubset, percent
-from lightning_sylv.callbacks._distributed import sum_across_processes
-from lightning_sylv.callbacks._logging import FeatureInspection
 from lightning_sylv.activations import SUPPORTED_LAYERS
+from lightning_sylv.callbacks._base import DTYPES, DataDrivenInit, FitContext, InitSubset, percent
+from lightning_sylv.callbacks._distributed import gather_across_processes, sum_across_processes
+from lightning_sylv.callbacks._logging import FeatureInspection
 from lightning_sylv.codes import CODES
 from lightning_sylv.engine import sylvester_init_
 from lightning_sylv.report import InitReport, format_markdown, format_table, layer_scalars
 
 __all__ = ["SylvesterInit"]
-
-_ENGINE_TAKES_NUM_CLASSES = "num_classes" in inspect.signature(sylvester_init_).parameters
-
-
-def _first(inputs: Any, k: int) -> Any:
-    """The first ``k`` samples of (possibly nested) inputs."""
-    if isinstance(inputs, torch.Tensor):
-        return inputs[:k]
-    if isinstance(inputs, (list, tuple)):
-        return type(inputs)(_first(v, k) for v in inputs)
-    if isinstance(inputs, dict):
-        return {key: _first(v, k) for key, v in inputs.items()}
-    return inputs
-
 
 class SylvesterInit(DataDrivenInit):
     r"""Data-driven initialization with Sylvester solvers (Das, Bhalgat & Porikli, 2021).
@@ -279,7 +265,7 @@ class SylvesterInit(DataDrivenInit):
         pl_module.eval()
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=[]):
-                out = ctx.forward(pl_module, _first(subset.inputs, 2))
+                out = ctx.forward(pl_module, slice_batch(subset.inputs, 0, 2))
         except Exception:  # noqa: BLE001 - the engine's own pass reports a failing forward, with context
             return None
         finally:
@@ -309,9 +295,7 @@ class SylvesterInit(DataDrivenInit):
         on_layer: Callable[[Any, int, int], None] | None,
     ) -> InitReport:
         classes = self._check_logits(trainer, pl_module, ctx, subset)
-        extra: dict[str, Any] = {}
-        if _ENGINE_TAKES_NUM_CLASSES and classes is not None:
-            extra["num_classes"] = classes
+        distributed = trainer.world_size > 1
         dtype, gram_dtype = DTYPES[self.precision]
         return sylvester_init_(
             pl_module,
@@ -327,10 +311,11 @@ class SylvesterInit(DataDrivenInit):
             dtype=dtype,
             gram_dtype=gram_dtype,
             batch_size=self.batch_size,
-            reduce=sum_across_processes(trainer.strategy) if trainer.world_size > 1 else None,
+            reduce=sum_across_processes(trainer.strategy) if distributed else None,
+            gather=gather_across_processes(trainer.strategy) if distributed else None,
             forward=ctx.forward,
+            num_classes=classes,
             on_layer=on_layer,
-            **extra,
         )
 
     def _after(

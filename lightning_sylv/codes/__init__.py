@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-
 from typing import Any
 
 from lightning_sylv.codes.base import LatentCode, fill_columns

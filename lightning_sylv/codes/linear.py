@@ -12,7 +12,6 @@ This module imports no Lightning.
 from __future__ import annotations
 
 from dataclasses import replace
-
 from typing import TYPE_CHECKING
 
 import torch

@@ -11,10 +11,9 @@ This module imports no Lightning.
 from __future__ import annotations
 
 import warnings
-
-import numpy as np
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from sklearn.cluster import KMeans
 from sklearn.decomposition import FastICA

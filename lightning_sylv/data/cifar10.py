@@ -26,6 +26,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from lightning_sylv._checks import is_int
 from lightning_sylv.data.datasets import LabeledTensorDataset, few_shot_indices, stratified_split
 from lightning_sylv.data.transforms import Compose, Normalize, RandomCropFlip
 
@@ -52,10 +53,6 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 # Per-channel mean and standard deviation of the 50,000 training images scaled to [0, 1].
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _require_files(data_dir: str | os.PathLike[str], names: tuple[str, ...]) -> None:
@@ -273,24 +270,24 @@ class CIFAR10DataModule(LightningDataModule):
             raise ValueError(f"data_dir must be a non-empty path, got {data_dir!r}")
         if not isinstance(download, bool):
             raise ValueError(f"download must be a bool, got {download!r}")
-        if not _is_int(batch_size) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if train_per_class is not None and (not _is_int(train_per_class) or train_per_class < 1):
+        if train_per_class is not None and (not is_int(train_per_class) or train_per_class < 1):
             raise ValueError(f"train_per_class must be a positive int or None, got {train_per_class!r}")
-        if not _is_int(val_size) or val_size < 1:
+        if not is_int(val_size) or val_size < 1:
             raise ValueError(f"val_size must be a positive int, got {val_size!r}")
         if classes is not None and (
             not isinstance(classes, (list, tuple))
             or not classes
-            or any(not _is_int(c) or not 0 <= c < 10 for c in classes)
+            or any(not is_int(c) or not 0 <= c < 10 for c in classes)
             or len(set(classes)) != len(classes)
         ):
             raise ValueError(f"classes must be None or a non-empty list of distinct ints in 0..9, got {classes!r}")
         if not isinstance(augment, bool):
             raise ValueError(f"augment must be a bool, got {augment!r}")
-        if not _is_int(seed):
+        if not is_int(seed):
             raise ValueError(f"seed must be an int, got {seed!r}")
-        if not _is_int(num_workers) or num_workers < 0:
+        if not is_int(num_workers) or num_workers < 0:
             raise ValueError(f"num_workers must be a non-negative int, got {num_workers!r}")
         self.save_hyperparameters()
         self.data_dir = str(data_dir)

@@ -12,13 +12,10 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from lightning_sylv._checks import is_int
 from lightning_sylv.data.datasets import LabeledTensorDataset, few_shot_indices, stratified_split
 
 __all__ = ["DigitsDataModule"]
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _is_fraction(value: object) -> bool:
@@ -70,9 +67,9 @@ class DigitsDataModule(LightningDataModule):
         flatten: bool = False,
     ) -> None:
         super().__init__()
-        if not _is_int(batch_size) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if train_per_class is not None and (not _is_int(train_per_class) or train_per_class < 1):
+        if train_per_class is not None and (not is_int(train_per_class) or train_per_class < 1):
             raise ValueError(f"train_per_class must be a positive int or None, got {train_per_class!r}")
         if not _is_fraction(val_fraction):
             raise ValueError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
@@ -82,9 +79,9 @@ class DigitsDataModule(LightningDataModule):
             raise ValueError(
                 f"val_fraction + test_fraction must be below 1, got {val_fraction!r} + {test_fraction!r}"
             )
-        if not _is_int(seed):
+        if not is_int(seed):
             raise ValueError(f"seed must be an int, got {seed!r}")
-        if not _is_int(num_workers) or num_workers < 0:
+        if not is_int(num_workers) or num_workers < 0:
             raise ValueError(f"num_workers must be a non-negative int, got {num_workers!r}")
         if not isinstance(flatten, bool):
             raise ValueError(f"flatten must be a bool, got {flatten!r}")

@@ -12,7 +12,13 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from lightning_sylv.lowrank.layers import LowRankConv2d, LowRankLayer, LowRankLinear, full_rank_of, resolve_rank
+from lightning_sylv.lowrank.layers import (
+    LowRankConv2d,
+    LowRankLayer,
+    LowRankLinear,
+    full_rank_of,
+    resolve_rank,
+)
 
 __all__ = ["to_low_rank"]
 

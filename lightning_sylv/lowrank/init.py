@@ -21,7 +21,14 @@ import torch
 from torch import Tensor
 
 from lightning_sylv.activations import layer_rows
-from lightning_sylv.lowrank.factorize import METHODS, Factors, factorize, linear_error, relu_error, spectral_factors
+from lightning_sylv.lowrank.factorize import (
+    METHODS,
+    Factors,
+    factorize,
+    linear_error,
+    relu_error,
+    spectral_factors,
+)
 from lightning_sylv.lowrank.layers import LowRankLayer
 
 __all__ = ["LowRankFit", "init_low_rank_", "input_rows"]

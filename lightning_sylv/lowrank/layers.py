@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from lightning_sylv._checks import _is_int
+from lightning_sylv._checks import is_int
 from lightning_sylv.lowrank.factorize import spectral_factors
 
 __all__ = ["LowRankConv2d", "LowRankLayer", "LowRankLinear", "full_rank_of", "resolve_rank"]
@@ -51,7 +51,7 @@ def resolve_rank(rank: int | float, full_rank: int, name: str = "rank") -> int:
     Raises:
         ValueError: If ``rank`` is not a positive int up to ``full_rank`` nor a fraction in ``(0, 1]``.
     """
-    if _is_int(rank):
+    if is_int(rank):
         if not 1 <= rank <= full_rank:
             raise ValueError(
                 f"{name} must be in [1, {full_rank}] (the layer's full rank min(out, in)), got {rank!r}"
@@ -201,9 +201,9 @@ class LowRankLinear(LowRankLayer):
     ) -> None:
         super().__init__()
         for arg, value in (("in_features", in_features), ("out_features", out_features)):
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{arg} must be a positive int, got {value!r}")
-        if not _is_int(rank):
+        if not is_int(rank):
             raise ValueError(f"rank must be a positive int, got {rank!r}")
         self.in_features, self.out_features = in_features, out_features
         self.rank = resolve_rank(rank, min(in_features, out_features))
@@ -277,12 +277,12 @@ class LowRankConv2d(LowRankLayer):
     ) -> None:
         super().__init__()
         for arg, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{arg} must be a positive int, got {value!r}")
-        if not _is_int(rank):
+        if not is_int(rank):
             raise ValueError(f"rank must be a positive int, got {rank!r}")
-        ks = (kernel_size, kernel_size) if _is_int(kernel_size) else tuple(kernel_size)  # type: ignore[arg-type]
-        if len(ks) != 2 or not all(_is_int(k) and k >= 1 for k in ks):
+        ks = (kernel_size, kernel_size) if is_int(kernel_size) else tuple(kernel_size)  # type: ignore[arg-type]
+        if len(ks) != 2 or not all(is_int(k) and k >= 1 for k in ks):
             raise ValueError(f"kernel_size must be a positive int or a pair of them, got {kernel_size!r}")
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, ks
         self.rank = resolve_rank(rank, min(out_channels, in_channels * ks[0] * ks[1]))

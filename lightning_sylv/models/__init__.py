@@ -5,7 +5,15 @@ from lightning_sylv.models.cnn import SmallCNN
 from lightning_sylv.models.factory import ARCHS, build_network
 from lightning_sylv.models.init import INIT_SCHEMES, random_init_
 from lightning_sylv.models.mlp import MLP
-from lightning_sylv.models.resnet import CIFARResNet, resnet20, resnet32, resnet44, resnet56, resnet110, resnet_cifar
+from lightning_sylv.models.resnet import (
+    CIFARResNet,
+    resnet20,
+    resnet32,
+    resnet44,
+    resnet56,
+    resnet110,
+    resnet_cifar,
+)
 
 __all__ = [
     "ARCHS",

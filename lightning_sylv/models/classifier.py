@@ -11,6 +11,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_sylv._checks import is_int
 from lightning_sylv.models.factory import ARCHS, build_network
 from lightning_sylv.models.init import INIT_SCHEMES, random_init_
 
@@ -19,16 +20,12 @@ __all__ = ["ImageClassifier"]
 OPTIMIZERS = ("sgd", "adam")
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _is_int_list(value: object) -> bool:
-    return isinstance(value, (list, tuple)) and all(_is_int(v) and v > 0 for v in value)
+    return isinstance(value, (list, tuple)) and all(is_int(v) and v > 0 for v in value)
 
 
 class ImageClassifier(LightningModule):
@@ -82,11 +79,11 @@ class ImageClassifier(LightningModule):
             raise ValueError(f"input_shape must be a non-empty list of positive ints, got {input_shape!r}")
         if arch != "mlp" and len(input_shape) != 3:
             raise ValueError(f"input_shape must be [channels, height, width] for arch {arch!r}, got {input_shape!r}")
-        if not _is_int(num_classes) or num_classes < 2:
+        if not is_int(num_classes) or num_classes < 2:
             raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
         if not _is_int_list(hidden):
             raise ValueError(f"hidden must be a list of positive ints, got {hidden!r}")
-        if not _is_int(width) or width < 1:
+        if not is_int(width) or width < 1:
             raise ValueError(f"width must be a positive int, got {width!r}")
         if not isinstance(init, str) or init not in INIT_SCHEMES:
             raise ValueError(f"init must be one of {list(INIT_SCHEMES)}, got {init!r}")

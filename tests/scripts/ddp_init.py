@@ -1,6 +1,9 @@
 """Run SylvesterInit under a real Trainer and save every rank's weights right after initialization.
 
-Usage: python ddp_init.py OUT_DIR DEVICES [STRATEGY [bn [head]]]
+Usage: python ddp_init.py OUT_DIR DEVICES [STRATEGY [bn] [head] [wide]]
+
+``wide``: 64 input features for 40 samples, so the first layer has fewer rows than inputs and
+solves in the span of its rows, gathered across processes.
 Lightning's subprocess launcher re-runs this script for the other ranks (strategy="ddp", gloo on CPU).
 """
 
@@ -16,11 +19,11 @@ from lightning_sylv import SylvesterInit
 
 
 class Data(LightningDataModule):
-    def __init__(self) -> None:
+    def __init__(self, dim: int = 12) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(0)
         y = torch.arange(4).repeat(30)
-        x = torch.randn(4, 12, generator=g)[y] + 0.3 * torch.randn(120, 12, generator=g)
+        x = torch.randn(4, dim, generator=g)[y] + 0.3 * torch.randn(120, dim, generator=g)
         self.ds = TensorDataset(x, y)
 
     def train_dataloader(self):
@@ -31,9 +34,9 @@ class Data(LightningDataModule):
 
 
 class Net(LightningModule):
-    def __init__(self, bn: bool) -> None:
+    def __init__(self, bn: bool, dim: int = 12) -> None:
         super().__init__()
-        layers = [nn.Linear(12, 16)] + ([nn.BatchNorm1d(16)] if bn else []) + [nn.ReLU(), nn.Linear(16, 4)]
+        layers = [nn.Linear(dim, 16)] + ([nn.BatchNorm1d(16)] if bn else []) + [nn.ReLU(), nn.Linear(16, 4)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x):
@@ -59,10 +62,10 @@ class SaveState(Callback):
 if __name__ == "__main__":
     out, devices = Path(sys.argv[1]), int(sys.argv[2])
     strategy = sys.argv[3] if len(sys.argv) > 3 else ("ddp" if devices > 1 else "auto")
-    bn = len(sys.argv) > 4 and sys.argv[4] == "bn"
-    head_only = len(sys.argv) > 5 and sys.argv[5] == "head"
+    flags = set(sys.argv[4:])
+    bn, head_only, dim = "bn" in flags, "head" in flags, 64 if "wide" in flags else 12
     seed_everything(0)
-    model = Net(bn)
+    model = Net(bn, dim)
     if head_only:  # a "pretrained" body: BatchNorm statistics that are not 0 and 1
         for m in model.modules():
             if isinstance(m, nn.BatchNorm1d):
@@ -81,8 +84,10 @@ if __name__ == "__main__":
         enable_model_summary=False,
         callbacks=[
             SaveState(out, "before_"),
-            SylvesterInit(samples_per_class=10, verbose=False, layers="head" if head_only else "all"),
+            init := SylvesterInit(samples_per_class=10, verbose=False, layers="head" if head_only else "all"),
             SaveState(out),
         ],
     )
-    trainer.fit(model, datamodule=Data())
+    trainer.fit(model, datamodule=Data(dim))
+    solvers = {r.name: r.solver for r in init.report.layers}
+    torch.save(solvers, out / f"solvers_world{trainer.world_size}_rank{trainer.global_rank}.pt")
