@@ -104,15 +104,19 @@ def main() -> None:
         files[spc] = str(tmp / f"subset_{spc}.pt")
         torch.save((x, y), files[spc])
     print(f"ResNet-20, CIFAR-10 subset, patches_per_image={args.patches_per_image}, device={args.device}")
-    print(f"{'samples/class':>13} {'mode':<16} {'passes':>6} {'time s':>8} {'peak RSS growth MB':>19} {'peak GPU MB':>12}")
+    print(f"{'samples/class':>13} {'mode':<16} {'passes':>6} {'time s':>8} {'peak RSS growth MB':>19} "
+          f"{'peak GPU MB':>12}")
     for spc in args.spc:
         for bs in (None, args.batch_size) if args.batch_size < 10 * spc else (None,):
-            cmd = [sys.executable, __file__, "--data-dir", args.data_dir, "--patches-per-image", str(args.patches_per_image),
+            cmd = [sys.executable, __file__, "--data-dir", args.data_dir,
+                   "--patches-per-image", str(args.patches_per_image),
                    "--device", args.device, "--child", json.dumps([spc, bs, files[spc]])]
-            res = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
+            res = json.loads(proc.stdout.strip().splitlines()[-1])
             mode = "one pass" if bs is None or bs >= 10 * spc else f"stream bs={bs}"
             gpu = f"{res['peak_gpu_mb']:.0f}" if "peak_gpu_mb" in res else "-"
-            print(f"{spc:>13} {mode:<16} {res['passes']:>6} {res['seconds']:>8.2f} {res['peak_rss_growth_mb']:>19.0f} {gpu:>12}", flush=True)
+            print(f"{spc:>13} {mode:<16} {res['passes']:>6} {res['seconds']:>8.2f} "
+                  f"{res['peak_rss_growth_mb']:>19.0f} {gpu:>12}", flush=True)
 
 
 if __name__ == "__main__":

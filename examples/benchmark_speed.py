@@ -61,7 +61,8 @@ def init_vs_forward(data_dir: str, spcs: list[int], repeats: int, ppi: int | Non
                          "float32": (torch.float32, None)}[precision]
     warm = build_network("resnet20", (3, 32, 32), 10)
     x, y, _ = balanced_subset(dm.init_dataset(), 2, 0)
-    sylvester_init_(warm, x, y, patches_per_image=ppi, latent=latent, dtype=dtype, gram_dtype=gram_dtype)  # warm-up, not timed
+    # warm-up, not timed
+    sylvester_init_(warm, x, y, patches_per_image=ppi, latent=latent, dtype=dtype, gram_dtype=gram_dtype)
     out = []
     for spc in spcs:
         fwd_t, best_t, init_t, load_t = [], [], [], []
@@ -108,11 +109,11 @@ def solver_vs_scipy(repeats: int) -> list[dict]:
         s = torch.randn(4000, m, generator=g, dtype=torch.float64)
         x = torch.relu(torch.randn(4000, n, generator=g, dtype=torch.float64))
         a, b, c = s.T @ s / 4000, 10 * x.T @ x / 4000, 11 * s.T @ x / 4000
-        ours = _median_time(lambda: solve_sylvester_psd(a, b, c), repeats)
+        ours = _median_time(lambda a=a, b=b, c=c: solve_sylvester_psd(a, b, c), repeats)
         # The floor of the eigen method: its two symmetric eigendecompositions, nothing else.
-        eigs = _median_time(lambda: (torch.linalg.eigh(a), torch.linalg.eigh(b)), repeats)
+        eigs = _median_time(lambda a=a, b=b: (torch.linalg.eigh(a), torch.linalg.eigh(b)), repeats)
         an, bn, cn = a.numpy(), b.numpy(), c.numpy()
-        ref = _median_time(lambda: scipy.linalg.solve_sylvester(an, bn, cn), repeats)
+        ref = _median_time(lambda an=an, bn=bn, cn=cn: scipy.linalg.solve_sylvester(an, bn, cn), repeats)
         w = solve_sylvester_psd(a, b, c).w
         w_ref = torch.from_numpy(scipy.linalg.solve_sylvester(an, bn, cn))
         row = {
@@ -150,7 +151,8 @@ def main() -> None:
     args = p.parse_args()
     print(f"machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
           f"numpy {np.__version__}, scipy {scipy.__version__}")
-    print(f"settings: patches_per_image={args.patches_per_image} latent={args.latent} precision={args.precision} repeats={args.repeats}")
+    print(f"settings: patches_per_image={args.patches_per_image} latent={args.latent} precision={args.precision} "
+          f"repeats={args.repeats}")
     solver_vs_scipy(max(args.repeats, 5))
     if not args.skip_init:
         init_vs_forward(args.data_dir, args.spc, args.repeats, args.patches_per_image, args.latent, args.precision,

@@ -122,7 +122,8 @@ def run_students(
         rows.append(dict(date=date, script=script, dataset=dataset, arch=arch, arm=arm, seed=seed, epoch=epoch,
                          test_acc=round(acc, 4), init_time_s=round(secs, 4), samples=per_class * 10, note=note))
 
-    row("teacher", teacher_epochs, accuracy(teacher, x_te, y_te), note=f"{sum(p.numel() for p in teacher.parameters())} params")
+    n_params = sum(p.numel() for p in teacher.parameters())
+    row("teacher", teacher_epochs, accuracy(teacher, x_te, y_te), note=f"{n_params} params")
     idx = subset(y_tr, per_class, seed)
     for arm in ARMS:
         torch.manual_seed(seed)  # the same default-init student for every arm
@@ -131,8 +132,10 @@ def run_students(
         row(arm, 0, accuracy(student, x_te, y_te), secs)
         wanted = set(epochs)
         train(student, x_tr, y_tr, max(epochs), seed, lr=lr, batch_size=batch_size,
-              on_epoch=lambda e, s=student, a=arm, t=secs: row(a, e, accuracy(s, x_te, y_te), t) if e in wanted else None)
-        print(f"  seed {seed} {arch:>4} {arm:>9}: " + "  ".join(f"ep{r['epoch']}={100 * r['test_acc']:.1f}" for r in rows if r["arm"] == arm), flush=True)
+              on_epoch=lambda e, s=student, a=arm, t=secs, w=wanted: (
+                  row(a, e, accuracy(s, x_te, y_te), t) if e in w else None))
+        accs = "  ".join(f"ep{r['epoch']}={100 * r['test_acc']:.1f}" for r in rows if r["arm"] == arm)
+        print(f"  seed {seed} {arch:>4} {arm:>9}: " + accs, flush=True)
     return rows
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 HERE = Path(__file__).resolve().parent
 ARMS = ("default", "he", "sylvester", "fuse")
@@ -28,7 +28,9 @@ def main() -> None:
     parser.add_argument("--csv", type=Path, default=HERE / "results" / "fuseinit.csv")
     parser.add_argument("--out", type=Path, default=HERE / "figures" / "fuseinit.png")
     args = parser.parse_args()
-    acc: dict[tuple[str, str, str], dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    acc: dict[tuple[str, str, str], dict[str, dict[int, list[float]]]] = defaultdict(
+        lambda: defaultdict(lambda: defaultdict(list))
+    )
     with args.csv.open() as f:
         for r in csv.DictReader(f):
             acc[(r["dataset"], r["arch"], r["samples"])][r["arm"]][int(r["epoch"])].append(100 * float(r["test_acc"]))

@@ -175,7 +175,8 @@ def train_resnet(cifar_dir: str, epochs: int, per_class: int, seed: int, cache: 
     torch.manual_seed(seed)
     net = resnet20()
     key = cache / f"resnet20_e{epochs}_pc{per_class}_s{seed}.pt"
-    dm = CIFAR10DataModule(data_dir=cifar_dir, train_per_class=per_class, val_size=2000, augment=True, seed=seed, batch_size=128)
+    dm = CIFAR10DataModule(data_dir=cifar_dir, train_per_class=per_class, val_size=2000, augment=True, seed=seed,
+                           batch_size=128)
     dm.setup()
     if key.is_file():
         blob = torch.load(key, weights_only=False)
@@ -193,7 +194,8 @@ def train_resnet(cifar_dir: str, epochs: int, per_class: int, seed: int, cache: 
             loss.backward()
             opt.step()
             sched.step()
-        print(f"  resnet20 epoch {epoch + 1}/{epochs}: loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        print(f"  resnet20 epoch {epoch + 1}/{epochs}: loss {loss.item():.3f} ({time.perf_counter() - t0:.0f} s)",
+              flush=True)
     net.eval()
     correct = total = 0
     with torch.no_grad():
@@ -215,7 +217,8 @@ def table(title: str, fractions: tuple[float, ...], res: dict, metric: str, rank
     for i, frac in enumerate(fractions):
         s, d, r = (res[metric][k][i] for k in METHODS)
         lines.append(
-            f"| {frac:.4g} | {s:.4f} | {d:.4f} | {r:.4f} | {s - r:.4f} | {100 * (r - s) / s:+.1f}% | {100 * (r - d) / d:+.1f}% |"
+            f"| {frac:.4g} | {s:.4f} | {d:.4f} | {r:.4f} | {s - r:.4f} | "
+            f"{100 * (r - s) / s:+.1f}% | {100 * (r - d) / d:+.1f}% |"
         )
     return "\n".join(lines)
 
@@ -244,12 +247,19 @@ def main() -> None:
     # --- MLP on digits -------------------------------------------------------------------------
     random_mlp, trained_mlp, xtr, xva, acc = digits_mlp(args.mlp_epochs, args.seed)
     names = ["features.1", "features.3"]
-    for label, net in (("MLP (digits), random init", random_mlp), (f"MLP (digits), trained {args.mlp_epochs} epochs, val acc {100 * acc:.1f}%", trained_mlp)):
+    mlps = (
+        ("MLP (digits), random init", random_mlp),
+        (f"MLP (digits), trained {args.mlp_epochs} epochs, val acc {100 * acc:.1f}%", trained_mlp),
+    )
+    for label, net in mlps:
         fit = capture_rows(net, names, xtr, None, args.seed)
         ev = capture_rows(net, names, xva, None, args.seed + 1)
         res = sweep(net, names, fit, ev, MLP_FRACTIONS, args.relu_iters)
         results[label] = res
-        note = f"layers 64→128 and 128→64 (full rank 64), fit on {xtr.shape[0]} training images, errors on {xva.shape[0]} validation images"
+        note = (
+            f"layers 64→128 and 128→64 (full rank 64), fit on {xtr.shape[0]} training images, "
+            f"errors on {xva.shape[0]} validation images"
+        )
         tables.append(table(label, MLP_FRACTIONS, res, "relu", note))
         print(tables[-1], "\n", flush=True)
 
@@ -267,9 +277,14 @@ def main() -> None:
         sylvester_init_(syl, cx, cy, patches_per_image=args.patches, seed=args.seed)
         nets.append(("ResNet-20 (CIFAR-10), Sylvester init", syl))
         if args.resnet_epochs > 0:
-            trained, vacc = train_resnet(args.cifar_dir, args.resnet_epochs, args.resnet_per_class, args.seed, Path(args.cache))
+            trained, vacc = train_resnet(args.cifar_dir, args.resnet_epochs, args.resnet_per_class, args.seed,
+                                         Path(args.cache))
             recalibrate_bn(trained, cx)
-            nets.append((f"ResNet-20 (CIFAR-10), trained {args.resnet_epochs} epochs on {10 * args.resnet_per_class} images, val acc {100 * vacc:.1f}%", trained))
+            nets.append((
+                f"ResNet-20 (CIFAR-10), trained {args.resnet_epochs} epochs on {10 * args.resnet_per_class} images, "
+                f"val acc {100 * vacc:.1f}%",
+                trained,
+            ))
         for label, net in nets:
             names = [n for n, m in net.named_modules() if isinstance(m, nn.Conv2d) and ".conv" in n]
             mods = dict(net.named_modules())
@@ -289,7 +304,8 @@ def main() -> None:
                 f"{eval_x.shape[0]} held-out images x {args.patches} patches"
             )
             tables.append(table(label + ": relu(W x)", RESNET_FRACTIONS, res, "relu", note))
-            tables.append(table(label + ": relu(BN(W x))", RESNET_FRACTIONS, res, "relu_bn", "through the following BatchNorm; relu fitted through it"))
+            tables.append(table(label + ": relu(BN(W x))", RESNET_FRACTIONS, res, "relu_bn",
+                                "through the following BatchNorm; relu fitted through it"))
             print(tables[-2], "\n\n", tables[-1], "\n", flush=True)
             print("  rank 1/4 by stage (input dim 144/288/576):", json.dumps(stages), i_quarter, flush=True)
     results["seconds"] = time.perf_counter() - start
@@ -315,9 +331,11 @@ def plot(results: dict, path: str) -> None:
             if "relu_bn" in res:
                 ax.plot(fracs, res["relu_bn"][k], "s--", color=colors[k], alpha=0.6, label=f"{k}, relu(BN(Wx))")
             if k != "spectral":
-                gap.plot(fracs, [s - v for s, v in zip(res["relu"]["spectral"], res["relu"][k])], "o-", color=colors[k], label=f"spectral − {k}")
+                gap.plot(fracs, [s - v for s, v in zip(res["relu"]["spectral"], res["relu"][k])], "o-",
+                         color=colors[k], label=f"spectral − {k}")
                 if "relu_bn" in res:
-                    gap.plot(fracs, [s - v for s, v in zip(res["relu_bn"]["spectral"], res["relu_bn"][k])], "s--", color=colors[k], alpha=0.6, label=f"spectral − {k}, through BN")
+                    gap.plot(fracs, [s - v for s, v in zip(res["relu_bn"]["spectral"], res["relu_bn"][k])], "s--",
+                             color=colors[k], alpha=0.6, label=f"spectral − {k}, through BN")
         for a in (ax, gap):
             a.set_xscale("log", base=2)
             a.grid(alpha=0.3)

@@ -132,19 +132,22 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(results, indent=1))
         acc = " ".join(f"{100 * a:.2f}" for a in r["val_acc"])
         start = "n/a" if r["start_acc"] is None else f"{100 * r['start_acc']:.2f}"
-        print(f"{r['method']:>9} W={r['full_weight']:<9} seed {seed}: start {start}% -> val acc/epoch {acc} ({r['wall_s']:.0f} s)", flush=True)
+        print(f"{r['method']:>9} W={r['full_weight']:<9} seed {seed}: start {start}% -> val acc/epoch {acc} "
+              f"({r['wall_s']:.0f} s)", flush=True)
     print(markdown(results))
     plot(
         results,
         args.figure,
-        f"ResNet-20, block convs at rank {args.rank:g} x full; {args.epochs} epochs on {10 * args.per_class} CIFAR-10 images"
+        f"ResNet-20, block convs at rank {args.rank:g} x full; {args.epochs} epochs on "
+        f"{10 * args.per_class} CIFAR-10 images"
         + (f", lr/10 at epoch {args.milestones}" if args.milestones else ""),
     )
 
 
 def markdown(results: list[dict]) -> str:
     lines = [
-        "| W | init | seed | params | init s | mean ReLU err (subset) | val acc at start | val acc per epoch | final train loss | wall s |",
+        "| W | init | seed | params | init s | mean ReLU err (subset) | val acc at start | val acc per epoch "
+        "| final train loss | wall s |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
     ]
     for r in results:
@@ -153,8 +156,8 @@ def markdown(results: list[dict]) -> str:
         err = "-" if r["init_relu_error"] is None else f"{r['init_relu_error']:.3f}"
         accs = " / ".join(f"{100 * a:.2f}" for a in r["val_acc"])
         lines.append(
-            f"| {r['full_weight']} | {r['method']} | {r['seed']} | {r['params']:,} | {init_s} | {err} | {start} | {accs} | "
-            f"{r['train_loss'][-1]:.3f} | {r['wall_s']:.0f} |"
+            f"| {r['full_weight']} | {r['method']} | {r['seed']} | {r['params']:,} | {init_s} | {err} | {start} | "
+            f"{accs} | {r['train_loss'][-1]:.3f} | {r['wall_s']:.0f} |"
         )
     return "\n".join(lines)
 

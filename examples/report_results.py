@@ -13,7 +13,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 RANDOM_INITS = ("he_uniform", "he_normal", "xavier_uniform", "xavier_normal")
 INITS = ("sylvester", "lsuv", *RANDOM_INITS)  # lsuv: the LSUV baseline (issue 18), a row only where it ran
@@ -46,16 +46,19 @@ def _settings(rows: list[dict[str, str]], fixed: str) -> str:
         return ", ".join(sorted({r[key] for r in rows if r.get(key)})) or "-"
 
     fixed_name = {"lam": "λ", "latent": "latent"}[fixed]
-    return (f"Shots per class: {one('shots')}; epochs: {one('epochs')}; Sylvester subset: {one('samples_per_class')} "
-            f"samples/class (capped by the shots), {one('patches_per_image')} patches/image, {fixed_name} {one(fixed)}.")
+    return (f"Shots per class: {one('shots')}; epochs: {one('epochs')}; "
+            f"Sylvester subset: {one('samples_per_class')} samples/class (capped by the shots), "
+            f"{one('patches_per_image')} patches/image, {fixed_name} {one(fixed)}.")
 
 
 def _lsuv_vs_sylvester(sub: list[dict[str, str]], columns: list[tuple[int, int]]) -> list[str]:
     """Sylvester (`pca`, the Table 1 code) minus LSUV, per Table 1 column where both ran (issue 18's targets)."""
     out = []
     for s, e in columns:
-        pick = {init: {r["seed"]: r for r in sub if r["initializer"] == init and int(r["shots"]) == s and int(r["epochs"]) == e
-                       and (init != "sylvester" or r["latent"] == "pca")} for init in ("sylvester", "lsuv")}
+        pick = {init: {r["seed"]: r for r in sub
+                       if r["initializer"] == init and int(r["shots"]) == s and int(r["epochs"]) == e
+                       and (init != "sylvester" or r["latent"] == "pca")}
+                for init in ("sylvester", "lsuv")}
         seeds = sorted(set(pick["sylvester"]) & set(pick["lsuv"]), key=int)
         if not seeds:
             continue
@@ -78,11 +81,13 @@ def build_report(csv_path: Path, out_dir: Path) -> Path:
     rows = list(csv.DictReader(csv_path.open())) if csv_path.exists() else []
     figs = out_dir.parent / "figures"
     figs.mkdir(parents=True, exist_ok=True)
-    lines = ["# CIFAR-10 results (ResNet-20)", "", f"Built from `{csv_path.name}` ({len(rows)} runs) by `python examples/reproduce.py report`.", ""]
+    lines = ["# CIFAR-10 results (ResNet-20)", "",
+             f"Built from `{csv_path.name}` ({len(rows)} runs) by `python examples/reproduce.py report`.", ""]
     machines = sorted({r["machine"] for r in rows if r.get("machine")})
     dates = sorted({r["date"] for r in rows if r.get("date")})
-    lines += [f"Machines: {', '.join(machines) or '-'}; dates: {', '.join(dates) or '-'}; data: the JPEG copy of CIFAR-10 "
-              "(`prepare_cifar10.py`), test accuracy on the official 10,000 test images unless a row says otherwise.", ""]
+    lines += [f"Machines: {', '.join(machines) or '-'}; dates: {', '.join(dates) or '-'}; "
+              "data: the JPEG copy of CIFAR-10 (`prepare_cifar10.py`), "
+              "test accuracy on the official 10,000 test images unless a row says otherwise.", ""]
 
     t2 = [r for r in rows if r["experiment"] == "table2"]
     if t2:
@@ -90,28 +95,34 @@ def build_report(csv_path: Path, out_dir: Path) -> Path:
                   "Command: `python examples/reproduce.py table2 --data-dir DIR [--latent L] [--precision P]`. "
                   "Init time covers the subset draw, every layer's statistics, codes and solves and the BatchNorm "
                   "recalibration; the forward pass is one plain eval-mode pass over the same subset as one batch, "
-                  "timed right after (against the fastest batched forward the ratio is 2.5–2.8× higher; see the speed section "
-                  "of RESULTS.md). Rows run next to training jobs: compare their times within a row, not across rows.", "",
-                  "| setup | latent | patches/image | samples/class | Sylvester init time (s) | init ÷ one forward pass | "
-                  "initial acc. (%) | He-u initial acc. (%) | paper: time (s) / acc. (%) |",
+                  "timed right after (against the fastest batched forward the ratio is 2.5–2.8× higher; "
+                  "see the speed section of RESULTS.md). "
+                  "Rows run next to training jobs: compare their times within a row, not across rows.", "",
+                  "| setup | latent | patches/image | samples/class | Sylvester init time (s) "
+                  "| init ÷ one forward pass | initial acc. (%) | He-u initial acc. (%) "
+                  "| paper: time (s) / acc. (%) |",
                   "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         groups = sorted({(r["setup"], r["latent"], r["patches_per_image"], int(r["samples_per_class"])) for r in t2
                          if r["initializer"] == "sylvester"})
         for setup, latent, ppi, spc in groups:
-            syl = [r for r in t2 if r["initializer"] == "sylvester" and (r["setup"], r["latent"], r["patches_per_image"],
-                                                                        int(r["samples_per_class"])) == (setup, latent, ppi, spc)]
-            he = [r for r in t2 if r["initializer"] == "he_uniform" and r["setup"] == setup and int(r["samples_per_class"]) == spc]
+            syl = [r for r in t2 if r["initializer"] == "sylvester"
+                   and (r["setup"], r["latent"], r["patches_per_image"], int(r["samples_per_class"]))
+                   == (setup, latent, ppi, spc)]
+            he = [r for r in t2 if r["initializer"] == "he_uniform" and r["setup"] == setup
+                  and int(r["samples_per_class"]) == spc]
             ratio = [float(r["init_time_s"]) / float(r["forward_time_s"]) for r in syl if r.get("forward_time_s")]
             paper = PAPER_T2.get(spc)
             lines.append(
-                f"| {setup} | {latent} | {ppi} | {spc} | {_ms([float(r['init_time_s']) for r in syl], 1, 3)} | {_ms(ratio, 1, 2)} | "
+                f"| {setup} | {latent} | {ppi} | {spc} | {_ms([float(r['init_time_s']) for r in syl], 1, 3)} | "
+                f"{_ms(ratio, 1, 2)} | "
                 f"{_ms([float(r['initial_acc']) for r in syl])} | {_ms([float(r['initial_acc']) for r in he])} | "
                 f"{'-' if paper is None else f'{paper[0]} / {paper[1]}'} |"
             )
         lines.append("")
 
     for exp, title, inits in (("table1", "Table 1 analog: few-shot training from scratch", INITS),
-                              ("finetune", "Fine-tuning analog: head-only init after pretraining on classes 0-4", ("sylvester_head",) + RANDOM_INITS)):
+                              ("finetune", "Fine-tuning analog: head-only init after pretraining on classes 0-4",
+                               ("sylvester_head", *RANDOM_INITS))):
         sub = [r for r in rows if r["experiment"] == exp]
         if not sub:
             continue
@@ -120,7 +131,8 @@ def build_report(csv_path: Path, out_dir: Path) -> Path:
         columns = sorted({(int(r["shots"]), int(r["epochs"])) for r in sub}, key=lambda c: (c[0], -c[1]))
         cmd = ("python examples/reproduce.py table1 --data-dir DIR --shots S" if exp == "table1" else
                "python examples/reproduce.py finetune --data-dir DIR --shots S --pretrain-epochs E")
-        lines += [f"## {title}", "", f"Command: `{cmd}`. SGD, lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, lr ×0.1 at "
+        lines += [f"## {title}", "",
+                  f"Command: `{cmd}`. SGD, lr 0.1, momentum 0.9, weight decay 5e-4, batch 128, lr ×0.1 at "
                   "1/2 and 3/4 of the epochs (the paper's 100 and 150 of 200); random crop + flip.", "",
                   "Final test accuracy % (initial in parentheses), mean ± std over seeds (n = number of seeds). "
                   "Each column names its epoch budget; a column with fewer than the paper's 200 epochs was shortened "
@@ -163,7 +175,8 @@ def build_report(csv_path: Path, out_dir: Path) -> Path:
         lines += [f"## {title}", "", f"Command: `{cmd}`. {_settings(sub, fixed)}", "",
                   f"| {'λ' if key == 'lam' else key} | initial acc. (%) | final acc. (%) |", "| --- | --- | --- |"]
         for k in keys:
-            lines.append(f"| {k} | {_ms([float(r['initial_acc']) for r in groups[k]])} | {_ms([float(r['final_acc']) for r in groups[k]])} |")
+            lines.append(f"| {k} | {_ms([float(r['initial_acc']) for r in groups[k]])} | "
+                         f"{_ms([float(r['final_acc']) for r in groups[k]])} |")
         fig, ax = plt.subplots(figsize=(5, 3.2))
         xs = list(range(len(keys)))
         for field, marker, label in (("initial_acc", "o-", "initial"), ("final_acc", "s-", "final")):
@@ -174,7 +187,8 @@ def build_report(csv_path: Path, out_dir: Path) -> Path:
         ax.set_xlabel("λ" if key == "lam" else "latent code")
         ax.set_ylabel("test accuracy (%)")
         n_seeds = sorted({len(groups[k]) for k in keys})
-        ax.set_title(f"{title.split(': ')[1]}: {sub[0]['shots']} shots, seeds/point {'-'.join(map(str, n_seeds))}", fontsize=9)
+        ax.set_title(f"{title.split(': ')[1]}: {sub[0]['shots']} shots, seeds/point {'-'.join(map(str, n_seeds))}",
+                     fontsize=9)
         ax.legend()
         fig.tight_layout()
         fig.savefig(figs / fname, dpi=120)
@@ -187,10 +201,12 @@ def build_report(csv_path: Path, out_dir: Path) -> Path:
         lines += ["## Figure 1 analog: test accuracy vs wall-clock time", "",
                   "Command: `python examples/reproduce.py fig1 --data-dir DIR --shots S`. "
                   f"{_settings(sub, 'latent')} Time is training time (test evaluations excluded) plus, for Sylvester, "
-                  "its initialization time (LSUV: its own). Each curve is the mean over the seeds, checkpoint by checkpoint (time and "
+                  "its initialization time (LSUV: its own). "
+                  "Each curve is the mean over the seeds, checkpoint by checkpoint (time and "
                   "accuracy); the table lists every seed. The machine's load (other jobs) changes the seconds "
                   "from run to run, so compare the curves' shapes, not their lengths.", "",
-                  "| initializer | seed | init time (s) | initial acc. (%) | final acc. (%) | wall-clock to final (s) |",
+                  "| initializer | seed | init time (s) | initial acc. (%) | final acc. (%) "
+                  "| wall-clock to final (s) |",
                   "| --- | --- | --- | --- | --- | --- |"]
         settings = sorted({(r["shots"], r["epochs"]) for r in sub}, key=lambda k: (int(k[0]), int(k[1])))
         for (shots, epochs), init in ((k, i) for k in settings for i in INITS):
@@ -209,7 +225,8 @@ def build_report(csv_path: Path, out_dir: Path) -> Path:
                              f"{100 * float(r['final_acc']):.2f} | {curves[-1][-1][0]:.0f} |")
             if len(rs) > 1:
                 lines.append(f"| {label} | mean of {len(rs)} | {_ms([_f(r, 'init_time_s') or 0.0 for r in rs], 1.0)} | "
-                             f"{_ms([float(r['initial_acc']) for r in rs])} | {_ms([float(r['final_acc']) for r in rs])} | "
+                             f"{_ms([float(r['initial_acc']) for r in rs])} | "
+                             f"{_ms([float(r['final_acc']) for r in rs])} | "
                              f"{_ms([c[-1][0] for c in curves], 1.0, 0)} |")
             n = min(len(c) for c in curves)  # equal within one setting; min() guards a cut-short curve
             ax.plot([statistics.mean(c[i][0] for c in curves) for i in range(n)],
@@ -229,7 +246,8 @@ def build_report(csv_path: Path, out_dir: Path) -> Path:
     return out
 
 
-BEGIN, END = "<!-- cifar10 tables: begin (written by `python examples/reproduce.py report`) -->", "<!-- cifar10 tables: end -->"
+BEGIN = "<!-- cifar10 tables: begin (written by `python examples/reproduce.py report`) -->"
+END = "<!-- cifar10 tables: end -->"
 
 
 def _splice(results: Path, lines: list[str]) -> None:

@@ -129,13 +129,15 @@ class _Curve(Callback):
     def on_train_epoch_end(self, trainer: Trainer, pl_module: Any) -> None:
         if self.every and (trainer.current_epoch + 1) % self.every == 0:
             elapsed = time.perf_counter() - self.start
-            self.points.append((round(elapsed, 2), round(evaluate_accuracy(pl_module, self.batches, pl_module.device) or 0, 4)))
+            acc = evaluate_accuracy(pl_module, self.batches, pl_module.device) or 0
+            self.points.append((round(elapsed, 2), round(acc, 4)))
             self.start += time.perf_counter() - self.start - elapsed  # exclude evaluation time
 
 
 def train_run(args: argparse.Namespace, *, experiment: str, initializer: str, shots: int | None, seed: int,
               epochs: int, lam: float = 10.0, latent: str = "pca", classes: list[int] | None = None,
-              pretrained: dict[str, torch.Tensor] | None = None, curve_every: int = 0, setup: str = "cifar10") -> dict[str, Any]:
+              pretrained: dict[str, torch.Tensor] | None = None, curve_every: int = 0,
+              setup: str = "cifar10") -> dict[str, Any]:
     """One training run; returns (and appends) its CSV row. ``initializer``: a random scheme, 'sylvester'
     (or 'sylvester_head'), or 'lsuv' (on the He-uniform-constructed model, from the same subset)."""
     setup = _setup(setup, args) if "sylvester" in initializer else setup
@@ -163,8 +165,8 @@ def train_run(args: argparse.Namespace, *, experiment: str, initializer: str, sh
     if "sylvester" in initializer:
         callbacks.append(SylvesterInit(samples_per_class=args.samples_per_class, lam=lam, latent=latent,
                                        layers="head" if initializer == "sylvester_head" else "all",
-                                       patches_per_image=args.patches_per_image, seed=seed, evaluate=False, verbose=False,
-                                       precision=args.precision))
+                                       patches_per_image=args.patches_per_image, seed=seed, evaluate=False,
+                                       verbose=False, precision=args.precision))
     elif initializer == "lsuv":
         from baselines import LSUVBaseline  # examples/baselines.py; needs the `lsuv` package
 
@@ -199,8 +201,9 @@ def table2(args: argparse.Namespace) -> None:
     for seed in args.seeds:
         for spc in args.spc:
             for initializer in ("he_uniform", "sylvester"):
-                row = dict(experiment="table2", setup=_setup("cifar10", args), initializer=initializer, shots="all", seed=seed, epochs=0,
-                           samples_per_class=spc, lam=args.lam if initializer == "sylvester" else "",
+                row = dict(experiment="table2", setup=_setup("cifar10", args), initializer=initializer, shots="all",
+                           seed=seed, epochs=0, samples_per_class=spc,
+                           lam=args.lam if initializer == "sylvester" else "",
                            latent=args.latent if initializer == "sylvester" else "",
                            patches_per_image=args.patches_per_image if initializer == "sylvester" else "")
                 if _done(args.csv, row):
@@ -214,7 +217,8 @@ def table2(args: argparse.Namespace) -> None:
                 if initializer == "sylvester":
                     t0 = time.perf_counter()
                     x, y, _ = balanced_subset(dm.init_dataset(), spc, seed)
-                    sylvester_init_(net, x, y, lam=args.lam, latent=args.latent, patches_per_image=args.patches_per_image, seed=seed,
+                    sylvester_init_(net, x, y, lam=args.lam, latent=args.latent,
+                                    patches_per_image=args.patches_per_image, seed=seed,
                                     gram_dtype=torch.float32 if args.precision == "mixed" else None)
                     init_time = time.perf_counter() - t0
                     net.eval()
@@ -255,8 +259,10 @@ def finetune(args: argparse.Namespace) -> None:
     if not ckpt.exists():
         seed_everything(0, verbose=False)
         dm = CIFAR10DataModule(data_dir=args.data_dir, batch_size=128, classes=[0, 1, 2, 3, 4])
+        pretrain_milestones = ([args.pretrain_epochs // 2, (3 * args.pretrain_epochs) // 4]
+                               if args.pretrain_epochs >= 4 else None)
         model = ImageClassifier(arch="resnet20", input_shape=[3, 32, 32], num_classes=5, init="he_uniform", lr=0.1,
-                                milestones=[args.pretrain_epochs // 2, (3 * args.pretrain_epochs) // 4] if args.pretrain_epochs >= 4 else None)
+                                milestones=pretrain_milestones)
         Trainer(max_epochs=args.pretrain_epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                 enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0).fit(model, datamodule=dm)
         torch.save(model.net.state_dict(), ckpt)
@@ -272,15 +278,15 @@ def finetune(args: argparse.Namespace) -> None:
 def fig2(args: argparse.Namespace) -> None:
     for lam in args.lams:
         for seed in args.seeds:
-            train_run(args, experiment="fig2", initializer="sylvester", shots=args.shots[0], seed=seed, epochs=args.epochs, lam=lam,
-                      latent=args.latent)
+            train_run(args, experiment="fig2", initializer="sylvester", shots=args.shots[0], seed=seed,
+                      epochs=args.epochs, lam=lam, latent=args.latent)
 
 
 def fig3(args: argparse.Namespace) -> None:
     for latent in args.latents:
         for seed in args.seeds:
-            train_run(args, experiment="fig3", initializer="sylvester", shots=args.shots[0], seed=seed, epochs=args.epochs, latent=latent,
-                      lam=args.lam)
+            train_run(args, experiment="fig3", initializer="sylvester", shots=args.shots[0], seed=seed,
+                      epochs=args.epochs, latent=latent, lam=args.lam)
 
 
 def fig1(args: argparse.Namespace) -> None:
@@ -325,7 +331,8 @@ def main(argv: list[str] | None = None) -> None:
 
         build_report(args.csv, args.csv.parent)
         return
-    {"table1": table1, "table2": table2, "finetune": finetune, "fig1": fig1, "fig2": fig2, "fig3": fig3}[args.what](args)
+    experiments = {"table1": table1, "table2": table2, "finetune": finetune, "fig1": fig1, "fig2": fig2, "fig3": fig3}
+    experiments[args.what](args)
 
 
 if __name__ == "__main__":

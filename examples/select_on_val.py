@@ -38,7 +38,8 @@ def main() -> None:
     dm.setup("fit")
     val = [(torch.stack([dm.val_dataset[i][0] for i in range(j, min(j + 1000, len(dm.val_dataset)))]),
             dm.val_dataset.targets[j : j + 1000]) for j in range(0, len(dm.val_dataset), 1000)]
-    print("| samples/class | latent | patches/image | λ | precision | solver | initial val. acc. % (mean ± std) | per seed | init s (median) |")
+    print("| samples/class | latent | patches/image | λ | precision | solver "
+          "| initial val. acc. % (mean ± std) | per seed | init s (median) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     grid = itertools.product(args.spc, args.latents, args.ppi, args.lams, args.precisions, args.solvers)
     for spc, latent, ppi, lam, prec, solver in grid:

@@ -34,9 +34,9 @@ copies their weights, FuseInit refits them from the data given the student's own
 
 Arms: ``default`` (PyTorch's init), ``he`` (He normal), ``select_uniform`` and ``select_centre``
 (weight selection with either element rule), ``fuse`` (FuseInit; the width pairs' targets are the
-units ``--element`` selects, uniform by default), ``sylvester`` (for reference). Test accuracy right after initialization (epoch 0) and
-after the given epochs of the same training loop, appended to ``results/weight_selection.csv``;
-``--summary`` writes ``results/weight_selection.md``.
+units ``--element`` selects, uniform by default), ``sylvester`` (for reference). Test accuracy right
+after initialization (epoch 0) and after the given epochs of the same training loop, appended to
+``results/weight_selection.csv``; ``--summary`` writes ``results/weight_selection.md``.
 
     python examples/weight_selection.py                     # 3 seeds, every pair (a few minutes, 1 thread)
     python examples/weight_selection.py --summary-only      # rebuild the markdown from the CSV
@@ -47,7 +47,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
-import math
 import statistics
 import sys
 import time
@@ -272,7 +271,8 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
 
     dm = DigitsDataModule(seed=0)  # the split of fuse_digits.py; seeds vary inits, subsets and shuffles
     dm.setup()
-    x_tr, y_tr, x_te, y_te = dm.train_dataset.inputs, dm.train_dataset.targets, dm.test_dataset.inputs, dm.test_dataset.targets
+    x_tr, y_tr = dm.train_dataset.inputs, dm.train_dataset.targets
+    x_te, y_te = dm.test_dataset.inputs, dm.test_dataset.targets
     date = dt.date.today().isoformat()
     rows: list[dict[str, object]] = []
     for name in args.pairs:
@@ -292,11 +292,13 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
                 how = args.element
                 secs = initialize(arm, pair, student, teacher, x_tr[idx], y_tr[idx], seed, how)
                 if secs is None:
-                    seed_rows.append(dict(date=date, pair=name, arm=arm, seed=seed, epoch=0, test_acc="", init_time_s="",
-                                          samples=len(idx), note="n/a: " + pair.note.split("; ")[-1]))
+                    seed_rows.append(dict(date=date, pair=name, arm=arm, seed=seed, epoch=0, test_acc="",
+                                          init_time_s="", samples=len(idx), note="n/a: " + pair.note.split("; ")[-1]))
                     continue
 
-                def rec(epoch: int, s: nn.Module = student, a: str = arm, t: float = secs) -> None:
+                def rec(epoch: int, s: nn.Module = student, a: str = arm, t: float = secs,
+                        seed_rows: list[dict[str, object]] = seed_rows, name: str = name, seed: int = seed,
+                        idx: Tensor = idx, how: str = how, pair: Pair = pair) -> None:
                     seed_rows.append(dict(date=date, pair=name, arm=a, seed=seed, epoch=epoch,
                                           test_acc=round(accuracy(s, x_te, y_te), 4), init_time_s=round(t, 4),
                                           samples=len(idx) if a in ("fuse", "sylvester") else "",
@@ -305,8 +307,9 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
                 rec(0)
                 wanted = set(args.epochs)
                 train(student, x_tr, y_tr, max(args.epochs), seed, lr=args.lr, batch_size=64,
-                      on_epoch=lambda e, r=rec: r(e) if e in wanted else None)
-                accs = "  ".join(f"ep{r['epoch']}={100 * float(r['test_acc']):.1f}" for r in seed_rows if r["arm"] == arm)
+                      on_epoch=lambda e, r=rec, w=wanted: r(e) if e in w else None)
+                accs = "  ".join(f"ep{r['epoch']}={100 * float(r['test_acc']):.1f}"
+                                 for r in seed_rows if r["arm"] == arm)
                 print(f"  {name} seed {seed} {arm:>9}: {accs}", flush=True)
             _append(args.csv, seed_rows)
             rows += seed_rows
@@ -350,14 +353,17 @@ def summarize(rows: list[dict[str, str]]) -> str:
             if all(r["test_acc"] == "" for r in ar):
                 lines.append(f"| {arm} | n/a |" + " |" * len(epochs))
                 continue
-            cells = [_ms([100 * float(r["test_acc"]) for r in ar if int(r["epoch"]) == e and r["test_acc"] != ""]) for e in epochs]
+            cells = [_ms([100 * float(r["test_acc"]) for r in ar if int(r["epoch"]) == e and r["test_acc"] != ""])
+                     for e in epochs]
             t = [float(r["init_time_s"]) for r in ar if int(r["epoch"]) == 0 and r["init_time_s"] not in ("", "nan")]
             t_cell = "-" if not t else f"{statistics.mean(t):.3f}"
-            lines.append(f"| {'**' + arm + '**' if arm.startswith('select') or arm == 'fuse' else arm} | " + " | ".join(cells) + f" | {t_cell} |")
+            label = "**" + arm + "**" if arm.startswith("select") or arm == "fuse" else arm
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {t_cell} |")
         lines.append("")
         fuse0 = {r["seed"]: float(r["test_acc"]) for r in sub if r["arm"] == "fuse" and r["epoch"] == "0"}
         for sel in ("select_uniform", "select_centre"):
-            sel0 = {r["seed"]: float(r["test_acc"]) for r in sub if r["arm"] == sel and r["epoch"] == "0" and r["test_acc"]}
+            sel0 = {r["seed"]: float(r["test_acc"])
+                    for r in sub if r["arm"] == sel and r["epoch"] == "0" and r["test_acc"]}
             both = sorted(set(fuse0) & set(sel0), key=int)
             if both:
                 d = [100 * (fuse0[k] - sel0[k]) for k in both]

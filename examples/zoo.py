@@ -254,7 +254,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in args.models:
         row: dict[str, Any] = {"model": name}
         for phase in ("all", "forward", "init"):
-            cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--model", name, "--phase", phase]
+            cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]),
+                   "--model", name, "--phase", phase]
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
                 row["error"] = ((done.stderr.strip().splitlines() or ["?"])[-1])[:200]

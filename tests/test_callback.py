@@ -12,8 +12,6 @@ from lightning_sylv.data import DigitsDataModule
 from lightning_sylv.models import ImageClassifier
 
 
-
-
 def _logged(tmp_path: Path) -> dict[str, float]:
     rows = list(csv.DictReader(next(tmp_path.glob("csv/version_*/metrics.csv")).open()))
     out = {}

@@ -92,8 +92,8 @@ def test_bad_flag_value_is_rejected_with_the_argument_named(tmp_path):
     exe = shutil.which("lightning-sylv")
     cmd = [exe] if exe else [sys.executable, "-m", "lightning_sylv"]
     proc = subprocess.run(
-        cmd + ["fit", "--config", str(ROOT / "configs/digits.yaml"), "--trainer.callbacks+=SylvesterInit",
-               "--trainer.callbacks.samples_per_class=0", *FAST],
+        [*cmd, "fit", "--config", str(ROOT / "configs/digits.yaml"), "--trainer.callbacks+=SylvesterInit",
+         "--trainer.callbacks.samples_per_class=0", *FAST],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode != 0
@@ -102,8 +102,8 @@ def test_bad_flag_value_is_rejected_with_the_argument_named(tmp_path):
 
 def test_lowrank_config_converts_and_initializes_through_the_cli(tmp_path):
     proc = _run(
-        ["fit", "--config", str(ROOT / "configs/digits_lowrank.yaml"), "--trainer.callbacks.init_args.samples_per_class=5",
-         "--trainer.logger=false", *FAST],
+        ["fit", "--config", str(ROOT / "configs/digits_lowrank.yaml"),
+         "--trainer.callbacks.init_args.samples_per_class=5", "--trainer.logger=false", *FAST],
         tmp_path,
     )
     out = proc.stdout + proc.stderr

@@ -110,7 +110,7 @@ def test_corrupted_download_is_rejected_and_removed(tmp_path):
     _write_fake(src)
     _tar_gz(src, tmp_path / "c.tar.gz")
     dest = tmp_path / "dest"
-    with pytest.raises(RuntimeError, match="MD5 mismatch.*expected 0{32}"):
+    with pytest.raises(RuntimeError, match=r"MD5 mismatch.*expected 0{32}"):
         cifar.download_cifar10(dest, url=(tmp_path / "c.tar.gz").as_uri(), md5="0" * 32)
     assert list(dest.iterdir()) == [] and not cifar.cifar10_present(dest)
 

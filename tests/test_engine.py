@@ -259,7 +259,8 @@ def test_bad_arguments():
 
 def test_streaming_matches_single_pass_without_batchnorm():
     torch.manual_seed(0)
-    a = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(24, 8), nn.ReLU(), nn.Linear(8, 3))
+    a = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                      nn.Linear(24, 8), nn.ReLU(), nn.Linear(8, 3))
     b = nn.Sequential(*[m for m in __import__("copy").deepcopy(a)])
     x, y = _data(20)
     r1 = sylvester_init_(a, x, y, patches_per_image=None)
@@ -288,7 +289,8 @@ def test_statistics_path_matches_rows_path():
     from lightning_sylv.stats import InputStats
 
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(200, 12, generator=g, dtype=torch.float64) @ torch.randn(12, 12, generator=g, dtype=torch.float64) + 3
+    x = (torch.randn(200, 12, generator=g, dtype=torch.float64)
+         @ torch.randn(12, 12, generator=g, dtype=torch.float64) + 3)
     y = torch.randint(0, 4, (200,), generator=g)
     for code, out in ((PCACode(), 20), (PCACode(), 5), (OneHotCode(), 4)):
         for bias in (True, False):
@@ -392,7 +394,8 @@ def test_input_stats_blockwise_low_precision_gram():
     low = InputStats.from_rows(x, dtype=torch.float64, gram_dtype=torch.float32)
     assert low.gram_x.dtype == torch.float64 and torch.equal(low.gram_x, low.gram_x.T)
     torch.testing.assert_close(low.gram_x, ref.gram_x, rtol=1e-6, atol=0)
-    torch.testing.assert_close(low.covariance(), ref.covariance(), rtol=2e-5, atol=2e-5 * float(ref.covariance().abs().max()))
+    torch.testing.assert_close(low.covariance(), ref.covariance(), rtol=2e-5,
+                               atol=2e-5 * float(ref.covariance().abs().max()))
     same = InputStats.from_rows(x.double(), gram_dtype=torch.float64)
     torch.testing.assert_close(same.gram_x, ref.gram_x, rtol=0, atol=0)
 

@@ -22,10 +22,12 @@ def test_table2_table1_and_report_append_resume_and_write_results(tmp_path):
     _write_fake(tmp_path)  # 150 training / 30 test images of 10 classes
     out_csv = tmp_path / "results" / "runs.csv"
     # --test-limit 20 of the 30 test images: a limit that is not a whole number of evaluation batches.
-    common = ["--data-dir", str(tmp_path), "--csv", str(out_csv), "--val-size", "30", "--seeds", "0", "--test-limit", "20"]
+    common = ["--data-dir", str(tmp_path), "--csv", str(out_csv), "--val-size", "30", "--seeds", "0",
+              "--test-limit", "20"]
     log = _run("table2", *common, "--spc", "2", "--patches-per-image", "4")
     assert "[table2] sylvester" in log and "[table2] he_uniform" in log
-    log = _run("table1", *common, "--shots", "2", "--epochs", "1", "--samples-per-class", "2", "--patches-per-image", "4")
+    log = _run("table1", *common, "--shots", "2", "--epochs", "1", "--samples-per-class", "2",
+               "--patches-per-image", "4")
     rows = list(csv.DictReader(out_csv.open()))
     assert {(r["experiment"], r["initializer"]) for r in rows} == {
         ("table2", "sylvester"), ("table2", "he_uniform"),
@@ -40,7 +42,8 @@ def test_table2_table1_and_report_append_resume_and_write_results(tmp_path):
                                    "--patches-per-image", "4")
     assert len(list(csv.DictReader(out_csv.open()))) == len(rows)
     # --initializers restricts a table to some initializers (one row: seed 1 of He uniform).
-    seed1 = ["--data-dir", str(tmp_path), "--csv", str(out_csv), "--val-size", "30", "--seeds", "1", "--test-limit", "20"]
+    seed1 = ["--data-dir", str(tmp_path), "--csv", str(out_csv), "--val-size", "30", "--seeds", "1",
+             "--test-limit", "20"]
     _run("table1", *seed1, "--shots", "2", "--epochs", "1", "--initializers", "he_uniform")
     added = list(csv.DictReader(out_csv.open()))[len(rows):]
     assert [(r["initializer"], r["seed"]) for r in added] == [("he_uniform", "1")]
@@ -97,8 +100,8 @@ def test_report_builds_the_figure_sections_from_csv_rows(tmp_path):
     rows += [dict(base, experiment="fig1", initializer=init, seed="0", lam="", latent="", initial_acc="0.1000",
                   final_acc="0.2800", curve="10.0:0.2;20.0:0.28", init_time_s="2.0" if init == "sylvester" else "")
              for init in ("sylvester", "he_uniform")]
-    rows.append(dict(base, experiment="fig1", initializer="sylvester", seed="1", lam="", latent="", initial_acc="0.1200",
-                     final_acc="0.3000", curve="12.0:0.22;24.0:0.30", init_time_s="2.0"))
+    rows.append(dict(base, experiment="fig1", initializer="sylvester", seed="1", lam="", latent="",
+                     initial_acc="0.1200", final_acc="0.3000", curve="12.0:0.22;24.0:0.30", init_time_s="2.0"))
     # Table 1: a shortened 500-shot column (20 epochs) must stay apart from a 200-epoch one of the same shots.
     rows += [dict(base, experiment="table1", initializer="he_uniform", shots=shots, seed=s, epochs=ep, lam="",
                   latent="", initial_acc="0.1000", final_acc=acc, init_time_s="")
@@ -109,12 +112,15 @@ def test_report_builds_the_figure_sections_from_csv_rows(tmp_path):
     assert "| 0.1 | 20.50 ± 0.71 (n=2) | 30.00 ± 0.00 (n=2) |" in md  # seeds 0 and 1: 20 % and 21 %
     assert "| kmeans | 25.00 (n=1) | 29.00 (n=1) |" in md
     assert "Shots per class: 10; epochs: 200" in md and "latent pca" in md and "λ 10.0" in md
-    assert "| sylvester | 0 | 2.00 | 10.00 | 28.00 | 22 |" in md and "| he_uniform | 0 | 0.00 | 10.00 | 28.00 | 20 |" in md
+    assert "| sylvester | 0 | 2.00 | 10.00 | 28.00 | 22 |" in md
+    assert "| he_uniform | 0 | 0.00 | 10.00 | 28.00 | 20 |" in md
     assert "| sylvester | 1 | 2.00 | 12.00 | 30.00 | 26 |" in md
-    assert "| sylvester | mean of 2 | 2.00 ± 0.00 (n=2) | 11.00 ± 1.41 (n=2) | 29.00 ± 1.41 (n=2) | 24 ± 3 (n=2) |" in md
+    assert ("| sylvester | mean of 2 | 2.00 ± 0.00 (n=2) | 11.00 ± 1.41 (n=2) | 29.00 ± 1.41 (n=2) "
+            "| 24 ± 3 (n=2) |") in md
     assert "| he_uniform | mean of" not in md  # one seed: no mean row
     assert "| initializer | 50 shots, 200 ep | 500 shots, 200 ep | 500 shots, 20 ep |" in md
-    assert ("| he_uniform | 41.00 ± 1.41 (n=2) (10.0 ± 0.0); paper 40.84 (9.96) | 70.00 (n=1) (10.0); paper 75.2 (9.96) "
+    assert ("| he_uniform | 41.00 ± 1.41 (n=2) (10.0 ± 0.0); paper 40.84 (9.96) "
+            "| 70.00 (n=1) (10.0); paper 75.2 (9.96) "
             "| 60.00 (n=1) (10.0); paper 75.2 (9.96) |") in md
     for png in ("fig1_accuracy_vs_time.png", "fig2_lambda.png", "fig3_codes.png"):
         assert (tmp_path / "figures" / png).stat().st_size > 1000
@@ -131,7 +137,8 @@ def test_report_figure1_averages_seeds_only_within_one_setting(tmp_path):
             dict(base, shots="50", seed="0", final_acc="0.4000", curve="30.0:0.3;60.0:0.40")]
     out_csv = _write_rows(tmp_path / "results" / "runs.csv", rows, list(rows[0]))
     md = build_report(out_csv, out_csv.parent).read_text()
-    assert "| he_uniform, 10 shots, 200 ep | mean of 2 | 0.00 ± 0.00 (n=2) | 10.00 ± 0.00 (n=2) | 29.00 ± 1.41 (n=2) |" in md
+    assert ("| he_uniform, 10 shots, 200 ep | mean of 2 | 0.00 ± 0.00 (n=2) | 10.00 ± 0.00 (n=2) "
+            "| 29.00 ± 1.41 (n=2) |") in md
     assert "| he_uniform, 50 shots, 200 ep | 0 | 0.00 | 10.00 | 40.00 | 60 |" in md
     assert "he_uniform, 50 shots, 200 ep | mean of" not in md
 

@@ -2,6 +2,7 @@
 
 import copy
 import csv
+import re
 import warnings
 
 import pytest
@@ -41,7 +42,8 @@ def _relu_rows(n: int, d: int, latent: int, seed: int, shift: float = 0.0) -> to
     """Correlated, non-negative rows (like post-ReLU activations) with a singular-ish covariance."""
     g = _gen(seed)
     mix = torch.randn(d, latent, generator=g, dtype=D)
-    return torch.relu(torch.randn(n, latent, generator=g, dtype=D) @ mix.T + shift + 0.05 * torch.randn(n, d, generator=g, dtype=D))
+    return torch.relu(torch.randn(n, latent, generator=g, dtype=D) @ mix.T + shift
+                      + 0.05 * torch.randn(n, d, generator=g, dtype=D))
 
 
 def _lin_obj(w, x, f, b=None) -> float:
@@ -66,7 +68,8 @@ def test_data_aware_never_worse_than_spectral_on_its_objective(seed, with_bias):
         assert _lin_obj(w, x, data, b) <= _lin_obj(w, x, spec, b) * (1 + 1e-9) + 1e-9
         assert linear_error(w, x, data, b) <= linear_error(w, x, spec, b) + 1e-12
     # Strictly better at low rank on correlated data, and exact at full rank.
-    assert linear_error(w, x, data_factors(w, x, 3, b), b) < 0.8 * linear_error(w, x, factorize(w, 3, "spectral", bias=b), b)
+    assert (linear_error(w, x, data_factors(w, x, 3, b), b)
+            < 0.8 * linear_error(w, x, factorize(w, 3, "spectral", bias=b), b))
     assert linear_error(w, x, data_factors(w, x, 30, b), b) < 1e-6
 
 
@@ -161,7 +164,7 @@ def test_factorize_argument_errors_name_argument_and_value():
         factorize(w, 2, "data", torch.randn(20, 4, dtype=D))
     with pytest.raises(ValueError, match="ridge must be a finite number >= 0, got -1"):
         data_factors(w, x, 2, ridge=-1)
-    with pytest.raises(ValueError, match="iters must be an int >= 0, got 1.5"):
+    with pytest.raises(ValueError, match=re.escape("iters must be an int >= 0, got 1.5")):
         relu_factors(w, x, 2, iters=1.5)
     with pytest.raises(ValueError, match="NaN/Inf"):
         data_factors(w, torch.full((3, 5), float("nan"), dtype=D), 2)
@@ -204,7 +207,7 @@ def test_low_rank_layer_shapes_and_rank_validation():
         LowRankLinear(10, 6, 7)
     with pytest.raises(ValueError, match=r"rank must be in \[1, 8\] .* got 9"):
         LowRankConv2d(4, 8, 3, rank=9)
-    with pytest.raises(ValueError, match="rank must be a positive int, got 0.5"):
+    with pytest.raises(ValueError, match=re.escape("rank must be a positive int, got 0.5")):
         LowRankLinear(10, 6, 0.5)
     with pytest.raises(ValueError, match="in_features must be a positive int, got 0"):
         LowRankLinear(0, 6, 1)
@@ -237,7 +240,7 @@ def test_to_low_rank_converts_in_place_idempotently_and_validates():
         to_low_rank(net, {"1": 1})
     with pytest.raises(ValueError, match=r"ranks must be a dict of layer ranks or a fraction in \(0, 1\], got 1.5"):
         to_low_rank(net, 1.5)
-    with pytest.raises(ValueError, match="selects no nn.Linear"):
+    with pytest.raises(ValueError, match=re.escape("selects no nn.Linear")):
         to_low_rank(nn.Sequential(nn.Linear(3, 3)), 0.5, layers=["missing*"])
     with pytest.raises(ValueError, match=r"layer .0. is a grouped convolution \(groups=2\)"):
         to_low_rank(nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), {"0": 1})
@@ -277,7 +280,7 @@ def test_init_low_rank_uses_stored_weight_and_validates():
         init_low_rank_(low, torch.zeros(9, 7), x_rows=x)
     with pytest.raises(TypeError, match="layer must be a LowRankLinear or LowRankConv2d, got Linear"):
         init_low_rank_(lin, x_rows=x)
-    with pytest.raises(ValueError, match="method must be one of .*got 'exact'"):
+    with pytest.raises(ValueError, match=r"method must be one of .*got 'exact'"):
         init_low_rank_(low, x_rows=x, method="exact")
 
 
@@ -327,7 +330,7 @@ def test_engine_restores_the_model_on_failure():
     # Caught before the pass, as ValueError (not a LowRankInitError after a restore).
     with pytest.raises(ValueError, match="relu_iters must be an int >= 0, got -1"):
         low_rank_init_(net, x, relu_iters=-1)
-    with pytest.raises(ValueError, match="ridge must be a finite number >= 0, got -1.0"):
+    with pytest.raises(ValueError, match=re.escape("ridge must be a finite number >= 0, got -1.0")):
         low_rank_init_(net, x, ridge=-1.0)
 
 
@@ -355,7 +358,8 @@ def test_callback_converts_before_optimizers_and_trains_the_factors(tmp_path, ma
     assert layer.full_weight is None  # freed after initialization (keep_full=False)
     rows = list(csv.DictReader(next(tmp_path.glob("csv/version_*/metrics.csv")).open()))
     logged = {k: float(v) for row in rows for k, v in row.items() if v and k.startswith("lowrank/")}
-    assert {"lowrank/relu_error", "lowrank/spectral_relu_error", "lowrank/init_time_s", "lowrank/initial_accuracy"} <= set(logged)
+    assert {"lowrank/relu_error", "lowrank/spectral_relu_error", "lowrank/init_time_s",
+            "lowrank/initial_accuracy"} <= set(logged)
     assert logged["lowrank/relu_error"] < logged["lowrank/spectral_relu_error"]
 
 
@@ -371,7 +375,8 @@ def test_callback_skips_on_resume_and_keeps_the_checkpoint(tmp_path, make_traine
     assert "net.features.1.u.weight" in saved and not any("full_weight" in k for k in saved)
     fresh = ImageClassifier(arch="mlp", hidden=[16])  # full-rank again: setup converts before loading
     cb2 = LowRankInit(ranks={"net.features.1": 4}, method="data", samples_per_class=5, evaluate=False, verbose=False)
-    make_trainer(tmp_path, [cb2], logger=False, max_epochs=1, limit_train_batches=0).fit(fresh, datamodule=dm, ckpt_path=ckpt)
+    make_trainer(tmp_path, [cb2], logger=False, max_epochs=1, limit_train_batches=0).fit(
+        fresh, datamodule=dm, ckpt_path=ckpt)
     assert cb2.report is None and cb2.initialized
     assert torch.equal(fresh.net.features[1].u.weight, saved["net.features.1.u.weight"])
     assert fresh.net.features[1].full_weight is None  # keep_full=False: no full-rank copy kept on resume
@@ -443,7 +448,8 @@ def test_callback_draws_its_subset_from_init_dataset_when_the_datamodule_defines
             x, y = self.train_dataset[:][0][:20], torch.arange(20) % 10  # 2 per class
             return torch.utils.data.TensorDataset(x, y)
 
-    cb = LowRankInit(ranks=0.25, method="data", exclude=["net.head"], samples_per_class=5, evaluate=False, verbose=False)
+    cb = LowRankInit(ranks=0.25, method="data", exclude=["net.head"], samples_per_class=5, evaluate=False,
+                     verbose=False)
     make_trainer(tmp_path, [cb], logger=False, limit_train_batches=1).fit(
         ImageClassifier(arch="mlp", hidden=[16]), datamodule=WithInitData(seed=0)
     )

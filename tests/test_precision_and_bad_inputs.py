@@ -59,7 +59,8 @@ def test_precisions_give_finite_weights_of_the_right_dtype(precision):
     cb = SylvesterInit(samples_per_class=6, verbose=False)
     ds = _data()
     _fit(model, cb, ds, ds, precision=precision, limit_train_batches=0)
-    expected = {"64-true": torch.float64, "bf16-true": torch.bfloat16, "16-true": torch.float16}.get(precision, torch.float32)
+    dtypes = {"64-true": torch.float64, "bf16-true": torch.bfloat16, "16-true": torch.float16}
+    expected = dtypes.get(precision, torch.float32)
     for name, p in model.named_parameters():
         assert p.dtype == expected and torch.isfinite(p).all(), name
     for b in model.buffers():
@@ -89,7 +90,8 @@ def test_same_seed_same_weights_other_seed_other_subset():
     for seed in (0, 0, 1):
         torch.manual_seed(0)
         model = Net()
-        _fit(model, SylvesterInit(samples_per_class=5, seed=seed, verbose=False, evaluate=False), ds, limit_train_batches=0)
+        cb = SylvesterInit(samples_per_class=5, seed=seed, verbose=False, evaluate=False)
+        _fit(model, cb, ds, limit_train_batches=0)
         states.append({k: v.clone() for k, v in model.state_dict().items()})
     for k in states[0]:
         assert torch.equal(states[0][k], states[1][k])
@@ -164,7 +166,7 @@ def test_nan_activations_name_the_layer_and_restore():
     ds = _data()
     ds.tensors[0][0, 0, 0, 0] = float("nan")
     ds = TensorDataset(ds.tensors[0][:1].repeat(48, 1, 1, 1), ds.tensors[1])
-    with pytest.raises(SylvesterInitError, match="layer 'body.0'.*NaN/Inf"):
+    with pytest.raises(SylvesterInitError, match=r"layer 'body\.0'.*NaN/Inf"):
         _fit(model, SylvesterInit(samples_per_class=3, verbose=False, evaluate=False), ds, limit_train_batches=0)
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), k

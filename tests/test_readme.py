@@ -87,8 +87,8 @@ def test_every_readme_snippet_runs(scratch, monkeypatch):
         def __init__(self, *args, **kwargs):
             assert "max_epochs" in kwargs, "a README snippet builds a Trainer without max_epochs"
             assert kwargs["max_epochs"] <= 30
-            kwargs.update(max_epochs=1, limit_train_batches=2, limit_val_batches=2, logger=False, enable_checkpointing=False,
-                          enable_progress_bar=False, enable_model_summary=False)
+            kwargs.update(max_epochs=1, limit_train_batches=2, limit_val_batches=2, logger=False,
+                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(lightning.pytorch, "Trainer", BoundedTrainer)
@@ -101,4 +101,4 @@ def test_every_readme_snippet_runs(scratch, monkeypatch):
     assert len(snippets) >= 5
     for code in snippets:
         namespace: dict = {}
-        exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - the README's own code
+        exec(compile(code, "README.md", "exec"), namespace)  # the README's own code

@@ -97,7 +97,7 @@ def test_bad_arguments_and_empty():
 
 def test_balanced_subset_end_to_end():
     ds = WithTargets()
-    x, y, idx = balanced_subset(ds, 4, seed=0)
+    x, y, _idx = balanced_subset(ds, 4, seed=0)
     assert x.shape == (12, 1) and y.tolist().count(0) == 4
     assert torch.equal(x[:, 0].long() % 3, y)
     x2, y2, _ = balanced_subset(Opaque(), 4, seed=0)
@@ -105,7 +105,7 @@ def test_balanced_subset_end_to_end():
 
 
 def test_unlabelled_and_iterable():
-    x, y, idx = balanced_subset(Unlabelled(), 2, unlabelled_count=5)
+    x, y, _idx = balanced_subset(Unlabelled(), 2, unlabelled_count=5)
     assert y is None and x.shape == (5, 2)
     with pytest.raises(NoLabelsError):
         balanced_subset(Unlabelled(), 2, require_labels=True)

@@ -57,7 +57,8 @@ def test_event_file_holds_scalars_image_and_text(run):
     for name in ("pre_init_accuracy", "initial_accuracy", "init_time_s", "inspection_time_s"):
         assert scalars[f"sylvester/{name}"] == pytest.approx(cb.metrics[f"sylvester/{name}"], rel=1e-6)
     assert scalars["sylvester/initial_accuracy"] > 0.8 > scalars["sylvester/pre_init_accuracy"]
-    assert -1 <= scalars["sylvester/silhouette_before_init"] <= 1 and -1 <= scalars["sylvester/silhouette_after_init"] <= 1
+    assert -1 <= scalars["sylvester/silhouette_before_init"] <= 1
+    assert -1 <= scalars["sylvester/silhouette_after_init"] <= 1
     layers = cb.report.layers
     assert [r.name for r in layers] == ["net.features.1", "net.features.3", "net.head"]
     for r in layers:
@@ -256,7 +257,8 @@ _BAR = re.compile(r"SylvesterInit: +\d+%\|")
 @pytest.mark.parametrize(
     ("progress_bar", "verbose", "shown"), [(False, True, False), (True, False, False), (True, True, True)]
 )
-def test_layer_progress_bar_follows_the_trainers_bar_and_verbose(tmp_path, capsys, monkeypatch, progress_bar, verbose, shown, make_trainer):
+def test_layer_progress_bar_follows_the_trainers_bar_and_verbose(tmp_path, capsys, monkeypatch, progress_bar, verbose,
+                                                                  shown, make_trainer):
     monkeypatch.setattr(_logging, "PROGRESS_DELAY_S", 0.0)  # show it even for a fast init
     cb = SylvesterInit(samples_per_class=3, verbose=verbose, evaluate=False)
     make_trainer(tmp_path, [cb], logger=False, limit_train_batches=0, enable_progress_bar=progress_bar).fit(
