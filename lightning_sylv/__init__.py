@@ -39,7 +39,24 @@ _LAZY = {
     "solve_sylvester_psd": "lightning_sylv.solver",
 }
 
-__all__ = sorted(_LAZY)
+#: the same names as ``_LAZY``, spelled out so that tools see them as re-exported
+#: (``tests/test_imports.py`` checks the two agree)
+__all__ = [
+    "CODES",
+    "FuseInit",
+    "InitReport",
+    "LatentCode",
+    "LayerReport",
+    "LowRankInit",
+    "OneHotCode",
+    "PCACode",
+    "SylvesterInit",
+    "SylvesterInitError",
+    "SylvesterSingularError",
+    "solve_sylvester",
+    "solve_sylvester_psd",
+    "sylvester_init_",
+]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from lightning_sylv.callbacks.fuse import FuseInit

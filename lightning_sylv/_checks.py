@@ -81,7 +81,9 @@ def check_patterns(name: str, value: Any, *, allow_none: bool = False) -> None:
     if value is None and allow_none:
         return
     if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) and p for p in value):
-        raise ValueError(f"{name} must be a list of layer-name patterns{' or None' if allow_none else ''}, got {value!r}")
+        raise ValueError(
+            f"{name} must be a list of layer-name patterns{' or None' if allow_none else ''}, got {value!r}"
+        )
 
 
 def check_nonnegative_int(name: str, value: Any) -> None:

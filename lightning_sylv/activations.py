@@ -37,7 +37,8 @@ class LayerRows:
             position ``positions[i, j]`` of the layer's ``out_shape`` grid), for codes that must align
             with another network's activations (e.g. a teacher's).
         out_shape: Spatial shape of the layer's output (``(H_out, W_out)``, ``(1, L_out)`` for 1-D
-            convolutions, ``(D_out, H_out, W_out)`` for 3-D ones, ``(T,)`` for a ``Linear`` on ``(N, T, d)``, ``()`` for plain rows).
+            convolutions, ``(D_out, H_out, W_out)`` for 3-D ones, ``(T,)`` for a ``Linear`` on
+            ``(N, T, d)``, ``()`` for plain rows).
     """
 
     x: Tensor
@@ -177,7 +178,11 @@ def layer_rows(
         pos = _sample_positions(n, x3.shape[1], patches_per_image, generator).to(x.device)
         rows = x3.gather(1, pos[:, :, None].expand(-1, -1, module.in_features))
         shape = tuple(x.shape[1:-1]) if x.ndim > 2 else ()
-        return LayerRows(x=rows.reshape(-1, module.in_features), per_sample=pos.shape[1], positions=pos, out_shape=shape)
+        return LayerRows(
+            x=rows.reshape(-1, module.in_features), per_sample=pos.shape[1], positions=pos, out_shape=shape
+        )
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
         return conv_patches(x, module, patches_per_image, generator)
-    raise TypeError(f"unsupported layer type {type(module).__name__}; supported: {[t.__name__ for t in SUPPORTED_LAYERS]}")
+    raise TypeError(
+        f"unsupported layer type {type(module).__name__}; supported: {[t.__name__ for t in SUPPORTED_LAYERS]}"
+    )

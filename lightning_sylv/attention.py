@@ -58,7 +58,9 @@ class InProjectionJob:
             (the caller's code, λ, patch draws and precision).
     """
 
-    def __init__(self, module: nn.MultiheadAttention, name: str, make_job: Callable[[nn.Module, str], LayerJob]) -> None:
+    def __init__(
+        self, module: nn.MultiheadAttention, name: str, make_job: Callable[[nn.Module, str], LayerJob]
+    ) -> None:
         self.module = module
         self.name = f"{name}.in_proj"
         e = module.embed_dim
@@ -157,4 +159,7 @@ def attention_jobs(
     module: nn.MultiheadAttention, name: str, make_job: Callable[[nn.Module, str], LayerJob]
 ) -> list[InProjectionJob | OutProjectionJob]:
     """The two jobs of an attention module, in the order they must run."""
-    return [InProjectionJob(module, name, make_job), OutProjectionJob(module, make_job(module.out_proj, f"{name}.out_proj"))]
+    return [
+        InProjectionJob(module, name, make_job),
+        OutProjectionJob(module, make_job(module.out_proj, f"{name}.out_proj")),
+    ]

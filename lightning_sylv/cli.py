@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from lightning.pytorch.cli import LightningCLI
 
-import lightning_sylv.callbacks  # noqa: F401 - registers SylvesterInit
-import lightning_sylv.data  # noqa: F401 - registers the datamodules
+import lightning_sylv.callbacks  # registers SylvesterInit
+import lightning_sylv.data  # registers the datamodules
 import lightning_sylv.models  # noqa: F401 - registers the LightningModules
 
 __all__ = ["cli", "main"]

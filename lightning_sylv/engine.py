@@ -96,7 +96,7 @@ def _untouched(model: nn.Module, written: set[nn.Module]) -> tuple[dict[str, str
     params: dict[str, str] = {}
     inside = {p for m in written for p in m.parameters()}
     for name, m in model.named_modules():
-        if m in written or isinstance(m, _NORMS) or isinstance(m, SUPPORTED_LAYERS):
+        if m in written or isinstance(m, (*_NORMS, *SUPPORTED_LAYERS)):
             continue
         own = [(n, p) for n, p in m.named_parameters(recurse=False) if p not in inside]
         if any(n.startswith("weight") and p.ndim >= 2 for n, p in own):
@@ -238,7 +238,8 @@ def sylvester_init_(
             "maps inputs to logits, or name the classifier layer with head="
         )
     explicit = not isinstance(layers, str)
-    for what, names in (("layers", layers if explicit else []), ("codes given for", overrides), ("lams given for", lams or {})):
+    named = (("layers", layers if explicit else []), ("codes given for", overrides), ("lams given for", lams or {}))
+    for what, names in named:
         unknown = [n for n in names if n not in order]
         if unknown:
             raise ValueError(f"{what} {unknown} are not layers executed by the forward pass; executed: {order}")
@@ -267,7 +268,9 @@ def sylvester_init_(
     total = n_samples if reduce is None else int(reduce(torch.tensor([float(n_samples)], device=_device(model)))[0])
     generator = torch.Generator().manual_seed(seed)
 
-    def make_job(module: nn.Module, name: str, code: LatentCode | None = None, layer_lam: float | None = None) -> LayerJob:
+    def make_job(
+        module: nn.Module, name: str, code: LatentCode | None = None, layer_lam: float | None = None
+    ) -> LayerJob:
         return LayerJob(
             module, name, code or hidden_code, lam if layer_lam is None else layer_lam, patches_per_image,
             generator, dtype, gram_dtype, code_generator=_layer_generator(seed, name), samples=total,

@@ -442,7 +442,8 @@ class LayerJob:
                 n_rows = x.shape[1]
                 mode = "rows"
                 if self.fast:  # solve in a randomized leading subspace (plus the mean)
-                    basis = randomized_basis(x, self._directions() + OVERSAMPLE, self.power_iterations, self.code_generator)
+                    k = self._directions() + OVERSAMPLE
+                    basis = randomized_basis(x, k, self.power_iterations, self.code_generator)
                     x, basis, mode = (x @ basis).to(self.dtype), basis.to(self.dtype), "randomized"
                 elif n_rows < x.shape[2]:  # span mode: solve in the coordinates of the rows' span
                     basis, x = span_basis(x)

@@ -27,7 +27,7 @@ This module imports no Lightning.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any, Protocol
 
 import torch
@@ -277,7 +277,14 @@ def _streamed(
     for job in jobs:
         state: dict[str, Any] = {"seen": False, "labels": None}
 
-        def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], job: Job = job) -> None:
+        # job and state are bound as defaults: the hook is only attached during this iteration's passes
+        def hook(
+            module: nn.Module,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+            job: Job = job,
+            state: dict[str, Any] = state,
+        ) -> None:
             if state["seen"]:
                 return
             state["seen"] = True
@@ -288,10 +295,8 @@ def _streamed(
             for lo in range(0, n_samples, batch_size):
                 state["seen"] = False
                 state["labels"] = None if labels is None else labels[lo : lo + batch_size]
-                try:
+                with suppress(_StopForward):
                     forward(model, slice_batch(inputs, lo, lo + batch_size))
-                except _StopForward:
-                    pass
         on_result(job, job.finish(reduce))
     return len(jobs)
 

@@ -133,7 +133,10 @@ class InputStats:
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> InputStats:
         """Apply ``fn`` to every tensor (e.g. an all-reduce sum across processes)."""
-        return replace(self, **{f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name)) for f in fields(self)})
+        return replace(
+            self,
+            **{f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name)) for f in fields(self)},
+        )
 
     def take(self, index: Tensor) -> InputStats:
         """Statistics of the rows with their entries reordered as ``x[:, index]``.

@@ -147,10 +147,11 @@ class BatchFormat:
         Raises:
             TypeError: If the inputs cannot be found; the message lists the keys tried and the way out.
         """
-        if self.input_key is not None:
-            x = self._get(batch, self.input_key, "input")
-        else:
-            x = self._default_inputs(batch)
+        x = (
+            self._get(batch, self.input_key, "input")
+            if self.input_key is not None
+            else self._default_inputs(batch)
+        )
         if self.label_key is not None:
             y = self._get(batch, self.label_key, "label")
             if not isinstance(y, Tensor):
@@ -272,7 +273,11 @@ def random_indices(length: int, count: int, seed: int = 0) -> Tensor:
     return torch.randperm(length, generator=gen)[: min(count, length)]
 
 
-def collate_subset(dataset: Dataset, indices: Sequence[int] | Tensor, collate_fn: Callable[[list[Any]], Any] | None = None) -> Any:
+def collate_subset(
+    dataset: Dataset,
+    indices: Sequence[int] | Tensor,
+    collate_fn: Callable[[list[Any]], Any] | None = None,
+) -> Any:
     """Load ``dataset[i]`` for each index and collate them into one batch."""
     collate = collate_fn or default_collate
     return collate([dataset[int(i)] for i in indices])

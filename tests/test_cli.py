@@ -85,7 +85,7 @@ def test_python_dash_m_help_lists_every_documented_argument(tmp_path, callback):
     assert len(lines) < 160, len(lines)
     assert not re.search(r":(data|class|func|mod|meth|attr):`", proc.stdout)
     if callback == "SylvesterInit":
-        assert '"pca", "signed_pca", "onehot"' in " ".join(proc.stdout.split())
+        assert '"pca", "signed_pca", "rotated_pca", "rotated_signed_pca", "onehot"' in " ".join(proc.stdout.split())
 
 
 def test_bad_flag_value_is_rejected_with_the_argument_named(tmp_path):

@@ -99,3 +99,41 @@ def test_signed_pca_pairs_components_with_negations():
     torch.testing.assert_close(s[:, :4], plain)
     torch.testing.assert_close(s[:, 4:7], -plain[:, :3])
     assert resolve_code("signed_pca").name == "signed_pca"
+
+
+def test_random_rotation_is_orthogonal_and_seeded():
+    from lightning_sylv.codes.linear import random_rotation
+
+    r1 = random_rotation(12, torch.Generator().manual_seed(4))
+    r2 = random_rotation(12, torch.Generator().manual_seed(4))
+    torch.testing.assert_close(r1, r2)
+    torch.testing.assert_close(r1.T @ r1, torch.eye(12, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+def test_rotated_pca_spans_the_principal_subspace_with_equal_unit_variances():
+    """The rotation keeps the span of the top-k components and evens out the per-unit variances
+    (a BatchNorm after the layer then rescales the units alike instead of whitening the subspace)."""
+    g = torch.Generator().manual_seed(0)
+    scales = torch.logspace(0, -3, 20, dtype=torch.float64)  # variances 1 .. 1e-6
+    x = torch.randn(2000, 20, generator=g, dtype=torch.float64) * scales
+    k = 8
+    plain = PCACode().fit(x, k)
+    rotated = resolve_code("rotated_pca").fit(x, k, generator=torch.Generator().manual_seed(1))
+    assert resolve_code("rotated_pca").name == "rotated_pca"
+
+    def projector(s: torch.Tensor) -> torch.Tensor:
+        q = torch.linalg.qr(s).Q
+        return q @ q.T
+
+    torch.testing.assert_close(projector(rotated), projector(plain), atol=1e-8, rtol=0)
+    spread = lambda s: float(s.var(0).max() / s.var(0).min())  # noqa: E731
+    assert spread(plain) > 100  # one direction per unit: the spread of the top 8 eigenvalues (~160)
+    assert spread(rotated) < spread(plain) / 5  # a random mix: equal in expectation
+    # Seeded: the same generator gives the same code.
+    again = resolve_code("rotated_pca").fit(x, k, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(rotated, again)
+
+
+def test_pca_energy_is_validated():
+    with pytest.raises(ValueError, match="energy must be in"):
+        PCACode(energy=1.5)

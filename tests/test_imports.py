@@ -37,3 +37,10 @@ def test_the_callbacks_load_on_first_use():
     out = subprocess.run([sys.executable, "-c", "import lightning_sylv; lightning_sylv.Nope"], capture_output=True,
                          text=True, timeout=60)
     assert "has no attribute 'Nope'" in out.stderr
+
+
+def test_all_lists_exactly_the_lazy_names():
+    import lightning_sylv
+
+    assert sorted(lightning_sylv.__all__) == sorted(lightning_sylv._LAZY)
+    assert lightning_sylv.__all__ == sorted(lightning_sylv._LAZY)  # same order as before it was spelled out

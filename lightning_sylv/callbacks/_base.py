@@ -270,7 +270,9 @@ class DataDrivenInit(Callback):
         name = type(self).__name__
         if trainer.ckpt_path is not None:
             state = "was initialized" if self.initialized else "holds trained weights"
-            rank_zero_info(f"{name}: resuming from {trainer.ckpt_path}; the model {state}, keeping the checkpoint's weights.")
+            rank_zero_info(
+                f"{name}: resuming from {trainer.ckpt_path}; the model {state}, keeping the checkpoint's weights."
+            )
             self.initialized = True
             return False
         if trainer.fast_dev_run:

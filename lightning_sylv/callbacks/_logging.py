@@ -184,9 +184,13 @@ def _class_names(trainer: pl.Trainer, val_dl: DataLoader) -> list[str] | None:
     for source in (trainer.datamodule, val_dl.dataset):
         for attr in ("class_names", "classes"):
             names = getattr(source, attr, None)
-            if isinstance(names, Sequence) and not isinstance(names, str) and names:
-                if all(isinstance(n, str) for n in names):
-                    return list(names)
+            if (
+                isinstance(names, Sequence)
+                and not isinstance(names, str)
+                and names
+                and all(isinstance(n, str) for n in names)
+            ):
+                return list(names)
     return None
 
 
@@ -291,7 +295,7 @@ class FeatureInspection:
         start = time.perf_counter()
         try:
             sample = take_sample(val_dl, samples, split)
-        except Exception as err:  # noqa: BLE001 - a visualization must not stop training
+        except Exception as err:  # a visualization must not stop training
             rank_zero_warn(
                 f"SylvesterInit: could not take the validation sample for TensorBoard ({type(err).__name__}: {err})."
             )
@@ -320,7 +324,7 @@ class FeatureInspection:
             return capture_features(
                 model, self.sample.batches, layer, device=self.device, forward=self.forward, to_device=self.to_device
             )
-        except Exception as err:  # noqa: BLE001 - a visualization must not stop training
+        except Exception as err:  # a visualization must not stop training
             self._failed = True
             rank_zero_warn(f"SylvesterInit: could not capture the penultimate features ({type(err).__name__}: {err}).")
             return None
@@ -353,7 +357,7 @@ class FeatureInspection:
             after = self._capture(model, head)
             if after is not None and self._before is not None:
                 self._write(self._before, after, accuracy_before, accuracy_after, description)
-        except Exception as err:  # noqa: BLE001 - a visualization must not stop training
+        except Exception as err:  # a visualization must not stop training
             rank_zero_warn(f"SylvesterInit: could not log the features to TensorBoard ({type(err).__name__}: {err}).")
         finally:
             self.seconds += time.perf_counter() - start

@@ -148,7 +148,9 @@ class FuseInit(DataDrivenInit):
         if not isinstance(mapping, dict) or not mapping or not all(
             isinstance(k, str) and k and isinstance(v, str) and v for k, v in mapping.items()
         ):
-            raise ValueError(f"mapping must be a non-empty dict of student layer -> teacher module names, got {mapping!r}")
+            raise ValueError(
+                f"mapping must be a non-empty dict of student layer -> teacher module names, got {mapping!r}"
+            )
         if teacher is not None:
             if not isinstance(teacher, nn.Module):
                 raise ValueError(f"teacher must be an nn.Module, got {type(teacher).__name__}")
@@ -159,7 +161,9 @@ class FuseInit(DataDrivenInit):
                 )
         else:
             if not isinstance(teacher_class, str) or not teacher_class:
-                raise ValueError(f"teacher_class must name a LightningModule class (or give teacher), got {teacher_class!r}")
+                raise ValueError(
+                    f"teacher_class must name a LightningModule class (or give teacher), got {teacher_class!r}"
+                )
             resolve_lightning_class(teacher_class)
             if not isinstance(teacher_checkpoint, (str, Path)) or not str(teacher_checkpoint):
                 raise ValueError(f"teacher_checkpoint must be a checkpoint path, got {teacher_checkpoint!r}")

@@ -192,7 +192,9 @@ class LowRankInit(DataDrivenInit):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(ranks=self.ranks, method=self.method, full_weight=self.full_weight, seed=self.seed)
+        return self._generate_state_key(
+            ranks=self.ranks, method=self.method, full_weight=self.full_weight, seed=self.seed
+        )
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)  # refuses sharded strategies
@@ -279,7 +281,8 @@ class LowRankInit(DataDrivenInit):
             f"({self.method}, W: {self.full_weight}) in {m['lowrank/init_time_s']:.3f} s from {self.subset_size} "
             f"samples; mean ReLU error {m.get('lowrank/relu_error', nan):.4f} (spectral "
             f"{m.get('lowrank/spectral_relu_error', nan):.4f}); validation accuracy "
-            f"{percent(m.get('lowrank/initial_accuracy'))}\n" + (format_low_rank_table(self.report) if self.report else "")
+            f"{percent(m.get('lowrank/initial_accuracy'))}\n"
+            + (format_low_rank_table(self.report) if self.report else "")
         )
 
     def _check_optimizers(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

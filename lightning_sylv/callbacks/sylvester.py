@@ -240,11 +240,14 @@ class SylvesterInit(DataDrivenInit):
             self._inspection.before(pl_module, self.head)
         return out
 
-    def _expected_classes(self, trainer: pl.Trainer, pl_module: pl.LightningModule, labels: torch.Tensor) -> tuple[int, str]:
+    def _expected_classes(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, labels: torch.Tensor
+    ) -> tuple[int, str]:
         """The number of classes the head must output, and where that number comes from."""
         if self.num_classes is not None:
             return self.num_classes, "num_classes"
-        for owner, source in ((trainer.datamodule, "the datamodule's num_classes"), (pl_module, "the model's num_classes")):
+        owners = ((trainer.datamodule, "the datamodule's num_classes"), (pl_module, "the model's num_classes"))
+        for owner, source in owners:
             value = getattr(owner, "num_classes", None) if owner is not None else None
             if value is None and owner is not None:
                 value = getattr(owner, "hparams", {}).get("num_classes")
@@ -266,7 +269,7 @@ class SylvesterInit(DataDrivenInit):
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=[]):
                 out = ctx.forward(pl_module, slice_batch(subset.inputs, 0, 2))
-        except Exception:  # noqa: BLE001 - the engine's own pass reports a failing forward, with context
+        except Exception:  # the engine's own pass reports a failing forward, with context
             return None
         finally:
             pl_module.train(was_training)

@@ -48,12 +48,15 @@ def __getattr__(name: str) -> Any:  # PEP 562: the scikit-learn codes load lazil
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-#: Built-in codes by name (read-only): ``pca``, ``signed_pca``, ``onehot``, and the scikit-learn backed ``lda``,
-#: ``ica`` and ``kmeans`` (Fig. 3 of the paper; see :mod:`lightning_sylv.codes.sklearn`).
+#: Built-in codes by name (read-only): ``pca``, ``signed_pca``, ``rotated_pca``, ``rotated_signed_pca``
+#: (see :class:`PCACode`), ``onehot``, and the scikit-learn backed ``lda``, ``ica`` and ``kmeans``
+#: (Fig. 3 of the paper; see :mod:`lightning_sylv.codes.sklearn`).
 CODES: Mapping[str, Callable[[], LatentCode]] = MappingProxyType(
     {
         "pca": PCACode,
         "signed_pca": lambda: PCACode(signed=True),
+        "rotated_pca": lambda: PCACode(rotate=True),
+        "rotated_signed_pca": lambda: PCACode(signed=True, rotate=True),
         "onehot": OneHotCode,
         "lda": lambda: _sklearn("LDACode")(),
         "ica": lambda: _sklearn("ICACode")(),

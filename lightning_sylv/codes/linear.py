@@ -51,6 +51,19 @@ def _linear_code_moments(
     return Moments(gram_x=raw, gram_s=pt @ e_cc @ proj, cross=pt @ e_cx)
 
 
+def random_rotation(k: int, generator: torch.Generator | None = None) -> Tensor:
+    """A Haar-distributed random orthogonal ``(k, k)`` matrix (float64, CPU).
+
+    Algorithm: QR of a standard Gaussian matrix with the signs of ``R``'s diagonal moved into ``Q``
+    (Mezzadri, "How to generate random matrices from the classical compact groups", Notices of the
+    AMS 54(5), 2007).
+    """
+    q, r = torch.linalg.qr(torch.randn(k, k, generator=generator, dtype=torch.float64))
+    signs = torch.sign(torch.diagonal(r))
+    signs[signs == 0] = 1
+    return q * signs
+
+
 class PCACode(LatentCode):
     """Principal-component code for hidden layers.
 
@@ -73,18 +86,36 @@ class PCACode(LatentCode):
 
     Args:
         center: Subtract the mean of ``x`` before projecting (standard PCA).
+    With ``rotate=True`` the ``k`` components are mixed by a random rotation (a Haar-distributed
+    orthogonal ``k x k`` matrix drawn from ``generator``) before the columns are filled: the code
+    spans the same principal subspace, but every unit carries about the mean variance of the ``k``
+    directions instead of one direction's. Without it, a BatchNorm after the layer divides unit
+    ``j`` by the square root of the ``j``-th eigenvalue, which whitens the subspace: directions
+    of little variance, mostly noise with few rows, come out as loud as the leading ones. On
+    torchvision/timm models this rotation is what makes a PCA initialization of the hidden layers
+    beat the models' own initialization (``examples/RESULTS.md``, zoo section).
+
+    Args:
+        center: Subtract the mean of ``x`` before projecting (standard PCA).
         signed: Pair every component with its negation (see above).
+        energy: Keep only the leading directions that explain this share of the variance (in
+            ``(0, 1]``); the remaining columns are filled as above. ``None``: all ``k``.
+        rotate: Mix the components by a random rotation (see above).
     """
 
     name = "pca"
     from_statistics = True
 
-    def __init__(self, center: bool = True, signed: bool = False, energy: float | None = None) -> None:
+    def __init__(
+        self, center: bool = True, signed: bool = False, energy: float | None = None, rotate: bool = False
+    ) -> None:
+        if energy is not None and not (isinstance(energy, (int, float)) and 0 < energy <= 1):
+            raise ValueError(f"energy must be in (0, 1] or None, got {energy!r}")
         self.center = center
         self.signed = signed
         self.energy = energy
-        if signed:
-            self.name = "signed_pca"
+        self.rotate = rotate
+        self.name = ("rotated_" if rotate else "") + ("signed_" if signed else "") + "pca"
 
     def components(self, x: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
         """Return ``(mean, components, explained_variance)`` of the top ``k`` directions of rows ``x``.
@@ -137,13 +168,16 @@ class PCACode(LatentCode):
         wanted = -(-out_features // 2) if self.signed else out_features
         k = min(wanted, d, max(n - 1, 1) if self.center else n)
         full: list[tuple[Tensor, Tensor]] = [] if _eig_out is None else _eig_out
-        comps, top = self._eig(stats, k, full)
+        comps, _ = self._eig(stats, k, full)
         if self.energy is not None:
             evals = full[-1][0].clamp_min(0).flip(-1)  # descending
             share = evals.cumsum(-1) / evals.sum(-1, keepdim=True).clamp_min(torch.finfo(evals.dtype).tiny)
             k_e = int((share < self.energy).sum(-1).max()) + 1
             comps = comps[..., : min(k, k_e), :]
-        return fill_columns(comps.mT, out_features, generator)  # S = (X - offset) @ P is linear in P
+        proj = comps.mT
+        if self.rotate:
+            proj = proj @ random_rotation(proj.shape[-1], generator).to(device=proj.device, dtype=proj.dtype)
+        return fill_columns(proj, out_features, generator)  # S = (X - offset) @ P is linear in P
 
     def fit(
         self,
@@ -177,7 +211,7 @@ class PCACode(LatentCode):
         return m
 
     def __repr__(self) -> str:
-        return f"PCACode(center={self.center}, signed={self.signed})"
+        return f"PCACode(center={self.center}, signed={self.signed}, energy={self.energy}, rotate={self.rotate})"
 
 
 class OneHotCode(LatentCode):

@@ -76,7 +76,7 @@ def cifar10_present(data_dir: str | os.PathLike[str]) -> bool:
 
 
 def _md5(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.md5()  # noqa: S324 - a checksum against the published value, not security
+    digest = hashlib.md5()  # a checksum against the published value, not security
     with path.open("rb") as f:
         for block in iter(lambda: f.read(chunk), b""):
             digest.update(block)
@@ -149,7 +149,7 @@ def download_cifar10(
         fd, tmp_name = tempfile.mkstemp(dir=root, prefix=ARCHIVE, suffix=".part")
         tmp = Path(tmp_name)
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
                 shutil.copyfileobj(response, out, length=1 << 20)
             actual = _md5(tmp)
             if actual != md5:
@@ -167,7 +167,7 @@ def download_cifar10(
 
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     with path.open("rb") as f:
-        entry = pickle.load(f, encoding="bytes")  # noqa: S301 - the dataset's own format
+        entry = pickle.load(f, encoding="bytes")  # the dataset's own format
     if not isinstance(entry, dict) or b"data" not in entry or b"labels" not in entry:
         raise RuntimeError(f"{path} is not a CIFAR-10 batch: expected a dict with b'data' and b'labels'")
     data = np.asarray(entry[b"data"], dtype=np.uint8)

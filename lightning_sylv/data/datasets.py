@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from itertools import pairwise
 
 import torch
 from torch import Tensor
@@ -23,7 +24,9 @@ def _check_targets(targets: Tensor, name: str = "targets") -> Tensor:
     if not isinstance(targets, Tensor):
         raise ValueError(f"{name} must be a 1-D integer tensor, got {type(targets).__name__}")
     if targets.ndim != 1 or targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
-        raise ValueError(f"{name} must be a 1-D integer tensor, got dtype {targets.dtype} and shape {tuple(targets.shape)}")
+        raise ValueError(
+            f"{name} must be a 1-D integer tensor, got dtype {targets.dtype} and shape {tuple(targets.shape)}"
+        )
     if targets.numel() and int(targets.min()) < 0:
         raise ValueError(f"{name} must hold non-negative class indices, got minimum {int(targets.min())}")
     return targets.long()
@@ -135,7 +138,7 @@ def stratified_split(targets: Tensor, fractions: Sequence[float], seed: int) -> 
     stratified = shuffle[torch.sort(key[shuffle], stable=True).indices]
     bounds = [0] + [round(c * n) for c in torch.cumsum(torch.tensor(fracs, dtype=torch.float64), 0).tolist()]
     bounds[-1] = n
-    return [torch.sort(stratified[a:b]).values for a, b in zip(bounds[:-1], bounds[1:])]
+    return [torch.sort(stratified[a:b]).values for a, b in pairwise(bounds)]
 
 
 def few_shot_indices(
@@ -164,7 +167,9 @@ def few_shot_indices(
     _check_seed(seed)
     if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
         raise ValueError(f"per_class must be a positive int, got {per_class!r}")
-    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+    if num_classes is not None and (
+        isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1
+    ):
         raise ValueError(f"num_classes must be a positive int or None, got {num_classes!r}")
     classes = range(num_classes) if num_classes is not None else torch.unique(targets).tolist()
     g = torch.Generator().manual_seed(seed)

@@ -90,10 +90,14 @@ def to_low_rank(
             if isinstance(m, LowRankLayer):
                 want = resolve_rank(rank, m.full_rank, f"ranks[{name!r}]")
                 if want != m.rank:
-                    raise ValueError(f"layer {name!r} is already low-rank with rank {m.rank}, but ranks asks for {want}")
+                    raise ValueError(
+                        f"layer {name!r} is already low-rank with rank {m.rank}, but ranks asks for {want}"
+                    )
                 continue
             if in_low_rank(name):
-                raise ValueError(f"ranks names layer {name!r}, a factor inside a low-rank layer; name the low-rank layer")
+                raise ValueError(
+                    f"ranks names layer {name!r}, a factor inside a low-rank layer; name the low-rank layer"
+                )
             if isinstance(m, nn.Conv2d) and m.groups != 1:
                 raise ValueError(
                     f"layer {name!r} is a grouped convolution (groups={m.groups}); only ungrouped ones can be converted"

@@ -117,7 +117,12 @@ class _Trace:
     followers: dict[str, str] = field(default_factory=dict)  # low-rank layer -> BatchNorm consuming its output
 
 
-def _trace(model: nn.Module, inputs: Any, forward: Callable[[nn.Module, Any], Any], units: dict[nn.Module, str]) -> _Trace:
+def _trace(
+    model: nn.Module,
+    inputs: Any,
+    forward: Callable[[nn.Module, Any], Any],
+    units: dict[nn.Module, str],
+) -> _Trace:
     """Execution order of ``units``, and which BatchNorm directly consumes each low-rank layer's output."""
     trace = _Trace()
     outputs: dict[int, tuple[Tensor, str]] = {}

@@ -151,7 +151,9 @@ def init_low_rank_(
         b = None
     rows = None if x_rows is None else x_rows.detach().reshape(x_rows.shape[0], -1).to(dev, torch.float64)
     if rows is not None and rows.shape[1] != w.shape[1]:
-        raise ValueError(f"x_rows must have {w.shape[1]} values per row (the layer's input size), got {tuple(x_rows.shape)}")
+        raise ValueError(
+            f"x_rows must have {w.shape[1]} values per row (the layer's input size), got {tuple(x_rows.shape)}"
+        )
     factors = factorize(w, layer.rank, method, rows, b, ridge=ridge, relu_iters=relu_iters, affine=affine)
     layer.set_factors(factors.u, factors.v, factors.bias)
     lin = rel = spec = None

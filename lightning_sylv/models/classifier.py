@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -96,9 +97,11 @@ class ImageClassifier(LightningModule):
         if not _is_number(weight_decay) or weight_decay < 0:
             raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
         if milestones is not None and (
-            not _is_int_list(milestones) or any(a >= b for a, b in zip(milestones, milestones[1:]))
+            not _is_int_list(milestones) or any(a >= b for a, b in pairwise(milestones))
         ):
-            raise ValueError(f"milestones must be None or a strictly increasing list of positive ints, got {milestones!r}")
+            raise ValueError(
+                f"milestones must be None or a strictly increasing list of positive ints, got {milestones!r}"
+            )
         if not _is_number(gamma) or not 0 < gamma <= 1:
             raise ValueError(f"gamma must be a number in (0, 1], got {gamma!r}")
         self.save_hyperparameters()

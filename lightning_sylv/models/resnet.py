@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-__all__ = ["BasicBlock", "CIFARResNet", "DEPTHS", "resnet110", "resnet20", "resnet32", "resnet44", "resnet56", "resnet_cifar"]
+__all__ = [
+    "BasicBlock",
+    "CIFARResNet",
+    "DEPTHS",
+    "resnet110",
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet_cifar",
+]
 
 DEPTHS = (20, 32, 44, 56, 110)
 
