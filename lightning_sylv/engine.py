@@ -113,7 +113,7 @@ def sylvester_init_(
     labels: Tensor | None = None,
     *,
     layers: Literal["all", "head"] | Sequence[str] = "all",
-    latent: str | LatentCode = "pca",
+    latent: str | LatentCode = "rotated_pca",
     head_latent: str | LatentCode = "onehot",
     lam: float = 10.0,
     patches_per_image: int | None = 16,

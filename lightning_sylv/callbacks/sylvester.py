@@ -130,7 +130,7 @@ class SylvesterInit(DataDrivenInit):
         self,
         samples_per_class: int = 100,
         layers: Literal["all", "head"] | list[str] = "all",
-        latent: str = "pca",
+        latent: str = "rotated_pca",
         head_latent: str = "onehot",
         lam: float = 10.0,
         patches_per_image: int | None = 16,
