@@ -92,7 +92,7 @@ def test_all_layers_without_labels_runs_unsupervised(tmp_path, make_trainer):
     cb = SylvesterInit(samples_per_class=2)
     with pytest.warns(UserWarning, match="no labels"):
         make_trainer(tmp_path, [cb]).fit(UnlabelledModule())
-    assert cb.report.layers[0].code == "pca" and cb.report.layers[0].rows == 20
+    assert cb.report.layers[0].code == "rotated_pca" and cb.report.layers[0].rows == 20
     assert "sylvester/initial_accuracy" not in cb.metrics
 
 

@@ -264,7 +264,7 @@ def test_callback_with_a_teacher_instance_and_sylvester_fallback(tmp_path, teach
     make_trainer(tmp_path, [cb], limit_train_batches=0, logger=False).fit(
         ImageClassifier(arch="mlp", hidden=STUDENT_HIDDEN), datamodule=DigitsDataModule(seed=0)
     )
-    assert [r.code for r in cb.report.layers] == ["teacher", "pca", "onehot"]
+    assert [r.code for r in cb.report.layers] == ["teacher", "rotated_pca", "onehot"]
     assert cb.metrics["fuse/initial_accuracy"] > 0.7
 
 
