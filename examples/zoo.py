@@ -9,11 +9,15 @@ model's own init and after :func:`lightning_sylv.sylvester_init_`.
 Validation images are the last 5,000 of the CIFAR-10 training set; the subset is drawn,
 class-balanced and seeded, from the first 45,000; the test set is never read.
 
-Needs the ``zoo`` extra (torchvision, timm)::
+Needs the ``zoo`` extra (torchvision, timm), best in its own environment, since torchvision pins the
+torch it runs beside (on the project's 2-core CPU machine: torch 2.14.1, torchvision 0.29.1)::
 
-    pip install -e ".[zoo]"
-    python examples/prepare_data.py ...   # or: python ../shared/data/prepare_cifar10.py /tmp/cifar
-    python examples/zoo.py --data-dir /tmp/cifar --spc 20 --markdown zoo.md
+    python -m venv zoo-venv && zoo-venv/bin/pip install torch==2.14.1 torchvision==0.29.1
+    zoo-venv/bin/pip install -e ".[zoo]"
+    zoo-venv/bin/python examples/zoo.py --data-dir /tmp/cifar --spc 20 --markdown zoo.md
+
+``--data-dir`` holds (or is) a canonical ``cifar-10-batches-py`` folder, as
+:class:`lightning_sylv.data.CIFAR10DataModule` downloads it.
 
 Each model runs in its own subprocess (``--models`` picks some), so one model's memory and threads
 do not colour the next one's figures.

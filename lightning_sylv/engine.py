@@ -146,6 +146,10 @@ def sylvester_init_(
             BatchNorm buffers, stays bit-identical), or a list of layer names (only those, in
             execution order; BatchNorm statistics recomputed as for ``"all"``).
         latent: Code of the hidden layers (name in :data:`lightning_sylv.codes.CODES` or instance).
+            The default, ``"rotated_pca"`` (the principal subspace of each layer's input, randomly
+            rotated; see :class:`~lightning_sylv.codes.PCACode`), was chosen on validation accuracy
+            over torchvision/timm models and ResNet-20 (``examples/RESULTS.md``); on the paper's
+            ResNet-20 with 100 samples per class ``"signed_pca"`` is better.
         head_latent: Code of the head.
         lam: λ, the weight of the encoding loss against the decoding loss (paper: 10 or more).
         patches_per_image: Convolution patches (and token positions of a ``Linear`` on sequences)

@@ -18,7 +18,7 @@ Which statistics are kept follows the data. With ``n`` rows of ``d`` inputs (per
   encoding term only see the span, so the minimum-norm solution lies in it, and PCA, one-hot and the
   losses are invariant under the rotation. Cost ``O(n² d)``; no ``d x d`` matrix is ever formed.
   Across processes the rows are gathered (all-gather), not summed; without a gather the job uses
-  Gram mode.
+  Gram mode. The bases come from :mod:`lightning_sylv.row_space`.
 
 * ``solver="randomized"`` — the fast mode, for unsupervised codes (PCA) when the layer needs far
   fewer directions ``k`` (its outputs) than it has inputs (``(4 + 4 q)(k + 11) <= d``, where the
@@ -54,6 +54,7 @@ from lightning_sylv.activations import LayerRows, layer_rows
 from lightning_sylv.codes import LatentCode
 from lightning_sylv.layer_fit import LayerFit, moments_from_rows, solve_moments
 from lightning_sylv.report import LayerReport
+from lightning_sylv.row_space import canonical_order, randomized_basis, span_basis
 from lightning_sylv.solver import EIGH_PATHS
 from lightning_sylv.stats import InputStats
 
@@ -64,9 +65,6 @@ __all__ = [
     "autocast_off",
     "code_uses_stats",
     "grouped_rows",
-    "randomized_basis",
-    "canonical_order",
-    "span_basis",
 ]
 
 #: Layer solvers: ``"exact"`` (Gram or span mode by the row count) and ``"randomized"`` (the fast mode).
@@ -108,67 +106,6 @@ def grouped_rows(x: Tensor, groups: int) -> Tensor:
     """
     n = x.shape[0]
     return x.reshape(n, groups, -1).transpose(0, 1)
-
-
-def span_basis(x: Tensor) -> tuple[Tensor, Tensor]:
-    """An orthonormal basis of the span of the rows and the rows' coordinates in it.
-
-    Algorithm: thin (Householder) QR of ``xᵀ``, ``O(n² d)``; unlike an eigendecomposition of the
-    ``n x n`` Gram matrix it needs no iteration, so rank-deficient rows cannot make it fail.
-
-    Args:
-        x: Rows, shape ``(*batch, n, d)`` with ``n < d``.
-
-    Returns:
-        ``(q, z)``: ``q`` ``(*batch, d, n)`` with orthonormal columns spanning the rows, and
-        ``z = x q`` ``(*batch, n, n)``, so that ``x = z qᵀ`` exactly.
-    """
-    q, r = torch.linalg.qr(x.mT, mode="reduced")
-    return q, r.mT
-
-
-def canonical_order(x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-    """The rows ``(*batch, n, d)`` (and their labels ``(n,)``) in an order that depends only on their values.
-
-    The basis :func:`span_basis` returns depends on the order of the rows, and the rows of one layer
-    arrive in different orders from one process (subset order) and from an all-gather (rank order).
-    Sorting them by a fixed linear key, one permutation for every group, makes the span solve, and
-    with it the signs of a PCA code's directions, the same either way. Rows with equal keys are, but
-    for a measure-zero set of inputs, equal rows, whose order cannot matter.
-    """
-    dtype = torch.promote_types(x.dtype, torch.float32)
-    weights = torch.arange(1, x.shape[-1] + 1, device=x.device, dtype=dtype).sqrt()
-    key = (x.to(dtype) @ weights).reshape(-1, x.shape[-2]).sum(0)
-    order = torch.argsort(key, stable=True)
-    return x[..., order, :], None if labels is None else labels[order]
-
-
-def randomized_basis(x: Tensor, k: int, power_iterations: int, generator: torch.Generator) -> Tensor:
-    """An orthonormal basis of the leading principal subspace of the rows, plus their mean.
-
-    Algorithm: randomized range finder with subspace iteration (Halko, Martinsson & Tropp, "Finding
-    structure with randomness", SIAM Review 53(2), 2011, Alg. 4.4) on the centred rows: ``Y = Xc Ω``
-    with a Gaussian ``Ω`` of ``k`` columns, ``power_iterations`` rounds of ``Y <- Xc (Xcᵀ Q(Y))``,
-    then the row space of ``Q(Y)ᵀ Xc``; the mean row is appended and the whole orthonormalized.
-    Cost ``O(n d k (2 + 2 power_iterations))`` in the rows' dtype.
-
-    Args:
-        x: Rows, shape ``(*batch, n, d)``.
-        k: Directions to find (``k < min(n, d)``).
-        power_iterations: Rounds of subspace iteration (more: closer to the exact top-``k`` subspace).
-        generator: CPU generator of ``Ω``.
-
-    Returns:
-        ``(*batch, d, k + 1)`` with orthonormal columns.
-    """
-    mu = x.mean(-2, keepdim=True)
-    xc = x - mu
-    omega = torch.randn(*x.shape[:-2], x.shape[-1], k, generator=generator, dtype=torch.float32)
-    y = xc @ omega.to(device=x.device, dtype=x.dtype)
-    for _ in range(power_iterations):
-        y = xc @ (xc.mT @ torch.linalg.qr(y).Q)
-    rows = torch.linalg.qr(y).Q.mT @ xc  # (k, d): its row space is the leading subspace
-    return torch.linalg.qr(torch.cat([rows.mT, mu.mT], dim=-1)).Q
 
 
 def _gram_stats(

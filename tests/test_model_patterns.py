@@ -19,7 +19,8 @@ from lightning_sylv import sylvester_init_
 from lightning_sylv.activations import conv_patches
 from lightning_sylv.codes import OneHotCode, PCACode
 from lightning_sylv.layer_fit import fit_layer
-from lightning_sylv.layer_init import LayerJob, grouped_rows, span_basis
+from lightning_sylv.layer_init import LayerJob, grouped_rows
+from lightning_sylv.row_space import span_basis
 from lightning_sylv.solver import solve_sylvester_psd, symmetric_eigh
 
 
@@ -368,3 +369,59 @@ def test_more_outputs_than_inputs_solve_in_the_codes_subspace_exactly():
     fast, full = solve_moments(m, 10.0), solve_moments(replace(m, basis_s=None), 10.0)
     torch.testing.assert_close(fast.weight, full.weight, atol=1e-10, rtol=1e-8)
     torch.testing.assert_close(fast.bias, full.bias, atol=1e-10, rtol=1e-8)
+
+
+# --------------------------------------------------------------------------- randomized mode
+
+
+def test_randomized_basis_finds_the_leading_principal_subspace():
+    """Rank-6 signal plus small noise: the randomized basis contains the exact top-6 principal
+    directions (principal angles ~0) and the mean, with orthonormal columns."""
+    from lightning_sylv.row_space import randomized_basis
+
+    g = _gen(6)
+    signal = torch.randn(2, 400, 6, generator=g, dtype=torch.float64) @ torch.randn(
+        2, 6, 300, generator=g, dtype=torch.float64
+    )
+    x = signal + 1e-3 * torch.randn(2, 400, 300, generator=g, dtype=torch.float64) + 2.0
+    q = randomized_basis(x, 8, 1, torch.Generator().manual_seed(0))
+    assert q.shape == (2, 300, 9)
+    torch.testing.assert_close(q.mT @ q, torch.eye(9, dtype=torch.float64).expand(2, 9, 9), atol=1e-10, rtol=0)
+    xc = x - x.mean(-2, keepdim=True)
+    top = torch.linalg.svd(xc, full_matrices=False).Vh[:, :6].mT  # (2, 300, 6)
+    captured = (q.mT @ top).norm(dim=-2)  # cosines of the principal angles' complements
+    assert float(captured.min()) > 1 - 1e-6
+    mean = x.mean(-2)
+    assert float(((q.mT @ mean[..., None]).norm(dim=-2) / mean.norm(dim=-1, keepdim=True)).min()) > 1 - 1e-9
+
+
+def test_randomized_solver_matches_the_exact_solve_on_low_rank_inputs():
+    """A wide layer with few outputs takes the randomized path; on inputs of low rank its subspace is
+    exact, so the weights agree with the exact solve (up to the directions' signs)."""
+    g = _gen(7)
+    x = torch.randn(400, 5, generator=g) @ torch.randn(5, 600, generator=g)
+    y = _labels(400, 4)
+    weights, solvers = [], []
+    for solver in ("exact", "randomized"):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(600, 4), nn.ReLU(), nn.Linear(4, 4))
+        report = sylvester_init_(net, x, y, latent="pca", solver=solver)
+        solvers.append(report.layers[0].solver)
+        weights.append(net[0].weight.detach().clone())
+    assert solvers[0].startswith("span") and solvers[1].startswith("randomized"), solvers
+    # The same units up to each principal direction's sign (fixed in the coordinates each mode
+    # solves in: the rows' span, or the randomized subspace).
+    signs = torch.sign((weights[0] * weights[1]).sum(1, keepdim=True))
+    torch.testing.assert_close(weights[1] * signs, weights[0], rtol=1e-3, atol=1e-5)
+
+
+def test_canonical_order_ignores_the_arrival_order():
+    from lightning_sylv.row_space import canonical_order
+
+    g = _gen(8)
+    x = torch.randn(3, 20, 7, generator=g, dtype=torch.float64)
+    y = torch.arange(20)
+    perm = torch.randperm(20, generator=g)
+    a, ya = canonical_order(x, y)
+    b, yb = canonical_order(x[:, perm], y[perm])
+    assert torch.equal(a, b) and torch.equal(ya, yb)

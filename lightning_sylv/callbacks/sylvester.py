@@ -68,7 +68,9 @@ class SylvesterInit(DataDrivenInit):
             patterns of layer names (``["net.layer3.*", "net.head"]``) initializes only the matching
             layers, in execution order, with BatchNorm statistics recomputed. ``LowRankInit``'s
             ``layers`` takes the same patterns (or ``"all"``) to choose the layers it converts.
-        latent: Latent code of the hidden layers, one of: {latents}.
+        latent: Latent code of the hidden layers, one of: {latents}. The default, ``"rotated_pca"``,
+            was chosen on validation accuracy over torchvision/timm models and ResNet-20; on the
+            paper's ResNet-20 with 100 samples per class ``"signed_pca"`` is better.
         head_latent: Latent code of the head (``"onehot"``: one-hot class labels), one of the same.
         lam: λ, the weight of the encoding loss relative to the decoding loss (``> 0``; paper: 10).
         patches_per_image: Random patch positions per image for convolutions (``None``: all).
