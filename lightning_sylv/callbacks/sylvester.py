@@ -22,7 +22,7 @@ from lightning_sylv._checks import check_bool, check_choice, check_patterns, che
 from lightning_sylv.activations import SUPPORTED_LAYERS
 from lightning_sylv.callbacks._base import DTYPES, DataDrivenInit, FitContext, InitSubset, percent
 from lightning_sylv.callbacks._distributed import gather_across_processes, sum_across_processes
-from lightning_sylv.callbacks._logging import FeatureInspection
+from lightning_sylv.callbacks._inspection import FeatureInspection
 from lightning_sylv.codes import CODES
 from lightning_sylv.engine import sylvester_init_
 from lightning_sylv.report import InitReport, format_markdown, format_table, layer_scalars
