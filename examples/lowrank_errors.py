@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_sylv.activations import layer_rows
 from lightning_sylv.data import CIFAR10DataModule, DigitsDataModule
 from lightning_sylv.engine import sylvester_init_
 from lightning_sylv.lowrank import Factors, factorize, relu_error, resolve_rank
 from lightning_sylv.models import MLP, resnet20
+from lightning_sylv.rows import layer_rows
 
 HERE = Path(__file__).resolve().parent
 METHODS = ("spectral", "data", "relu")

@@ -44,7 +44,6 @@ import torch
 from torch import Tensor, nn
 
 from lightning_sylv._batch import batch_len, default_forward, slice_batch
-from lightning_sylv.activations import SUPPORTED_LAYERS
 from lightning_sylv.attention import attention_jobs
 from lightning_sylv.codes import LatentCode, resolve_code
 from lightning_sylv.layer_init import SOLVERS, LayerJob, code_uses_stats
@@ -57,6 +56,7 @@ from lightning_sylv.passes import (
     skip_reason,
 )
 from lightning_sylv.report import InitReport, LayerReport
+from lightning_sylv.rows import SUPPORTED_LAYERS
 
 __all__ = ["InitReport", "LayerReport", "SylvesterInitError", "execution_order", "sylvester_init_", "units"]
 
@@ -70,7 +70,7 @@ class SylvesterInitError(InitializationError):
 
 def units(model: nn.Module) -> dict[nn.Module, str]:
     """The modules the Sylvester initializer writes, by name: the layers of
-    :data:`~lightning_sylv.activations.SUPPORTED_LAYERS` and ``nn.MultiheadAttention`` (whose
+    :data:`~lightning_sylv.rows.SUPPORTED_LAYERS` and ``nn.MultiheadAttention`` (whose
     ``out_proj`` belongs to it, not to the list of layers)."""
     out: dict[nn.Module, str] = {}
     owned: set[nn.Module] = set()

@@ -53,10 +53,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_sylv._batch import default_forward, move_batch
-from lightning_sylv.activations import SUPPORTED_LAYERS, LayerRows
 from lightning_sylv.codes import LatentCode
 from lightning_sylv.engine import InitReport, sylvester_init_
 from lightning_sylv.passes import hooked_pass
+from lightning_sylv.rows import SUPPORTED_LAYERS, LayerRows
 
 __all__ = ["TeacherCode", "compose_conv", "compose_linear", "fuse_init_", "teacher_activations"]
 
@@ -64,7 +64,7 @@ __all__ = ["TeacherCode", "compose_conv", "compose_linear", "fuse_init_", "teach
 class TeacherCode(LatentCode):
     """A teacher network's activation on the subset, as the code ``S`` of one student layer.
 
-    Rows are aligned with the student layer's rows (:class:`~lightning_sylv.activations.LayerRows`
+    Rows are aligned with the student layer's rows (:class:`~lightning_sylv.rows.LayerRows`
     passed by the engine): for a convolution, row ``i * p + j`` gets the teacher activation of sample
     ``i`` at the same output position ``positions[i, j]``; for a ``Linear`` on ``(N, d_in)`` inputs,
     the teacher activation of sample ``i`` flattened; for a ``Linear`` on ``(N, T, d_in)`` sequences,

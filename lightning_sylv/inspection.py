@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from lightning_sylv._batch import batch_len, default_forward, map_batch, slice_batch
-from lightning_sylv.activations import SUPPORTED_LAYERS
 from lightning_sylv.passes import hooked_pass
+from lightning_sylv.rows import SUPPORTED_LAYERS
 from lightning_sylv.subset import split_batch
 
 if TYPE_CHECKING:

@@ -50,11 +50,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from lightning_sylv.activations import LayerRows, layer_rows
 from lightning_sylv.codes import LatentCode
 from lightning_sylv.layer_fit import LayerFit, moments_from_rows, solve_moments
 from lightning_sylv.report import LayerReport
 from lightning_sylv.row_space import canonical_order, randomized_basis, span_basis
+from lightning_sylv.rows import LayerRows, layer_rows
 from lightning_sylv.solver import EIGH_PATHS
 from lightning_sylv.stats import InputStats
 

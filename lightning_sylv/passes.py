@@ -134,13 +134,13 @@ def execution_order(
         inputs: A small batch.
         forward: ``forward(model, inputs)``.
         units: The modules to track, with their names (default: the layers the Sylvester
-            initializer supports, see :data:`lightning_sylv.activations.SUPPORTED_LAYERS`).
+            initializer supports, see :data:`lightning_sylv.rows.SUPPORTED_LAYERS`).
 
     Raises:
         InitializationError: If the forward pass fails on ``inputs``.
     """
     if units is None:
-        from lightning_sylv.activations import SUPPORTED_LAYERS
+        from lightning_sylv.rows import SUPPORTED_LAYERS
 
         units = {m: n for n, m in model.named_modules() if isinstance(m, SUPPORTED_LAYERS)}
     order: list[str] = []

@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_sylv.activations import layer_rows
 from lightning_sylv.codes import OneHotCode, PCACode
 from lightning_sylv.engine import SylvesterInitError, execution_order, sylvester_init_
 from lightning_sylv.layer_fit import encoding_loss, fit_layer
+from lightning_sylv.rows import layer_rows
 
 
 class ResBlock(nn.Module):
@@ -417,8 +417,8 @@ def test_float32_gram_products_tolerate_rounding_on_singular_inputs():
 
 def test_patch_statistics_in_gather_order_match_unfold():
     """The sums formed in the gather's (K, C) memory order and reordered equal those of F.unfold's (C, K) rows."""
-    from lightning_sylv.activations import conv_patches
     from lightning_sylv.layer_init import _gram_stats
+    from lightning_sylv.rows import conv_patches
     from lightning_sylv.stats import InputStats
 
     g = torch.Generator().manual_seed(0)

@@ -15,11 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_sylv import FuseInit
-from lightning_sylv.activations import LayerRows
 from lightning_sylv.data import DigitsDataModule
 from lightning_sylv.engine import SylvesterInitError
 from lightning_sylv.fuse import TeacherCode, compose_conv, compose_linear, fuse_init_, teacher_activations
 from lightning_sylv.models import ImageClassifier
+from lightning_sylv.rows import LayerRows
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER_HIDDEN = [128, 128, 128, 64]

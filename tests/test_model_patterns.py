@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_sylv import sylvester_init_
-from lightning_sylv.activations import conv_patches
 from lightning_sylv.codes import OneHotCode, PCACode
 from lightning_sylv.layer_fit import fit_layer
 from lightning_sylv.layer_init import LayerJob, grouped_rows
 from lightning_sylv.row_space import span_basis
+from lightning_sylv.rows import conv_patches
 from lightning_sylv.solver import solve_sylvester_psd, symmetric_eigh
 
 

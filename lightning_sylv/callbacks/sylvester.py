@@ -19,13 +19,13 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_sylv._batch import slice_batch
 from lightning_sylv._checks import check_bool, check_choice, check_patterns, check_positive_int
-from lightning_sylv.activations import SUPPORTED_LAYERS
 from lightning_sylv.callbacks._base import DTYPES, DataDrivenInit, FitContext, InitSubset, percent
 from lightning_sylv.callbacks._distributed import gather_across_processes, sum_across_processes
 from lightning_sylv.callbacks._inspection import FeatureInspection
 from lightning_sylv.codes import CODES
 from lightning_sylv.engine import sylvester_init_
 from lightning_sylv.report import InitReport, format_markdown, format_table, layer_scalars
+from lightning_sylv.rows import SUPPORTED_LAYERS
 
 __all__ = ["SylvesterInit"]
 

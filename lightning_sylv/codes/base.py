@@ -20,7 +20,7 @@ from lightning_sylv.layer_fit import Moments
 from lightning_sylv.stats import InputStats
 
 if TYPE_CHECKING:
-    from lightning_sylv.activations import LayerRows
+    from lightning_sylv.rows import LayerRows
 
 __all__ = ["LatentCode", "check_rows", "fill_columns"]
 
@@ -38,7 +38,7 @@ class LatentCode(ABC):
     #: Whether :meth:`fit` needs ``labels``.
     requires_labels: bool = False
     #: Whether :meth:`fit` needs to know where its rows come from (``rows=``, a
-    #: :class:`lightning_sylv.activations.LayerRows`). Such codes are rows-only (no streaming,
+    #: :class:`lightning_sylv.rows.LayerRows`). Such codes are rows-only (no streaming,
     #: single process).
     requires_rows: bool = False
     #: Whether :meth:`moments` fits the code from statistics alone; such codes stream over batches

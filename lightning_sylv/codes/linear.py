@@ -23,7 +23,7 @@ from lightning_sylv.solver import symmetric_eigh
 from lightning_sylv.stats import InputStats
 
 if TYPE_CHECKING:
-    from lightning_sylv.activations import LayerRows
+    from lightning_sylv.rows import LayerRows
 
 __all__ = ["OneHotCode", "PCACode"]
 

@@ -25,7 +25,7 @@ from lightning_sylv.codes.base import LatentCode, check_rows, fill_columns
 from lightning_sylv.codes.linear import PCACode
 
 if TYPE_CHECKING:
-    from lightning_sylv.activations import LayerRows
+    from lightning_sylv.rows import LayerRows
 
 __all__ = ["ICACode", "KMeansCode", "LDACode"]
 

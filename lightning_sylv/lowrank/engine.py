@@ -34,7 +34,6 @@ import torch
 from torch import Tensor, nn
 
 from lightning_sylv._batch import batch_len, default_forward, slice_batch
-from lightning_sylv.activations import SUPPORTED_LAYERS
 from lightning_sylv.codes import LatentCode, resolve_code
 from lightning_sylv.layer_init import LayerJob
 from lightning_sylv.lowrank.factorize import METHODS, _check_iters, _check_ridge
@@ -42,6 +41,7 @@ from lightning_sylv.lowrank.init import LowRankFit, init_low_rank_, input_rows
 from lightning_sylv.lowrank.layers import LowRankLayer, LowRankLinear
 from lightning_sylv.passes import InitializationError, hooked_pass, run_jobs, skip_reason
 from lightning_sylv.report import LayerReport
+from lightning_sylv.rows import SUPPORTED_LAYERS
 
 __all__ = ["LowRankInitError", "LowRankLayerReport", "LowRankReport", "format_low_rank_table", "low_rank_init_"]
 

@@ -6,7 +6,7 @@
 ``full_weight``), the layer's input rows when the method needs data, computes the factors in float64
 on the weight's device and writes ``U``, ``V`` and the bias into the layer's parameters (cast to
 their dtype) under ``torch.no_grad()``. :func:`input_rows` turns a layer's input activation into
-those rows (conv patches via :func:`lightning_sylv.activations.layer_rows` on the layer's first
+those rows (conv patches via :func:`lightning_sylv.rows.layer_rows` on the layer's first
 convolution, which has the original geometry).
 
 This module imports no Lightning.
@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from lightning_sylv.activations import layer_rows
 from lightning_sylv.lowrank.factorize import (
     METHODS,
     Factors,
@@ -30,6 +29,7 @@ from lightning_sylv.lowrank.factorize import (
     spectral_factors,
 )
 from lightning_sylv.lowrank.layers import LowRankLayer
+from lightning_sylv.rows import layer_rows
 
 __all__ = ["LowRankFit", "init_low_rank_", "input_rows"]
 

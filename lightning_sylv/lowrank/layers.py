@@ -6,7 +6,7 @@ rank``, no bias, weight ``V``) and ``u`` (``rank -> out``, weight ``U``, the bia
 padding, dilation and padding mode as the original) followed by a ``1 x 1`` convolution to the outputs
 (``u``, with the bias); its merged weight is ``U @ V.reshape(rank, -1)``, reshaped to the original
 ``(out, in, k_h, k_w)``. Because ``v`` has the original convolution's geometry,
-:func:`lightning_sylv.activations.layer_rows` gathers exactly the original layer's patches from it.
+:func:`lightning_sylv.rows.layer_rows` gathers exactly the original layer's patches from it.
 
 Both keep the full-rank weight they approximate in the non-persistent buffers ``full_weight`` and
 ``full_bias`` (moved with the module, not saved in checkpoints; ``None`` once dropped or when the

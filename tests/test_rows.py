@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_sylv.activations import conv_patches, layer_rows
+from lightning_sylv.rows import conv_patches, layer_rows
 
 
 def _all_patches(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
