@@ -96,6 +96,22 @@ def test_all_layers_without_labels_runs_unsupervised(tmp_path, make_trainer):
     assert "sylvester/initial_accuracy" not in cb.metrics
 
 
+def test_randomized_solver_through_the_trainer(tmp_path, make_trainer):
+    """solver="randomized" reaches the engine: wide hidden layers with few outputs take that path."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(10, 1, 24, 24, generator=g)[torch.arange(10).repeat(30)] + 0.3 * torch.randn(300, 1, 24, 24)
+    y = torch.arange(10).repeat(30)
+    dl = DataLoader(TensorDataset(x, y), batch_size=64)
+    cb = SylvesterInit(samples_per_class=30, solver="randomized", verbose=False)
+    model = ImageClassifier(arch="mlp", input_shape=(1, 24, 24), hidden=[16])
+    make_trainer(tmp_path, [cb], limit_train_batches=0).fit(model, train_dataloaders=dl, val_dataloaders=dl)
+    solvers = {r.name: r.solver for r in cb.report.layers}
+    assert solvers[cb.report.layers[0].name].startswith("randomized"), solvers
+    assert cb.metrics["sylvester/initial_accuracy"] > 0.5
+    with pytest.raises(ValueError, match="solver"):
+        SylvesterInit(solver="fast")
+
+
 def test_dataloaders_passed_to_fit(tmp_path, make_trainer):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(60, 1, 8, 8, generator=g)
