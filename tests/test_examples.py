@@ -160,3 +160,27 @@ def test_speed_benchmark_prints_ratios_and_solver_bounds(tmp_path):
         assert res_torch <= 1e-6, line
     assert "all shapes:" in proc.stdout
     assert "spc=2 " in proc.stdout and "init/fastest forward=" in proc.stdout
+
+
+def test_zoo_train_augmentation_and_table_need_no_torchvision():
+    """examples/zoo_train.py's crop/flip keeps every image a shifted copy of itself, and its table
+    aggregates seeds (the training itself needs torchvision and timm: the zoo extra)."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "examples"))
+    import zoo_train
+
+    x = torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).reshape(2, 3, 32, 32) + 1
+    out = zoo_train._augment(x, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    for i in range(2):  # every non-zero value comes from the same image, each at most once
+        kept = out[i][out[i] != 0]
+        assert set(kept.tolist()) <= set(x[i].flatten().tolist()) and len(set(kept.tolist())) == kept.numel()
+    rows = [
+        {"model": "m", "init": init, "seed": s, "initial_acc": 10.0 + s, "final_acc": 40.0 + s,
+         "init_s": 1.0, "train_s": 2.0, "wall_s": 3.0}
+        for init in ("own", "sylvester") for s in range(3)
+    ]  # fmt: skip
+    table = zoo_train.markdown(rows)
+    assert "| m | own | 11.00 ± 1.00 (n=3) | 41.00 ± 1.00 (n=3) | 3.0 (1.00 + 2.0) |" in table
+    assert "lsuv" not in table
