@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from lightning_sylv.layer_init import LayerJob
 from lightning_sylv.report import LayerReport
+from lightning_sylv.sharding import write_
 
 __all__ = ["InProjectionJob", "OutProjectionJob", "attention_jobs"]
 
@@ -89,15 +90,16 @@ class InProjectionJob:
         keys = ("q",) if self._shared else ("q", "k", "v")
         reports = [self._jobs[k].finish(reduce) for k in keys]
         m, e = self.module, self.module.embed_dim
+        proxies = [self._proxies["q" if self._shared else key] for key in ("q", "k", "v")]
+        # Whole tensors only (write_ slices a sharded parameter by its own layout, never by q/k/v).
         with torch.no_grad():
-            for i, key in enumerate(("q", "k", "v")):
-                proxy = self._proxies["q" if self._shared else key]
-                if m._qkv_same_embed_dim:
-                    m.in_proj_weight[i * e : (i + 1) * e].copy_(proxy.weight)
-                else:
-                    getattr(m, f"{key}_proj_weight").copy_(proxy.weight)
-                if m.in_proj_bias is not None:
-                    m.in_proj_bias[i * e : (i + 1) * e].copy_(proxy.bias)
+            if m._qkv_same_embed_dim:
+                write_(m.in_proj_weight, torch.cat([p.weight for p in proxies]))
+            else:
+                for key, proxy in zip(("q", "k", "v"), proxies):
+                    write_(getattr(m, f"{key}_proj_weight"), proxy.weight)
+            if m.in_proj_bias is not None:
+                write_(m.in_proj_bias, torch.cat([p.bias for p in proxies]))
         first = reports[0]
         return LayerReport(
             name=self.name,

@@ -41,6 +41,7 @@ This module imports no Lightning.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable
@@ -55,6 +56,7 @@ from lightning_sylv.layer_fit import LayerFit, moments_from_rows, solve_moments
 from lightning_sylv.report import LayerReport
 from lightning_sylv.row_space import canonical_order, randomized_basis, span_basis
 from lightning_sylv.rows import LayerRows, layer_rows
+from lightning_sylv.sharding import write_
 from lightning_sylv.solver import EIGH_PATHS
 from lightning_sylv.stats import InputStats
 
@@ -189,7 +191,7 @@ class LayerJob:
         self.fast = False  # randomized basis, decided with the span mode at the first batch
         self.groups: int = getattr(module, "groups", 1)
         self.out_per_group: int = module.weight.shape[0] // self.groups
-        self.in_per_group: int = module.weight[0].numel()
+        self.in_per_group: int = math.prod(module.weight.shape[1:])  # no indexing: may be a DTensor
         self.uses_stats = code_uses_stats(code)
         self.span: bool | None = None  # decided at the first batch
         self._stats: InputStats | None = None
@@ -440,12 +442,9 @@ class LayerJob:
 
     def _write(self, weight: Tensor, bias: Tensor | None) -> None:
         """Write ``weight`` ``(groups, out, d)`` and ``bias`` ``(groups, out)`` in place."""
-        w: Tensor = self.module.weight
-        b: Tensor | None = self.module.bias
-        with torch.no_grad():
-            w.copy_(weight.reshape(w.shape).to(w.dtype))
-            if b is not None and bias is not None:
-                b.copy_(bias.reshape(b.shape).to(b.dtype))
+        write_(self.module.weight, weight)
+        if self.module.bias is not None and bias is not None:
+            write_(self.module.bias, bias)
 
 
 def _stack_fits(fits: list[LayerFit]) -> LayerFit:

@@ -13,7 +13,10 @@ model over the subset and hands each job its layer's real input, in execution or
 3. BatchNorm layers run with reset, cumulative running statistics during those passes (unless told
    not to), so the model is usable in eval mode right away.
 4. ``reduce`` (a sum across processes) is handed to every job's ``finish``: DDP.
-5. On any failure every parameter and buffer is restored (and the initializer's own extra state, via
+5. Sharded parameters (FSDP2 ``fully_shard``): a job writes into the unsharded copy its module holds
+   during the pass, and the runner commits the value to this process's shard right after
+   (:class:`~lightning_sylv.sharding.ShardedParams`); the model is left in its sharded state.
+6. On any failure every parameter and buffer is restored (and the initializer's own extra state, via
    ``on_failure``) and the error is raised as the initializer's subclass of
    :class:`InitializationError`. Train/eval modes and BatchNorm momenta are put back in ``finally``;
    the global RNG is never advanced.
@@ -34,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_sylv._batch import channels_last, default_forward, slice_batch
+from lightning_sylv.sharding import ShardedParams
 
 __all__ = [
     "InitializationError",
@@ -243,6 +247,7 @@ def _one_pass(
     reduce: Callable[[Tensor], Tensor] | None,
     forward: Callable[[nn.Module, Any], Any],
     on_result: Callable[[Job, Any], None],
+    shards: ShardedParams,
 ) -> None:
     """Every job run inside a single forward pass, at its module's first call."""
     by_module: dict[nn.Module, list[Job]] = {}
@@ -257,6 +262,7 @@ def _one_pass(
         for job in by_module[module]:
             job.add_call(args, kwargs, labels)
             on_result(job, job.finish(reduce))
+        shards.commit(module)  # the unsharded copy was written: this process's shard too
 
     with torch.no_grad(), _hooked(dict.fromkeys(by_module, hook), {}):
         forward(model, inputs)
@@ -272,6 +278,7 @@ def _streamed(
     reduce: Callable[[Tensor], Tensor] | None,
     forward: Callable[[nn.Module, Any], Any],
     on_result: Callable[[Job, Any], None],
+    shards: ShardedParams,
 ) -> int:
     """Job by job: a job's module input over all mini-batches, then its solve; returns the passes."""
     for job in jobs:
@@ -297,7 +304,8 @@ def _streamed(
                 state["labels"] = None if labels is None else labels[lo : lo + batch_size]
                 with suppress(_StopForward):
                     forward(model, slice_batch(inputs, lo, lo + batch_size))
-        on_result(job, job.finish(reduce))
+                shards.reshard()  # the stopped pass left its FSDP modules unsharded
+        on_result(job, job.finish(reduce))  # outside the pass: writes the shards directly
     return len(jobs)
 
 
@@ -343,6 +351,7 @@ def run_jobs(
         InitializationError: ``error``, after the model was restored.
     """
     on_result = on_result or (lambda job, record: None)
+    shards = ShardedParams(model)  # first: the snapshot must hold the sharded parameters
     snap = _snapshot(model)
     was_training = model.training
     bn_state = [(m, m.training, m.momentum) for m in model.modules() if isinstance(m, _BN)]
@@ -359,7 +368,7 @@ def run_jobs(
                     m.train()  # batch statistics of the new activations during the passes
                 _reset_bn(bns)
             if streaming:
-                passes = _streamed(model, inputs, labels, jobs, size, n_samples, reduce, forward, on_result)
+                passes = _streamed(model, inputs, labels, jobs, size, n_samples, reduce, forward, on_result, shards)
                 if recalibrate_bn and bns:  # one more pass: BatchNorm statistics of the final net
                     _reset_bn(bns)
                     with torch.no_grad():
@@ -367,9 +376,10 @@ def run_jobs(
                             forward(model, slice_batch(inputs, lo, lo + size))
                     passes += 1
             else:
-                _one_pass(model, inputs, labels, jobs, reduce, forward, on_result)
+                _one_pass(model, inputs, labels, jobs, reduce, forward, on_result, shards)
                 passes = 1
         except Exception as err:
+            shards.reshard()  # a failed pass leaves its FSDP modules unsharded
             _restore(model, snap)
             if on_failure is not None:
                 on_failure()
@@ -381,4 +391,5 @@ def run_jobs(
                 m.momentum = momentum
                 m.train(training)
             model.train(was_training)
+    shards.reshard()  # leave no unsharded copy behind (FSDP keeps a root's after the forward)
     return passes

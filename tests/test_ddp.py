@@ -67,11 +67,3 @@ def test_ddp_head_only_leaves_the_body_bit_identical(tmp_path):
         changed = {k for k in before if not torch.equal(before[k], after[k])}
         assert changed == {"net.3.weight", "net.3.bias"}, (rank, changed)
 
-
-def test_sharded_strategies_refused():
-    from lightning.pytorch.strategies import FSDPStrategy
-
-    from lightning_sylv.callbacks._distributed import check_strategy
-
-    with pytest.raises(RuntimeError, match="does not support the sharded strategy FSDPStrategy"):
-        check_strategy(FSDPStrategy(), "SylvesterInit")

@@ -31,7 +31,7 @@ from lightning_sylv._checks import (
     check_positive_int,
     check_positive_number,
 )
-from lightning_sylv.callbacks._distributed import check_strategy, sync_module
+from lightning_sylv.callbacks._distributed import check_materialized, check_strategy, sync_module
 from lightning_sylv.callbacks._logging import (
     layer_progress,
     log_callback_hparams,
@@ -126,6 +126,9 @@ class DataDrivenInit(Callback):
     #: processes); otherwise every process loads and fits on the whole subset. Either way rank 0's
     #: weights are broadcast.
     shard_subset: ClassVar[bool] = False
+    #: Why the callback refuses ``ModelParallelStrategy`` (FSDP2), or ``None`` when it supports it (its
+    #: jobs' writes go through :func:`lightning_sylv.sharding.write_` and the pass runner's commit).
+    sharding_refusal: ClassVar[str | None] = "it has not been built for parameters split across processes"
 
     def __init__(
         self,
@@ -165,6 +168,7 @@ class DataDrivenInit(Callback):
         self.report: Any = None
         self.subset_size = 0
         self.metrics: dict[str, float] = {}
+        self._pending = False  # initialization deferred to on_train_start (see on_fit_start)
 
     # ------------------------------------------------------------------ checkpoint state (unchanged)
 
@@ -226,13 +230,35 @@ class DataDrivenInit(Callback):
         return {f"{self.prefix}/{n}": getattr(self, n) for n in self.hparam_names}
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        check_strategy(trainer.strategy, type(self).__name__)
+        check_strategy(trainer.strategy, type(self).__name__, refusal=self.sharding_refusal)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.strategy.restore_checkpoint_after_setup:
+            # ModelParallelStrategy (FSDP2) loads a checkpoint only after on_fit_start: whether this
+            # fit resumes is known from on_train_start on, so the initialization waits until then.
+            self._pending = True
+            return
+        self._start(trainer, pl_module)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._pending:
+            self._pending = False
+            self._start(trainer, pl_module)
+        elif self.metrics:  # Lightning empties callback_metrics after the sanity check: put them back
+            publish_metrics(trainer, self.metrics, loggers=False)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._pending:  # a deferred fit that ran no training step (max_steps=0)
+            self._pending = False
+            self._start(trainer, pl_module)
+
+    def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Initialize ``pl_module`` (or skip on a resume) and publish everything: the template."""
         if not self._should_run(trainer):
             self._on_skip(pl_module)
             log_callback_hparams(trainer, pl_module, self.hyperparameters())
             return
+        check_materialized(pl_module, type(self).__name__)
         self.report = None
         ctx = self._context(trainer, pl_module)
         metrics = self._before(trainer, pl_module, ctx)
@@ -258,11 +284,6 @@ class DataDrivenInit(Callback):
             log_report(trainer, self.prefix, *tb)
         if self.verbose:
             rank_zero_info(self._summary())
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Lightning empties callback_metrics after the sanity check: put the init metrics back.
-        if self.metrics:
-            publish_metrics(trainer, self.metrics, loggers=False)
 
     def _should_run(self, trainer: pl.Trainer) -> bool:
         """Only a real resume (``trainer.fit(..., ckpt_path=...)``) skips: a reused callback instance

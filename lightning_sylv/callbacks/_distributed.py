@@ -8,25 +8,78 @@ import torch
 from lightning.pytorch.strategies import Strategy
 from torch import Tensor, nn
 
-__all__ = ["check_strategy", "sum_across_processes", "sync_module"]
+from lightning_sylv.sharding import is_sharded
 
-_SHARDED = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+__all__ = ["check_materialized", "check_strategy", "gather_across_processes", "sum_across_processes", "sync_module"]
+
+_SUPPORTED = (
+    "a single device, DDP (strategy='ddp' and its variants) and ModelParallelStrategy with FSDP2 "
+    "(fully_shard, data parallel)"
+)
 
 
-def check_strategy(strategy: Strategy, who: str) -> None:
-    """Refuse strategies that shard parameters (each process would hold only a slice of a weight).
+def check_strategy(strategy: Strategy, who: str, refusal: str | None = None) -> None:
+    """Refuse the strategies an initializer cannot write weights under.
+
+    Supported: a single device, DDP, and Lightning's ``ModelParallelStrategy`` with FSDP2 data
+    parallelism (``fully_shard``; each process writes its shard of every weight, see
+    :mod:`lightning_sylv.sharding`), unless ``refusal`` says why not. Refused: tensor parallelism
+    (``tensor_parallel_size > 1``: the processes of a tensor-parallel group hold different parts of a
+    layer's *input*), ``FSDPStrategy`` (FSDP1) and ``DeepSpeedStrategy`` (not built: FSDP1 runs only on
+    GPUs and DeepSpeed is not installed where the package is tested, so neither could be tested).
+
+    Args:
+        strategy: The trainer's strategy (after ``setup_environment``: its parallel sizes are resolved).
+        who: The callback's name, for the message.
+        refusal: Why the initializer refuses ``ModelParallelStrategy`` altogether (``None``: it supports it).
 
     Raises:
-        RuntimeError: For FSDP, DeepSpeed and model-parallel strategies.
+        RuntimeError: For a refused strategy; the message names the supported ones.
     """
     names = {cls.__name__ for cls in type(strategy).__mro__}
-    hit = names.intersection(_SHARDED)
+    name = type(strategy).__name__
+    if "ModelParallelStrategy" in names:
+        if refusal is not None:
+            raise RuntimeError(
+                f"{who} does not support the sharded strategy {name}: {refusal}. Initialize with "
+                "strategy='ddp' (or a single device), save a checkpoint, and load it into the sharded run."
+            )
+        tp = getattr(strategy, "_tensor_parallel_size", 1)
+        if isinstance(tp, int) and tp > 1:
+            raise RuntimeError(
+                f"{who} does not support tensor parallelism ({name} with tensor_parallel_size={tp}): a "
+                "layer's input is split across the processes of a tensor-parallel group. Use "
+                f"{name}(data_parallel_size=N, tensor_parallel_size=1) with fully_shard (FSDP2); "
+                f"supported: {_SUPPORTED}."
+            )
+        return
+    hit = names.intersection(("FSDPStrategy", "DeepSpeedStrategy"))
     if hit:
         raise RuntimeError(
-            f"{who} does not support the sharded strategy {type(strategy).__name__}: parameters are split "
-            "across processes. Initialize with strategy='ddp' (or a single device), save a checkpoint, and "
-            "load it into the sharded run."
+            f"{who} does not support the strategy {name}. Supported: {_SUPPORTED}. For sharded training "
+            "use ModelParallelStrategy(data_parallel_size=N, tensor_parallel_size=1) with fully_shard in "
+            "configure_model, or initialize with strategy='ddp', save a checkpoint, and load it into the "
+            "sharded run."
         )
+
+
+def check_materialized(module: nn.Module, who: str) -> None:
+    """Refuse a model that still has parameters or buffers on the ``meta`` device.
+
+    Raises:
+        RuntimeError: Naming the first such tensor.
+    """
+    for kind, named in (("parameter", module.named_parameters()), ("buffer", module.named_buffers())):
+        for name, t in named:
+            if t.is_meta:
+                raise RuntimeError(
+                    f"{who}: the model's {kind} {name!r} is still on the meta device at the start of fit, so "
+                    "there are no values to initialize. Models created with "
+                    "trainer.init_module(empty_init=True) or in configure_model are materialized by "
+                    "ModelParallelStrategy (and FSDP) before fit starts; with other strategies create "
+                    "the model with real tensors (empty_init=False), or call to_empty() and "
+                    "reset_parameters() first."
+                )
 
 
 def sum_across_processes(strategy: Strategy) -> Callable[[Tensor], Tensor]:
@@ -57,7 +110,8 @@ def gather_across_processes(strategy: Strategy) -> Callable[[Tensor], Tensor]:
 
 
 def sync_module(module: nn.Module, strategy: Strategy, average_norm_stats: bool = True) -> None:
-    """Make all processes hold rank 0's parameters and buffers, bit for bit.
+    """Make all processes hold rank 0's parameters and buffers, bit for bit (sharded parameters excepted:
+    each process holds its own slice, written from weights every process solved alike).
 
     Args:
         module: The module to sync.
@@ -78,5 +132,6 @@ def sync_module(module: nn.Module, strategy: Strategy, average_norm_stats: bool 
                             torch.distributed.all_reduce(buf)
                             buf.div_(world)
         for t in [*module.parameters(), *module.buffers()]:
-            torch.distributed.broadcast(t.data, src=0)
+            if not is_sharded(t):  # a shard is this process's own slice of identical weights
+                torch.distributed.broadcast(t.data, src=0)
     strategy.barrier("sylvester_sync")

@@ -119,6 +119,10 @@ class FuseInit(DataDrivenInit):
     """
 
     prefix = "fuse"
+    sharding_refusal = (
+        "the teacher and the fused student layers are not built for parameters split across processes "
+        "(not supported yet)"
+    )
     hparam_names = (
         "mapping", "teacher_class", "teacher_checkpoint", "samples_per_class", "unmapped", "lam", "teacher_lam",
         "patches_per_image", "seed", "precision", "evaluate", "eval_batches", "verbose", "forward",

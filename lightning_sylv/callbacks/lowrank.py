@@ -123,6 +123,10 @@ class LowRankInit(DataDrivenInit):
     """
 
     prefix = "lowrank"
+    sharding_refusal = (
+        "it replaces each converted layer by a new low-rank module in setup, which cannot happen once "
+        "fully_shard has split the model's parameters across processes (and the new modules would not be sharded)"
+    )
     hparam_names = (
         "ranks", "method", "layers", "exclude", "full_weight", "samples_per_class", "patches_per_image", "seed",
         "relu_iters", "ridge", "through_batchnorm", "lam", "keep_full", "evaluate", "eval_batches", "verbose",
@@ -197,7 +201,7 @@ class LowRankInit(DataDrivenInit):
         )
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        super().setup(trainer, pl_module, stage)  # refuses sharded strategies
+        super().setup(trainer, pl_module, stage)  # refuses sharded strategies (sharding_refusal)
         if any(isinstance(c, SylvesterInit) for c in trainer.callbacks):
             rank_zero_warn(
                 "LowRankInit and SylvesterInit are both attached: SylvesterInit treats the two factors of each "

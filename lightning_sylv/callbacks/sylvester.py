@@ -127,6 +127,7 @@ class SylvesterInit(DataDrivenInit):
 
     prefix = "sylvester"
     shard_subset = True
+    sharding_refusal = None  # FSDP2: each process writes its shard (lightning_sylv.sharding)
     hparam_names = (
         "samples_per_class", "layers", "latent", "head_latent", "lam", "patches_per_image", "batch_size",
         "seed", "head", "precision", "solver", "evaluate", "eval_batches", "verbose", "embedding_samples",
