@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_sylv._batch import map_batch
 from lightning_sylv.subset import split_batch
 
 __all__ = ["evaluate_accuracy"]
@@ -39,7 +40,8 @@ def evaluate_accuracy(
         device: Device the batches are moved to.
         max_batches: Stop after this many batches (``None``: all).
         forward: ``forward(model, inputs)``; defaults to ``model(inputs)``.
-        to_device: ``to_device(inputs, device)``; defaults to ``Tensor.to``.
+        to_device: ``to_device(inputs, device)``; defaults to moving every tensor of the (nested:
+            tuple, list, dict) inputs with ``Tensor.to``.
         split: ``split(batch) -> (inputs, labels)``; defaults to
             :func:`lightning_sylv.subset.split_batch` (see :class:`~lightning_sylv.subset.BatchFormat`).
 
@@ -49,7 +51,7 @@ def evaluate_accuracy(
     device = torch.device(device)
     run = forward or (lambda m, x: m(x))
     unpack = split or split_batch
-    move = to_device or (lambda x, d: x.to(d) if isinstance(x, Tensor) else x)
+    move = to_device or (lambda x, d: map_batch(lambda t: t.to(d), x))  # every tensor of a nested batch
     metric: MulticlassAccuracy | None = None
     was_training = model.training
     model.eval()

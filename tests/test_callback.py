@@ -220,3 +220,14 @@ def test_duplicate_callbacks_warn(tmp_path, make_trainer):
         make_trainer(tmp_path, [SylvesterInit(samples_per_class=3), SylvesterInit(samples_per_class=4)]).fit(
             ImageClassifier(arch="mlp"), datamodule=DigitsDataModule()
         )
+
+
+@pytest.mark.parametrize("limit", [{"max_steps": 0}, {"max_epochs": 0}])
+def test_metrics_reach_callback_metrics_when_the_fit_runs_no_step(tmp_path, make_trainer, limit):
+    """An init run only to inspect or save the model (no training step) still leaves its metrics, with
+    the default sanity check (after which Lightning empties callback_metrics)."""
+    cb = SylvesterInit(samples_per_class=3, verbose=False)
+    trainer = make_trainer(tmp_path, [cb], logger=False, num_sanity_val_steps=2, **limit)
+    trainer.fit(ImageClassifier(arch="mlp"), datamodule=DigitsDataModule())
+    assert cb.initialized
+    assert {"sylvester/init_time_s", "sylvester/initial_accuracy"} <= set(trainer.callback_metrics)

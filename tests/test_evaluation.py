@@ -39,3 +39,21 @@ def test_global_random_stream_is_unchanged_by_a_shuffling_loader():
 def test_no_labels_gives_none():
     model, x, _ = _setup()
     assert evaluate_accuracy(model, [x[:10], x[10:]], "cpu") is None
+
+
+class _Seen(Exception):
+    pass
+
+
+def test_the_default_mover_moves_every_tensor_of_a_nested_batch():
+    """Like every other batch walk of the package (``_batch.map_batch``): a dict's tensors travel too."""
+    seen = []
+
+    def forward(model, inputs):
+        seen.append(inputs["x"].device.type)
+        raise _Seen
+
+    model, x, y = _setup()
+    with pytest.raises(_Seen):
+        evaluate_accuracy(model, [({"x": x}, y)], "meta", forward=forward)
+    assert seen == ["meta"]

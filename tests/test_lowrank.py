@@ -455,3 +455,24 @@ def test_callback_draws_its_subset_from_init_dataset_when_the_datamodule_defines
     )
     assert cb.initialized and cb.subset_size == 20  # not 50: the training set has >= 5 per class
     assert cb.report is not None and cb.report.layers[0].fit.rows == 20
+
+
+def test_callback_shows_its_layer_progress_bar(tmp_path, capsys, monkeypatch, make_trainer):
+    """The bar's on_layer reaches low_rank_init_ (it used to be dropped by a signature check)."""
+    from lightning_sylv.callbacks import _logging
+
+    monkeypatch.setattr(_logging, "PROGRESS_DELAY_S", 0.0)  # show it even for a fast init
+    cb = LowRankInit(ranks=0.25, method="data", exclude=["net.head"], samples_per_class=3, evaluate=False)
+    make_trainer(tmp_path, [cb], logger=False, limit_train_batches=0, enable_progress_bar=True).fit(
+        ImageClassifier(arch="mlp", hidden=[16, 16]), datamodule=DigitsDataModule(seed=0)
+    )
+    out = capsys.readouterr()
+    assert re.search(r"LowRankInit: +\d+%\|", out.out + out.err), (out.out + out.err)[-1000:]
+
+
+def test_low_rank_init_reports_each_layer_to_on_layer():
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    to_low_rank(model, 0.5)
+    seen = []
+    low_rank_init_(model, torch.randn(20, 6), method="data", on_layer=lambda job, i, n: seen.append((job.name, i, n)))
+    assert seen == [("0", 1, 2), ("2", 2, 2)]

@@ -251,6 +251,8 @@ class DataDrivenInit(Callback):
         if self._pending:  # a deferred fit that ran no training step (max_steps=0)
             self._pending = False
             self._start(trainer, pl_module)
+        elif self.metrics:  # a fit that ran no step never reached on_train_start: put them back
+            publish_metrics(trainer, self.metrics, loggers=False)
 
     def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Initialize ``pl_module`` (or skip on a resume) and publish everything: the template."""

@@ -34,7 +34,7 @@ from lightning_sylv.inspection import (
 if TYPE_CHECKING:
     from torch.utils.tensorboard import SummaryWriter
 
-__all__ = ["TAG_AFTER", "TAG_BEFORE", "TAG_TSNE", "FeatureInspection"]
+__all__ = ["FeatureInspection"]
 
 TAG_BEFORE = "sylvester/features_before_init"
 TAG_AFTER = "sylvester/features_after_init"

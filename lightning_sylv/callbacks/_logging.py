@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "PROGRESS_DELAY_S",
-    "TAG_LAYERS",
     "layer_progress",
     "log_callback_hparams",
     "log_report",
@@ -37,7 +36,6 @@ __all__ = [
     "tensorboard_writers",
 ]
 
-TAG_LAYERS = "sylvester/layers"  # f"{prefix}/layers" for the other callbacks
 #: The layer progress bar appears only when initialization takes longer than this (seconds).
 PROGRESS_DELAY_S = 1.0
 

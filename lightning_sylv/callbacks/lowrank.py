@@ -10,7 +10,6 @@ forward, the accuracy and the logging come from :class:`~lightning_sylv.callback
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable
 from typing import Any, Literal
@@ -38,7 +37,6 @@ from lightning_sylv.lowrank import (
 
 __all__ = ["LowRankInit"]
 
-_INIT_TAKES_ON_LAYER = "on_layer" in inspect.signature(low_rank_init_).parameters
 #: Per-layer fields of the low-rank report sent to TensorBoard as ``lowrank/layer/<name>/<field>``.
 _FIT_FIELDS = ("rank", "rows", "linear_error", "relu_error", "spectral_relu_error", "best_iteration", "seconds")
 
@@ -237,7 +235,6 @@ class LowRankInit(DataDrivenInit):
         on_layer: Callable[[Any, int, int], None] | None,
     ) -> LowRankReport:
         # Every process draws and loads the whole subset, so all compute the same factors.
-        extra: dict[str, Any] = {"on_layer": on_layer} if _INIT_TAKES_ON_LAYER else {}
         report = low_rank_init_(
             pl_module,
             subset.inputs,
@@ -251,7 +248,7 @@ class LowRankInit(DataDrivenInit):
             through_batchnorm=self.through_batchnorm,
             lam=self.lam,
             forward=ctx.forward,
-            **extra,
+            on_layer=on_layer,
         )
         if not self.keep_full:
             self._drop_full(pl_module)

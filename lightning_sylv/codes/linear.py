@@ -25,7 +25,7 @@ from lightning_sylv.stats import InputStats
 if TYPE_CHECKING:
     from lightning_sylv.rows import LayerRows
 
-__all__ = ["OneHotCode", "PCACode"]
+__all__ = ["OneHotCode", "PCACode", "random_rotation"]
 
 
 def _linear_code_moments(

@@ -39,7 +39,7 @@ from lightning_sylv.layer_init import LayerJob
 from lightning_sylv.lowrank.factorize import METHODS, _check_iters, _check_ridge
 from lightning_sylv.lowrank.init import LowRankFit, init_low_rank_, input_rows
 from lightning_sylv.lowrank.layers import LowRankLayer, LowRankLinear
-from lightning_sylv.passes import InitializationError, hooked_pass, run_jobs, skip_reason
+from lightning_sylv.passes import InitializationError, Job, hooked_pass, run_jobs, skip_reason
 from lightning_sylv.report import LayerReport
 from lightning_sylv.rows import SUPPORTED_LAYERS
 
@@ -226,6 +226,7 @@ def low_rank_init_(
     latent: str | LatentCode = "pca",
     head_latent: str | LatentCode = "onehot",
     forward: Callable[[nn.Module, Any], Any] = default_forward,
+    on_layer: Callable[[Any, int, int], None] | None = None,
 ) -> LowRankReport:
     """Initialize the model's low-rank layers in place from a data subset.
 
@@ -251,6 +252,8 @@ def low_rank_init_(
         latent: Code of hidden layers for the Sylvester solve.
         head_latent: Code of the head for the Sylvester solve.
         forward: ``forward(model, inputs)`` runs the model.
+        on_layer: Called as ``on_layer(job, done, total)`` after each layer (``job.name`` names it;
+            progress bars).
 
     Returns:
         A :class:`LowRankReport`.
@@ -334,9 +337,16 @@ def low_rank_init_(
             m.full_weight, m.full_bias = fw, fb
 
     ordered = [_LowRankJob(jobs[n], n, run_job) for n in trace.order if n in jobs]
+    done: list[Job] = []
+
+    def on_result(job: Job, record: Any) -> None:
+        done.append(job)
+        if on_layer is not None:
+            on_layer(job, len(done), len(ordered))
+
     report.passes = run_jobs(
         model, inputs, labels, ordered, n_samples=batch_len(inputs), forward=forward,
-        recalibrate_bn=recalibrate_bn, on_failure=restore_fulls, error=LowRankInitError,
+        recalibrate_bn=recalibrate_bn, on_result=on_result, on_failure=restore_fulls, error=LowRankInitError,
         what="low-rank initialization",
     )  # fmt: skip
     report.seconds = time.perf_counter() - start
