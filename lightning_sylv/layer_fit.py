@@ -124,7 +124,14 @@ class Moments:
             as PCA's filled columns, knows one). The solve then runs in it: ``r`` instead of
             ``d_out`` dimensions on the left, exactly, since the minimum-norm ``W`` lies in it.
         eig_x: Optional eigendecomposition ``(eigenvalues, eigenvectors)`` of ``gram_x`` that the code
-            already computed (PCA does), so the solver need not repeat it.
+            already computed (PCA does), so the solver need not repeat it. With ``x_shift`` it is the
+            decomposition of the *centred* part: ``gram_x = V diag(e) Vᵀ + x_shift x_shiftᵀ``.
+        eig_s: Optional eigendecomposition ``(eigenvalues, eigenvectors)`` of ``gram_s``, known from the
+            code's structure (PCA: ``SᵀS/n = Rᵀ diag(σ) R`` for a rotation ``R``; one-hot: diagonal).
+        x_shift: The mean ``(*batch, d_in)`` when ``gram_x`` is the raw (uncentred) second moment and
+            ``eig_x`` decomposes the centred covariance: ``gram_x`` is then a rank-one update of a
+            matrix with a known eigenbasis, which the solver uses instead of decomposing ``gram_x``
+            (see :func:`lightning_sylv.solver.solve_sylvester_psd`).
     """
 
     gram_x: Tensor
@@ -134,6 +141,8 @@ class Moments:
     mean_s: Tensor | None = None
     eig_x: tuple[Tensor, Tensor] | None = None
     basis_s: Tensor | None = None
+    eig_s: tuple[Tensor, Tensor] | None = None
+    x_shift: Tensor | None = None
 
 
 def moments_from_rows(x: Tensor, s: Tensor, fit_bias: bool, dtype: torch.dtype = torch.float64) -> Moments:
@@ -178,13 +187,19 @@ def solve_moments(m: Moments, lam: float, rcond: float | None = None) -> LayerFi
     if math.isinf(lam):
         return _least_squares(m, rcond)
     a, b, c = m.gram_s, lam * m.gram_x, (1.0 + lam) * m.cross
+    # B = λ gram_x: its eigenbasis is the code's (PCA), exactly or up to a rank-one mean update.
     eig_b = None if m.eig_x is None else (lam * m.eig_x[0], m.eig_x[1])
+    b_update = None if m.x_shift is None or eig_b is None else math.sqrt(lam) * m.x_shift
     q = m.basis_s
     if q is not None:  # left side in the code's own subspace: r x r instead of d_out x d_out
-        sol = solve_sylvester_psd(q.mT @ a @ q, b, q.mT @ c, allow_singular=True, eig_b=eig_b, rcond=rcond)
+        sol = solve_sylvester_psd(
+            q.mT @ a @ q, b, q.mT @ c, allow_singular=True, eig_b=eig_b, b_update=b_update, rcond=rcond
+        )
         w = q @ sol.w
     else:
-        sol = solve_sylvester_psd(a, b, c, allow_singular=True, eig_b=eig_b, rcond=rcond)
+        sol = solve_sylvester_psd(
+            a, b, c, allow_singular=True, eig_a=m.eig_s, eig_b=eig_b, b_update=b_update, rcond=rcond
+        )
         w = sol.w
     enc, dec = _losses(m, w)
     return LayerFit(

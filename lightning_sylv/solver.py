@@ -10,6 +10,36 @@ semi-definite (PSD). For that case :func:`solve_sylvester_psd` diagonalizes both
 general (non-symmetric) case goes through :func:`scipy.linalg.solve_sylvester` (Bartels-Stewart) on
 the CPU. :func:`solve_sylvester` picks between them.
 
+**One decomposition per layer.** The initializer's coefficients have a structure the code already
+knows, and :func:`solve_sylvester_psd` accepts it instead of decomposing again. For a principal-
+component code ``S = (X − 1μᵀ) P R`` (``P``: the top ``k`` eigenvectors of the centred covariance
+``Σ = V diag(σ) Vᵀ``, ``R`` a ``k x k`` rotation):
+
+* ``A = SᵀS/n = Rᵀ Pᵀ Σ P R = Rᵀ diag(σ_top) R``: eigenvalues ``σ_top``, eigenvectors the columns of
+  ``Rᵀ`` (``eig_a``), no decomposition;
+* with a bias (centred problem) ``B = λ Σ``: eigenbasis ``V`` (``eig_b``), no decomposition;
+* without a bias (every convolution before a BatchNorm) ``B = λ XᵀX/n = λ (Σ + μμᵀ)``, a rank-one
+  update of a matrix whose eigenbasis is known. In the bases ``A = Qa diag(α) Qaᵀ`` and ``V`` the
+  equation ``A W + W B = C`` becomes, for ``W̃ = Qaᵀ W V``, ``C̃ = Qaᵀ C V``, ``ν = √λ Vᵀμ`` and
+  ``β = λσ``, one independent system per row ``i``::
+
+      W̃_i (D_i + ννᵀ) = C̃_i,        D_i = diag(α_i + β_1, ..., α_i + β_n),
+
+  solved by the Sherman-Morrison formula in ``O(n)``::
+
+      W̃_i = C̃_i D_i⁻¹ − (C̃_i D_i⁻¹ ν) / (1 + νᵀ D_i⁻¹ ν) · νᵀ D_i⁻¹
+
+  (``b_update = √λ μ``). ``B``'s eigendecomposition is never formed; its condition number comes from the
+  extreme roots of the secular equation ``1 + Σ_j ν_j² / (β_j − θ) = 0``, found by bisection on the
+  intervals the interlacing theorem gives. The formula needs every ``α_i + β_j`` to be clearly positive;
+  when some pair is (numerically) zero the solve falls back to decomposing ``B`` and dropping the
+  singular pairs, the minimum-norm least-squares solution of the general path.
+
+A layer with a PCA code therefore costs the one ``d x d`` eigendecomposition of its covariance (the
+one-hot head: one of ``B``, since its ``A`` is diagonal), plus matrix products. References: J. Sherman
+and W. J. Morrison, Ann. Math. Statist. 21(1), 1950; G. H. Golub, "Some modified matrix eigenvalue
+problems", SIAM Review 15(2), 1973 (the secular equation).
+
 Every function here accepts a stack of problems (leading batch dimensions), so the groups of a grouped
 or depthwise convolution are solved in one batched call. :func:`symmetric_eigh` is the one place that
 eigendecomposes: LAPACK's divide-and-conquer driver (``torch.linalg.eigh``) can fail to converge on
@@ -159,7 +189,9 @@ def solve_sylvester_psd(
     *,
     rcond: float | None = None,
     allow_singular: bool = False,
+    eig_a: tuple[Tensor, Tensor] | None = None,
     eig_b: tuple[Tensor, Tensor] | None = None,
+    b_update: Tensor | None = None,
 ) -> SylvesterSolution:
     """Solve ``A W + W B = C`` for symmetric positive semi-definite ``A`` and ``B``.
 
@@ -185,8 +217,11 @@ def solve_sylvester_psd(
             ``max(m, n) * eps`` of the dtype.
         allow_singular: Return the minimum-norm least-squares solution for a singular system instead
             of raising.
-        eig_b: A known eigendecomposition ``(eigenvalues, eigenvectors)`` of ``b`` (as returned by
-            ``torch.linalg.eigh``), to skip recomputing it. It is trusted, not checked.
+        eig_a: A known eigendecomposition ``(eigenvalues, eigenvectors)`` of ``a`` (as returned by
+            ``torch.linalg.eigh``, any order), to skip computing it. It is trusted, not checked.
+        eig_b: Likewise for ``b``; with ``b_update``, of ``b − u uᵀ`` instead.
+        b_update: ``u`` ``(*batch, n)`` with ``b = Qb diag(β) Qbᵀ + u uᵀ`` for ``eig_b = (β, Qb)``: the
+            rank-one path of the module docstring (Sherman-Morrison, no decomposition of ``b``).
 
     Returns:
         A :class:`SylvesterSolution` with ``w`` of shape ``(*batch, m, n)``.
@@ -209,14 +244,29 @@ def solve_sylvester_psd(
     for name, t in (("a", a), ("b", b)):
         if not _is_symmetric(t):
             raise ValueError(f"{name} must be symmetric for solve_sylvester_psd; use solve_sylvester")
-    alpha, qa, path_a = symmetric_eigh(a)
+    if b_update is not None and eig_b is None:
+        raise ValueError("b_update needs eig_b, the eigendecomposition of b - b_update b_updateᵀ")
+    if rcond is None:
+        rcond = max(a.shape[-1], b.shape[-1]) * eps
+    alpha, qa, path_a = symmetric_eigh(a) if eig_a is None else (eig_a[0].to(dtype), eig_a[1].to(dtype), "eigh")
+    if b_update is not None and eig_b is not None:
+        beta, qb = eig_b[0].to(dtype).clamp_min(0), eig_b[1].to(dtype)
+        nu = (qb.mT @ b_update.to(dtype)[..., :, None]).squeeze(-1)
+        top = alpha.abs().amax(-1) + beta.amax(-1) + nu.square().sum(-1)
+        if bool((alpha.amin(-1) < -torch.maximum(rcond * top, 1e3 * eps * top)).any()):
+            raise ValueError(
+                f"a must be positive semi-definite, but its smallest eigenvalue is {float(alpha.min()):.3g}; "
+                "use solve_sylvester for general matrices"
+            )
+        alpha = alpha.clamp_min(0)
+        if not bool((alpha[..., :, None] + beta[..., None, :] <= (rcond * top)[..., None, None]).any()):
+            return _solve_rank_one(alpha, qa, beta, qb, nu, c, path_a)
+        eig_b = None  # a (numerically) singular pair: decompose b and drop the pairs, as below
     if eig_b is None:
         beta, qb, path_b = symmetric_eigh(b)
     else:
         beta, qb, path_b = eig_b[0].to(dtype), eig_b[1].to(dtype), "eigh"
     top = alpha.abs().amax(-1) + beta.abs().amax(-1)  # (*batch,)
-    if rcond is None:
-        rcond = max(a.shape[-1], b.shape[-1]) * eps
     tol = rcond * top
     for name, ev in (("a", alpha), ("b", beta)):
         low = ev.amin(-1)
@@ -243,6 +293,47 @@ def solve_sylvester_psd(
     return SylvesterSolution(
         w=w, dropped=dropped, cond_a=_cond(alpha), cond_b=_cond(beta), path=_worst_path(path_a, path_b)
     )
+
+
+def _solve_rank_one(
+    alpha: Tensor, qa: Tensor, beta: Tensor, qb: Tensor, nu: Tensor, c: Tensor, path: str
+) -> SylvesterSolution:
+    """``A W + W B = C`` with ``A = Qa diag(α) Qaᵀ`` and ``B = Qb (diag(β) + ννᵀ) Qbᵀ``, every
+    ``α_i + β_j > 0``: Sherman-Morrison row by row in the eigenbases (see the module docstring)."""
+    denom = alpha[..., :, None] + beta[..., None, :]  # D_i, one row per i
+    w0 = (qa.mT @ c @ qb) / denom  # C̃_i D_i⁻¹
+    y = nu[..., None, :] / denom  # νᵀ D_i⁻¹
+    num = (w0 * nu[..., None, :]).sum(-1, keepdim=True)
+    den = 1.0 + (y * nu[..., None, :]).sum(-1, keepdim=True)
+    w = qa @ (w0 - (num / den) * y) @ qb.mT
+    low, high = _rank_one_extremes(beta, nu)
+    cond_b = float("inf") if bool((low <= 0).any()) else float((high / low).max())
+    return SylvesterSolution(w=w, dropped=0, cond_a=_cond(alpha), cond_b=cond_b, path=path)
+
+
+def _rank_one_extremes(beta: Tensor, nu: Tensor, iterations: int = 100) -> tuple[Tensor, Tensor]:
+    """Smallest and largest eigenvalues of ``diag(β) + ννᵀ`` (``β ≥ 0``), stacked over the batch.
+
+    They are the outermost roots of the secular equation ``f(θ) = 1 + Σ_j ν_j² / (β_j − θ)``, which
+    increases between its poles: the smallest lies in ``[β_(1), β_(2)]`` and the largest in
+    ``[β_(n), β_(n) + |ν|²]`` (interlacing; Golub 1973). Bisection on ``f``'s sign, in the input dtype.
+    """
+    b = beta.sort(-1).values
+    nu2 = nu.square()
+    f = lambda theta: 1.0 + (nu2 / (beta - theta[..., None])).sum(-1)  # noqa: E731
+
+    def bisect(lo: Tensor, hi: Tensor) -> Tensor:
+        for _ in range(iterations):
+            mid = (lo + hi) / 2
+            with torch.no_grad():
+                neg = f(mid) < 0  # left of the root (inf/nan at a pole count as not negative)
+            lo, hi = torch.where(neg, mid, lo), torch.where(neg, hi, mid)
+        return (lo + hi) / 2
+
+    second = b[..., 1] if b.shape[-1] > 1 else b[..., 0] + nu2.sum(-1)
+    low = bisect(b[..., 0], second)
+    high = bisect(b[..., -1], b[..., -1] + nu2.sum(-1))
+    return low, high
 
 
 def solve_sylvester(a: Tensor, b: Tensor, c: Tensor, *, allow_singular: bool = False) -> Tensor:

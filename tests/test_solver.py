@@ -113,3 +113,63 @@ def test_float32_inputs_solve_in_float32():
     sol = solve_sylvester_psd(a, b, c)
     assert sol.w.dtype == torch.float32
     assert relative_residual(a, b, c, sol.w) <= 1e-3
+
+
+# ---------------------------------------------------------------------------------- known eigenbases
+
+
+def _rank_one_problem(m: int, n: int, batch: tuple[int, ...] = (), seed: int = 0):
+    """A PSD ``A`` with its eigendecomposition, ``B = V diag(β) Vᵀ + uuᵀ`` with ``(β, V)`` and ``u``."""
+    g = torch.Generator().manual_seed(seed)
+    a = _psd(m, seed=seed + 1).expand(*batch, m, m).clone()
+    q, _ = torch.linalg.qr(torch.randn(*batch, n, n, generator=g, dtype=torch.float64))
+    beta = torch.rand(*batch, n, generator=g, dtype=torch.float64) * 3
+    u = torch.randn(*batch, n, generator=g, dtype=torch.float64)
+    b = q @ torch.diag_embed(beta) @ q.mT + u[..., :, None] * u[..., None, :]
+    c = torch.randn(*batch, m, n, generator=g, dtype=torch.float64)
+    return a, b, c, (beta, q), u
+
+
+@pytest.mark.parametrize(("m", "n", "batch"), [(1, 1, ()), (3, 7, ()), (16, 27, ()), (40, 10, ()), (5, 9, (3,))])
+def test_rank_one_update_matches_the_full_solve_and_scipy(m, n, batch):
+    """b_update: Sherman-Morrison in B's known eigenbasis, no decomposition of B."""
+    a, b, c, eig_b, u = _rank_one_problem(m, n, batch)
+    fast = solve_sylvester_psd(a, b, c, eig_a=torch.linalg.eigh(a), eig_b=eig_b, b_update=u)
+    full = solve_sylvester_psd(a, b, c)
+    torch.testing.assert_close(fast.w, full.w, rtol=1e-10, atol=1e-12 * float(full.w.abs().max()))
+    assert relative_residual(a, b, c, fast.w) <= 1e-12
+    assert fast.dropped == 0
+    assert fast.cond_b == pytest.approx(full.cond_b, rel=1e-8)
+    for i in np.ndindex(*batch):
+        ref = scipy.linalg.solve_sylvester(a[i].numpy(), b[i].numpy(), c[i].numpy())
+        np.testing.assert_allclose(fast.w[i].numpy(), ref, rtol=1e-8, atol=1e-10 * np.abs(ref).max())
+
+
+def test_rank_one_update_never_decomposes_b(monkeypatch):
+    a, b, c, eig_b, u = _rank_one_problem(6, 30)
+    eig_a = torch.linalg.eigh(a)
+    calls = []
+    real = torch.linalg.eigh
+    monkeypatch.setattr(torch.linalg, "eigh", lambda t, *args, **kw: calls.append(t.shape) or real(t, *args, **kw))
+    solve_sylvester_psd(a, b, c, eig_a=eig_a, eig_b=eig_b, b_update=u)
+    assert calls == []
+
+
+def test_rank_one_update_falls_back_on_a_singular_pair():
+    """A null direction shared by A and diag(β): the pair is dropped as in the general path
+    (minimum-norm least squares), which needs B's own decomposition."""
+    a, _, c, (beta, q), u = _rank_one_problem(4, 6)
+    a = _psd(4, rank=2, seed=5)
+    beta = beta.clone()
+    beta[0] = 0.0
+    b = q @ torch.diag(beta) @ q.T + torch.outer(u, u)
+    fast = solve_sylvester_psd(a, b, c, allow_singular=True, eig_b=(beta, q), b_update=u)
+    full = solve_sylvester_psd(a, b, c, allow_singular=True)
+    torch.testing.assert_close(fast.w, full.w)
+    assert fast.dropped == full.dropped
+
+
+def test_b_update_needs_eig_b():
+    a, b, c, _, u = _rank_one_problem(3, 4)
+    with pytest.raises(ValueError, match="b_update needs eig_b"):
+        solve_sylvester_psd(a, b, c, b_update=u)

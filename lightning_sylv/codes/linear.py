@@ -28,23 +28,14 @@ if TYPE_CHECKING:
 __all__ = ["OneHotCode", "PCACode", "random_rotation"]
 
 
-def _linear_code_moments(
-    stats: InputStats,
-    proj: Tensor,
-    offset: Tensor,
-    fit_bias: bool,
-    eig_cov: tuple[Tensor, Tensor] | None = None,
-) -> Moments:
-    """Moments for a code ``S = (X − offset) @ proj`` from input statistics.
-
-    ``eig_cov``, the eigendecomposition of the centred covariance if known, is handed on to the solver.
-    """
+def _linear_code_moments(stats: InputStats, proj: Tensor, offset: Tensor, fit_bias: bool) -> Moments:
+    """Moments for a code ``S = (X − offset) @ proj`` from input statistics."""
     mu = stats.mean
     pt = proj.mT
     if fit_bias:
         cov = stats.covariance(center=True)
         mean_s = ((mu - offset)[..., None, :] @ proj).squeeze(-2)
-        return Moments(gram_x=cov, gram_s=pt @ cov @ proj, cross=pt @ cov, mean_x=mu, mean_s=mean_s, eig_x=eig_cov)
+        return Moments(gram_x=cov, gram_s=pt @ cov @ proj, cross=pt @ cov, mean_x=mu, mean_s=mean_s)
     raw = stats.covariance(center=False)
     e_cx = raw - offset[..., :, None] * mu[..., None, :]  # E[(x - c) xᵀ]
     e_cc = e_cx - mu[..., :, None] * offset[..., None, :] + offset[..., :, None] * offset[..., None, :]
@@ -149,13 +140,7 @@ class PCACode(LatentCode):
         signs[signs == 0] = 1
         return comps * signs, top.clamp_min(0)
 
-    def projection(
-        self,
-        stats: InputStats,
-        out_features: int,
-        generator: torch.Generator | None = None,
-        _eig_out: list[tuple[Tensor, Tensor]] | None = None,
-    ) -> Tensor:
+    def projection(self, stats: InputStats, out_features: int, generator: torch.Generator | None = None) -> Tensor:
         """The ``(d, out_features)`` matrix ``P`` with ``S = (X − offset) P`` (see the class docstring).
 
         Args:
@@ -163,21 +148,32 @@ class PCACode(LatentCode):
             out_features: Number of code columns.
             generator: CPU generator for the random fills.
         """
+        return self._projection(stats, out_features, generator)[0]
+
+    def _projection(
+        self, stats: InputStats, out_features: int, generator: torch.Generator | None
+    ) -> tuple[Tensor, tuple[Tensor, Tensor], tuple[Tensor, Tensor] | None]:
+        """``P``, the eigendecomposition of the covariance it came from, and that of ``Pᵀ Σ P`` when the
+        structure gives it for free (no filled columns: ``Rᵀ diag(σ_top) R``), else ``None``."""
         d = stats.sum_x.shape[-1]
         n = int(stats.n)
         wanted = -(-out_features // 2) if self.signed else out_features
         k = min(wanted, d, max(n - 1, 1) if self.center else n)
-        full: list[tuple[Tensor, Tensor]] = [] if _eig_out is None else _eig_out
-        comps, _ = self._eig(stats, k, full)
+        full: list[tuple[Tensor, Tensor]] = []
+        comps, top = self._eig(stats, k, full)
         if self.energy is not None:
             evals = full[-1][0].clamp_min(0).flip(-1)  # descending
             share = evals.cumsum(-1) / evals.sum(-1, keepdim=True).clamp_min(torch.finfo(evals.dtype).tiny)
-            k_e = int((share < self.energy).sum(-1).max()) + 1
-            comps = comps[..., : min(k, k_e), :]
+            k_e = min(k, int((share < self.energy).sum(-1).max()) + 1)
+            comps, top = comps[..., :k_e, :], top[..., :k_e]
         proj = comps.mT
+        basis = torch.eye(proj.shape[-1], dtype=proj.dtype, device=proj.device).expand(*top.shape, -1)
         if self.rotate:
-            proj = proj @ random_rotation(proj.shape[-1], generator).to(device=proj.device, dtype=proj.dtype)
-        return fill_columns(proj, out_features, generator)  # S = (X - offset) @ P is linear in P
+            rot = random_rotation(proj.shape[-1], generator).to(device=proj.device, dtype=proj.dtype)
+            proj, basis = proj @ rot, rot.mT.expand_as(basis)
+        # S = (X - offset) @ P is linear in P; its Gram PᵀΣP = basis diag(top) basisᵀ unless filled.
+        eig_s = (top, basis) if out_features == proj.shape[-1] else None
+        return fill_columns(proj, out_features, generator), full[0], eig_s
 
     def fit(
         self,
@@ -200,10 +196,10 @@ class PCACode(LatentCode):
     ) -> Moments:
         if not isinstance(out_features, int) or out_features < 1:
             raise ValueError(f"out_features must be a positive int, got {out_features!r}")
-        full: list[tuple[Tensor, Tensor]] = []
-        proj = self.projection(stats, out_features, generator, _eig_out=full)
-        eig = full[0] if (self.center and fit_bias) else None  # the solver's B is this covariance
-        m = _linear_code_moments(stats, proj, self._offset(stats), fit_bias, eig)
+        proj, eig_cov, eig_s = self._projection(stats, out_features, generator)
+        m = _linear_code_moments(stats, proj, self._offset(stats), fit_bias)
+        if self.center:  # the solver's B is the covariance (bias) or the covariance plus μμᵀ (no bias)
+            m = replace(m, eig_x=eig_cov, eig_s=eig_s, x_shift=None if fit_bias else stats.mean)
         if out_features > proj.shape[-2]:
             # More outputs than input dimensions: S = (X - c) P has rank <= d, and both SᵀS and SᵀX
             # live in the range of Pᵀ, so the solve can run there (d instead of d_out dimensions).
@@ -274,8 +270,14 @@ class OneHotCode(LatentCode):
         counts = torch.nn.functional.pad(stats.counts, (0, pad))
         sums = torch.nn.functional.pad(stats.class_sums, (0, 0, 0, pad))
         n = stats.n
-        if not fit_bias:
-            return Moments(gram_x=stats.covariance(center=False), gram_s=torch.diag(counts) / n, cross=sums / n)
+        if not fit_bias:  # SᵀS/n is diagonal: its eigendecomposition is known
+            eye = torch.eye(out_features, dtype=counts.dtype, device=counts.device)
+            return Moments(
+                gram_x=stats.covariance(center=False),
+                gram_s=torch.diag(counts) / n,
+                cross=sums / n,
+                eig_s=(counts / n, eye),
+            )
         p, mu = counts / n, stats.mean
         return Moments(
             gram_x=stats.covariance(center=True),
