@@ -47,23 +47,31 @@ MODELS = (
     "vit_p4",
     "timm_vit_tiny",
     "timm_resnet18d",
+    "vit_b_16",
 )
+#: The models of the default run (``vit_b_16`` is for ``--image-size 224``: 196 tokens of 16 px).
+DEFAULT_MODELS = MODELS[:-1]
 MEAN = np.array([0.4914, 0.4822, 0.4465], dtype=np.float32)
 STD = np.array([0.2470, 0.2435, 0.2616], dtype=np.float32)
 
 
-def build(name: str) -> Any:
-    """The model ``name`` with a 10-class head and its own (random) initialization."""
+def build(name: str, image_size: int = 32) -> Any:
+    """The model ``name`` with a 10-class head and its own (random) initialization, for square
+    images of ``image_size`` pixels (the ViTs' position embeddings depend on it)."""
     import timm
     import torchvision.models as tvm
     from torchvision.models.vision_transformer import VisionTransformer
 
     if name == "vit_p4":
         return VisionTransformer(
-            image_size=32, patch_size=4, num_layers=6, num_heads=8, hidden_dim=256, mlp_dim=512, num_classes=10
+            image_size=image_size, patch_size=4, num_layers=6, num_heads=8, hidden_dim=256, mlp_dim=512, num_classes=10
         )
     if name == "timm_vit_tiny":
-        return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=4, num_classes=10)
+        return timm.create_model(
+            "vit_tiny_patch16_224", pretrained=False, img_size=image_size, patch_size=4, num_classes=10
+        )
+    if name == "vit_b_16":
+        return tvm.vit_b_16(weights=None, num_classes=10, image_size=image_size)
     if name == "timm_resnet18d":
         return timm.create_model("resnet18d", pretrained=False, num_classes=10)
     return getattr(tvm, name)(weights=None, num_classes=10)
@@ -124,8 +132,11 @@ def _setup(args: argparse.Namespace) -> tuple[Any, ...]:
     xs, ys = torch.from_numpy(x[sub]), torch.from_numpy(y[sub])
     xv, yv = torch.from_numpy(x[val]), torch.from_numpy(y[val])
     del x, y
+    if args.image_size != 32:  # CIFAR-10 upsampled (bilinear): the resolution ImageNet models run at
+        up = lambda t: torch.nn.functional.interpolate(t, size=args.image_size, mode="bilinear", align_corners=False)  # noqa: E731
+        xs, xv = up(xs), up(xv)
     torch.manual_seed(args.seed)
-    return build(args.model), xs, ys, xv, yv
+    return build(args.model, args.image_size), xs, ys, xv, yv
 
 
 def init_options(text: str) -> dict[str, Any]:
@@ -209,6 +220,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         "torch": torch.__version__,
         "threads": args.threads,
         "spc": args.spc,
+        "image_size": args.image_size,
         "seed": args.seed,
     }
 
@@ -239,7 +251,8 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", required=True, help="folder holding cifar-10-batches-py")
-    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=MODELS)
+    p.add_argument("--image-size", type=int, default=32, help="CIFAR-10 upsampled to this size (bilinear)")
     p.add_argument("--spc", type=int, default=20, help="samples per class in the subset")
     p.add_argument("--val", type=int, default=2000, help="validation images (held out of the train split)")
     p.add_argument("--seed", type=int, default=0)

@@ -194,6 +194,19 @@ def sylvester_init_(
             ``num_classes``, ``layers="head"`` with a supervised head code and no ``labels``, or a
             rows-only code with ``batch_size``/``reduce``.
         SylvesterInitError: If anything fails during initialization; the model is restored first.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_sylv import sylvester_init_
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+        >>> x, y = torch.randn(60, 8), torch.arange(3).repeat(20)
+        >>> report = sylvester_init_(model, x, y)
+        >>> [(layer.name, layer.code) for layer in report.layers]
+        [('0', 'rotated_pca'), ('2', 'onehot')]
+        >>> report.passes
+        1
     """
     if isinstance(layers, str) and layers not in ("all", "head"):
         raise ValueError(f"layers must be 'all', 'head' or a list of layer names, got {layers!r}")

@@ -47,6 +47,15 @@ def evaluate_accuracy(
 
     Returns:
         The accuracy, or ``None`` when the batches carry no labels or there are none.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> model = nn.Linear(2, 2)
+        >>> with torch.no_grad():
+        ...     _ = model.weight.copy_(torch.eye(2)), model.bias.zero_()
+        >>> evaluate_accuracy(model, [(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0]))], "cpu")
+        0.5
     """
     device = torch.device(device)
     run = forward or (lambda m, x: m(x))

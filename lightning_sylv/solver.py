@@ -232,6 +232,22 @@ def solve_sylvester_psd(
         TypeError: If an input is not floating point.
         SylvesterSingularError: If the system is singular and ``allow_singular`` is false.
 
+    Example:
+        >>> import torch
+        >>> from lightning_sylv.solver import relative_residual, solve_sylvester_psd
+        >>> g = torch.Generator().manual_seed(0)
+        >>> s = torch.randn(50, 4, generator=g, dtype=torch.float64)
+        >>> x = torch.randn(50, 6, generator=g, dtype=torch.float64)
+        >>> a, b, c = s.T @ s, 10 * x.T @ x, 11 * s.T @ x
+        >>> sol = solve_sylvester_psd(a, b, c)
+        >>> sol.w.shape, relative_residual(a, b, c, sol.w) < 1e-12
+        (torch.Size([4, 6]), True)
+        >>> mu = x.mean(0)  # the same B as a rank-one update of a known eigenbasis: no decomposition of B
+        >>> cov = 10 * (x - mu).T @ (x - mu)
+        >>> fast = solve_sylvester_psd(a, b, c, eig_b=torch.linalg.eigh(cov), b_update=(10 * 50) ** 0.5 * mu)
+        >>> torch.allclose(fast.w, sol.w, rtol=1e-9)
+        True
+
     References:
         R. H. Bartels and G. W. Stewart, "Solution of the matrix equation AX + XB = C",
         Communications of the ACM 15(9), 1972. D. Das, Y. Bhalgat and F. Porikli, "Data-driven

@@ -6,6 +6,10 @@ the timing, the accuracy, publishing the metrics (loggers, ``trainer.callback_me
 HParams), the per-layer report and the summary. A subclass declares its :attr:`~DataDrivenInit.prefix`
 and arguments and implements :meth:`~DataDrivenInit._initialize` (one initialize step), optionally
 :meth:`~DataDrivenInit._before` / :meth:`~DataDrivenInit._after` around it.
+
+Strategies that restore a checkpoint after ``on_fit_start`` (``ModelParallelStrategy``) would have the
+template initialize a model whose checkpoint is about to be loaded: there the template runs at
+``on_train_start`` (or ``on_fit_end`` for a fit without training steps), when a resume is known.
 """
 
 from __future__ import annotations

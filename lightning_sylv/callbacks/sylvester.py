@@ -52,6 +52,12 @@ class SylvesterInit(DataDrivenInit):
     training resumes from a checkpoint (``trainer.fit(..., ckpt_path=...)``) the callback does
     nothing; a callback reused for another ``fit`` initializes that model again.
 
+    Under DDP the statistics are summed across processes; under ``ModelParallelStrategy`` with FSDP2
+    (``fully_shard``, data parallel) likewise, and each process writes its own shard of every weight
+    in place. That strategy restores a checkpoint only after ``on_fit_start``, so there the callback
+    runs at ``on_train_start`` (a fit without training steps: ``on_fit_end``). Tensor parallelism,
+    ``FSDPStrategy`` and DeepSpeed are refused with a message naming what is supported.
+
     With a ``TensorBoardLogger`` attached (rank zero only) it also logs the per-layer report (Text tab
     ``sylvester/layers``, scalars ``sylvester/layer/<name>/<field>``) and, on the first
     ``embedding_samples`` validation samples, the head's input features before and after

@@ -261,6 +261,17 @@ def low_rank_init_(
     Raises:
         ValueError: On bad arguments or a model without executed low-rank layers.
         LowRankInitError: If the initialization fails; the model is restored first.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_sylv.lowrank import low_rank_init_, to_low_rank
+        >>> _ = torch.manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+        >>> converted = to_low_rank(model, 0.5, exclude=["2"])
+        >>> report = low_rank_init_(model, torch.randn(64, 8), method="data")
+        >>> [(layer.name, layer.fit.rank) for layer in report.layers]
+        [('0', 4)]
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
