@@ -47,6 +47,7 @@ from lightning_sylv._batch import batch_len, default_forward, slice_batch
 from lightning_sylv.attention import attention_jobs
 from lightning_sylv.codes import LatentCode, resolve_code
 from lightning_sylv.layer_init import SOLVERS, LayerJob, code_uses_stats
+from lightning_sylv.modules import NORMS, model_device
 from lightning_sylv.passes import (
     InitializationError,
     Job,
@@ -60,8 +61,6 @@ from lightning_sylv.rows import SUPPORTED_LAYERS
 
 __all__ = ["InitReport", "LayerReport", "SylvesterInitError", "execution_order", "sylvester_init_", "units"]
 
-#: Parametrized layers that are not initialized but are expected (normalization keeps its affine 1/0).
-_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 
 
 class SylvesterInitError(InitializationError):
@@ -96,7 +95,7 @@ def _untouched(model: nn.Module, written: set[nn.Module]) -> tuple[dict[str, str
     params: dict[str, str] = {}
     inside = {p for m in written for p in m.parameters()}
     for name, m in model.named_modules():
-        if m in written or isinstance(m, (*_NORMS, *SUPPORTED_LAYERS)):
+        if m in written or isinstance(m, (*NORMS, *SUPPORTED_LAYERS)):
             continue
         own = [(n, p) for n, p in m.named_parameters(recurse=False) if p not in inside]
         if any(n.startswith("weight") and p.ndim >= 2 for n, p in own):
@@ -282,7 +281,8 @@ def sylvester_init_(
             )
     report.head = head
     selected = None if layers == "all" else [head] if layers == "head" else list(layers)
-    total = n_samples if reduce is None else int(reduce(torch.tensor([float(n_samples)], device=_device(model)))[0])
+    count = torch.tensor([float(n_samples)], device=model_device(model))
+    total = n_samples if reduce is None else int(reduce(count)[0])
     generator = torch.Generator().manual_seed(seed)
 
     def make_job(
@@ -332,10 +332,6 @@ def sylvester_init_(
     report.seconds = time.perf_counter() - start
     return report
 
-
-def _device(model: nn.Module) -> torch.device:
-    p = next(iter(model.parameters()), None)
-    return p.device if p is not None else torch.device("cpu")
 
 
 def _layer_generator(seed: int, name: str) -> torch.Generator:

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_sylv._batch import map_batch
+from lightning_sylv.modules import evaluating
 from lightning_sylv.subset import split_batch
 
 __all__ = ["evaluate_accuracy"]
@@ -62,22 +63,17 @@ def evaluate_accuracy(
     unpack = split or split_batch
     move = to_device or (lambda x, d: map_batch(lambda t: t.to(d), x))  # every tensor of a nested batch
     metric: MulticlassAccuracy | None = None
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            for i, batch in enumerate(batches):
-                if max_batches is not None and i >= max_batches:
-                    break
-                x, y = unpack(batch)
-                if y is None:
-                    return None
-                logits = run(model, move(x, device))
-                if not isinstance(logits, Tensor) or logits.ndim != 2:
-                    return None
-                if metric is None:
-                    metric = MulticlassAccuracy(num_classes=logits.shape[1], average="micro").to(device)
-                metric.update(logits.float(), y.to(device))
-    finally:
-        model.train(was_training)
+    with evaluating(model), torch.random.fork_rng(devices=[]):
+        for i, batch in enumerate(batches):
+            if max_batches is not None and i >= max_batches:
+                break
+            x, y = unpack(batch)
+            if y is None:
+                return None
+            logits = run(model, move(x, device))
+            if not isinstance(logits, Tensor) or logits.ndim != 2:
+                return None
+            if metric is None:
+                metric = MulticlassAccuracy(num_classes=logits.shape[1], average="micro").to(device)
+            metric.update(logits.float(), y.to(device))
     return None if metric is None else float(metric.compute())

@@ -55,8 +55,9 @@ from torch import Tensor, nn
 from lightning_sylv._batch import default_forward, move_batch
 from lightning_sylv.codes import LatentCode
 from lightning_sylv.engine import InitReport, sylvester_init_
+from lightning_sylv.modules import target_modules
 from lightning_sylv.passes import hooked_pass
-from lightning_sylv.rows import SUPPORTED_LAYERS, LayerRows
+from lightning_sylv.rows import LayerRows
 
 __all__ = ["TeacherCode", "compose_conv", "compose_linear", "fuse_init_", "teacher_activations"]
 
@@ -285,7 +286,7 @@ def fuse_init_(
         raise ValueError(f"unmapped must be 'keep' or 'sylvester', got {unmapped!r}")
     if isinstance(teacher_lam, bool) or not isinstance(teacher_lam, (int, float)) or not teacher_lam > 0:
         raise ValueError(f"teacher_lam must be a number > 0 (math.inf: least squares), got {teacher_lam!r}")
-    layers = {n: m for n, m in student.named_modules() if isinstance(m, SUPPORTED_LAYERS)}
+    layers = target_modules(student)
     unknown = [n for n in mapping if n not in layers]
     if unknown:
         raise ValueError(

@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from lightning_sylv._batch import batch_len, default_forward, map_batch, slice_batch
+from lightning_sylv.modules import model_device, target_modules
 from lightning_sylv.passes import hooked_pass
-from lightning_sylv.rows import SUPPORTED_LAYERS
 from lightning_sylv.subset import split_batch
 
 if TYPE_CHECKING:
@@ -200,20 +200,16 @@ def capture_features(
         ValueError: If ``layer`` is not a module of ``model``, the forward pass never calls it (or
             calls no supported layer when ``layer`` is ``None``), or ``batches`` is empty.
     """
-    if device is None:
-        param = next(model.parameters(), None)
-        device = param.device if param is not None else torch.device("cpu")
-    device = torch.device(device)
+    device = model_device(model) if device is None else torch.device(device)
     run = forward or default_forward
     move = to_device or (lambda x, d: map_batch(lambda t: t.to(d), x))
-    names = {m: n for n, m in model.named_modules()}
     if layer is not None:
         try:
             targets = {model.get_submodule(layer): layer}
         except AttributeError as err:
             raise ValueError(f"layer {layer!r} is not a module of the model") from err
     else:
-        targets = {m: n for m, n in names.items() if isinstance(m, SUPPORTED_LAYERS)}
+        targets = {m: n for n, m in target_modules(model).items()}
     # Per forward pass: the input of the target called first-most-recently (for ``layer=None`` the last
     # supported layer to be called for the first time is the head, as in the engine's execution order).
     seen: set[str] = set()

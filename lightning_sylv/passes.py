@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_sylv._batch import channels_last, default_forward, slice_batch
+from lightning_sylv.modules import BATCH_NORMS, evaluating, target_modules
 from lightning_sylv.sharding import ShardedParams
 
 __all__ = [
@@ -50,7 +51,6 @@ __all__ = [
     "skip_reason",
 ]
 
-_BN = nn.modules.batchnorm._BatchNorm
 
 PreHook = Callable[[nn.Module, tuple[Any, ...], dict[str, Any]], None]
 PostHook = Callable[[nn.Module, tuple[Any, ...], Any], None]
@@ -116,13 +116,8 @@ def hooked_pass(
     Returns:
         What ``forward`` returned.
     """
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), _hooked(pre or {}, post or {}):
-            return forward(model, inputs)
-    finally:
-        model.train(was_training)
+    with evaluating(model), _hooked(pre or {}, post or {}):
+        return forward(model, inputs)
 
 
 def execution_order(
@@ -144,9 +139,7 @@ def execution_order(
         InitializationError: If the forward pass fails on ``inputs``.
     """
     if units is None:
-        from lightning_sylv.rows import SUPPORTED_LAYERS
-
-        units = {m: n for n, m in model.named_modules() if isinstance(m, SUPPORTED_LAYERS)}
+        units = {m: n for n, m in target_modules(model).items()}
     order: list[str] = []
 
     def make(name: str) -> PreHook:
@@ -354,7 +347,7 @@ def run_jobs(
     shards = ShardedParams(model)  # first: the snapshot must hold the sharded parameters
     snap = _snapshot(model)
     was_training = model.training
-    bn_state = [(m, m.training, m.momentum) for m in model.modules() if isinstance(m, _BN)]
+    bn_state = [(m, m.training, m.momentum) for m in model.modules() if isinstance(m, BATCH_NORMS)]
     bns = [m for m, _, _ in bn_state]
     cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
     size = batch_size if batch_size is not None else n_samples

@@ -9,7 +9,6 @@ What goes to TensorBoard (report table, embeddings, t-SNE) and the progress bar 
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -25,8 +24,8 @@ from lightning_sylv.callbacks._inspection import FeatureInspection
 from lightning_sylv.codes import CODES
 from lightning_sylv.engine import sylvester_init_
 from lightning_sylv.layer_init import SOLVERS
+from lightning_sylv.modules import evaluating, target_modules
 from lightning_sylv.report import InitReport, format_markdown, format_table, layer_scalars
-from lightning_sylv.rows import SUPPORTED_LAYERS
 
 __all__ = ["SylvesterInit"]
 
@@ -224,9 +223,9 @@ class SylvesterInit(DataDrivenInit):
         """``"all"``/``"head"``, or the names of the supported layers matching the patterns."""
         if isinstance(self.layers, str):
             return self.layers
-        names = [n for n, m in pl_module.named_modules() if isinstance(m, SUPPORTED_LAYERS)]
-        chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in self.layers)]
+        chosen = list(target_modules(pl_module, patterns=self.layers))
         if not chosen:
+            names = list(target_modules(pl_module))
             raise ValueError(f"SylvesterInit(layers={self.layers!r}) matches none of the model's layers {names}")
         return chosen
 
@@ -281,15 +280,11 @@ class SylvesterInit(DataDrivenInit):
             return None
         classes, source = self._expected_classes(trainer, pl_module, subset.labels)
         declared = source != "the largest label + 1"
-        was_training = pl_module.training
-        pl_module.eval()
         try:
-            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            with evaluating(pl_module), torch.random.fork_rng(devices=[]):
                 out = ctx.forward(pl_module, slice_batch(subset.inputs, 0, 2))
         except Exception:  # the engine's own pass reports a failing forward, with context
             return None
-        finally:
-            pl_module.train(was_training)
         if not isinstance(out, torch.Tensor) or out.ndim != 2:
             return classes if declared else None
         # Declared: the width must match. Guessed from the labels (some classes may be absent from

@@ -39,13 +39,12 @@ from lightning_sylv.layer_init import LayerJob
 from lightning_sylv.lowrank.factorize import METHODS, _check_iters, _check_ridge
 from lightning_sylv.lowrank.init import LowRankFit, init_low_rank_, input_rows
 from lightning_sylv.lowrank.layers import LowRankLayer, LowRankLinear
+from lightning_sylv.modules import BATCH_NORMS, target_modules
 from lightning_sylv.passes import InitializationError, Job, hooked_pass, run_jobs, skip_reason
 from lightning_sylv.report import LayerReport
-from lightning_sylv.rows import SUPPORTED_LAYERS
 
 __all__ = ["LowRankInitError", "LowRankLayerReport", "LowRankReport", "format_low_rank_table", "low_rank_init_"]
 
-_BN = nn.modules.batchnorm._BatchNorm
 
 
 class LowRankInitError(InitializationError):
@@ -149,7 +148,7 @@ def _trace(
         if hit is not None and hit[0] is args[0] and hit[1] not in trace.followers:
             trace.followers[hit[1]] = names[module]
 
-    pre.update({m: bn_input for m in model.modules() if isinstance(m, _BN)})
+    pre.update({m: bn_input for m in model.modules() if isinstance(m, BATCH_NORMS)})
     try:
         hooked_pass(model, inputs, forward, pre=pre, post=post)
     except Exception as err:
@@ -295,7 +294,7 @@ def low_rank_init_(
     inner = tuple(n + "." for n in low.values())
     units: dict[nn.Module, str] = dict(low)
     if full_weight == "sylvester":
-        units.update({m: n for n, m in modules.items() if isinstance(m, SUPPORTED_LAYERS) and not n.startswith(inner)})
+        units.update({m: n for n, m in target_modules(model).items() if not n.startswith(inner)})
     trace = _trace(model, slice_batch(inputs, 0, 2), forward, units)
     jobs: dict[str, nn.Module] = {}
     for m, name in units.items():
