@@ -327,29 +327,29 @@ def _solve_rank_one(
     return SylvesterSolution(w=w, dropped=0, cond_a=_cond(alpha), cond_b=cond_b, path=path)
 
 
-def _rank_one_extremes(beta: Tensor, nu: Tensor, iterations: int = 100) -> tuple[Tensor, Tensor]:
+def _rank_one_extremes(beta: Tensor, nu: Tensor, iterations: int = 60) -> tuple[Tensor, Tensor]:
     """Smallest and largest eigenvalues of ``diag(β) + ννᵀ`` (``β ≥ 0``), stacked over the batch.
 
     They are the outermost roots of the secular equation ``f(θ) = 1 + Σ_j ν_j² / (β_j − θ)``, which
     increases between its poles: the smallest lies in ``[β_(1), β_(2)]`` and the largest in
-    ``[β_(n), β_(n) + |ν|²]`` (interlacing; Golub 1973). Bisection on ``f``'s sign, in the input dtype.
+    ``[β_(n), β_(n) + |ν|²]`` (interlacing; Golub 1973). Both are bisected at once on ``f``'s sign,
+    in float64 with NumPy on the CPU: a diagnostic of ``O(n)`` per step whose many tiny operations
+    would cost more in kernel launches on any device than the arithmetic (one copy of two vectors).
     """
-    b = beta.sort(-1).values
-    nu2 = nu.square()
-    f = lambda theta: 1.0 + (nu2 / (beta - theta[..., None])).sum(-1)  # noqa: E731
-
-    def bisect(lo: Tensor, hi: Tensor) -> Tensor:
+    b = beta.detach().to("cpu", torch.float64).numpy().reshape(-1, beta.shape[-1])
+    v2 = np.square(nu.detach().to("cpu", torch.float64).numpy().reshape(-1, nu.shape[-1]))
+    srt = np.sort(b, axis=-1)
+    width = v2.sum(-1)
+    second = srt[:, 1] if srt.shape[-1] > 1 else srt[:, 0] + width
+    lo = np.stack([srt[:, 0], srt[:, -1]])  # (2, batch): the smallest root, the largest
+    hi = np.stack([second, srt[:, -1] + width])
+    with np.errstate(divide="ignore", invalid="ignore"):
         for _ in range(iterations):
             mid = (lo + hi) / 2
-            with torch.no_grad():
-                neg = f(mid) < 0  # left of the root (inf/nan at a pole count as not negative)
-            lo, hi = torch.where(neg, mid, lo), torch.where(neg, hi, mid)
-        return (lo + hi) / 2
-
-    second = b[..., 1] if b.shape[-1] > 1 else b[..., 0] + nu2.sum(-1)
-    low = bisect(b[..., 0], second)
-    high = bisect(b[..., -1], b[..., -1] + nu2.sum(-1))
-    return low, high
+            neg = 1.0 + (v2 / (b - mid[..., None])).sum(-1) < 0  # left of the root (a pole: not negative)
+            lo, hi = np.where(neg, mid, lo), np.where(neg, hi, mid)
+    roots = torch.from_numpy((lo + hi) / 2).reshape(2, *beta.shape[:-1])
+    return roots[0], roots[1]
 
 
 def solve_sylvester(a: Tensor, b: Tensor, c: Tensor, *, allow_singular: bool = False) -> Tensor:

@@ -28,13 +28,15 @@ def hidden_rows() -> torch.Tensor:
 
 @pytest.mark.parametrize("code", ["pca", "rotated_pca", "signed_pca", "rotated_signed_pca"])
 @pytest.mark.parametrize("fit_bias", [False, True])
-@pytest.mark.parametrize("out", [16, 40])
+@pytest.mark.parametrize("out", [16, 40, 60])
 def test_structured_solve_equals_the_general_solve(hidden_rows, code, fit_bias, out):
     stats = InputStats.from_rows(hidden_rows, dtype=torch.float64)
     m = resolve_code(code).moments(stats, out, fit_bias, torch.Generator().manual_seed(1))
     assert m.eig_x is not None and (m.x_shift is not None) is not fit_bias
+    # Filled columns (signed codes, or more outputs than the 40 inputs): the solve runs in the code's subspace.
+    assert (m.basis_s is not None) is ("signed" in code or out > 40)
     fast = solve_moments(m, 10.0)
-    general = solve_moments(replace(m, eig_x=None, eig_s=None, x_shift=None), 10.0)
+    general = solve_moments(replace(m, eig_x=None, eig_s=None, x_shift=None, basis_s=None), 10.0)
     assert float((fast.weight - general.weight).norm() / general.weight.norm()) <= 1e-8
     if fast.bias is not None:
         torch.testing.assert_close(fast.bias, general.bias, rtol=1e-8, atol=1e-10)

@@ -152,9 +152,11 @@ class PCACode(LatentCode):
 
     def _projection(
         self, stats: InputStats, out_features: int, generator: torch.Generator | None
-    ) -> tuple[Tensor, tuple[Tensor, Tensor], tuple[Tensor, Tensor] | None]:
-        """``P``, the eigendecomposition of the covariance it came from, and that of ``Pᵀ Σ P`` when the
-        structure gives it for free (no filled columns: ``Rᵀ diag(σ_top) R``), else ``None``."""
+    ) -> tuple[Tensor, tuple[Tensor, Tensor], tuple[Tensor, Tensor] | Tensor]:
+        """``P``, the eigendecomposition of the covariance it came from, and what the solver needs on the
+        code's side: without filled columns the eigendecomposition of ``Pᵀ Σ P`` (``Rᵀ diag(σ_top) R``);
+        with them an orthonormal basis ``(out_features, k)`` of the ``k``-dimensional subspace that
+        ``SᵀS`` and ``SᵀX`` live in (see :attr:`~lightning_sylv.layer_fit.Moments.basis_s`)."""
         d = stats.sum_x.shape[-1]
         n = int(stats.n)
         wanted = -(-out_features // 2) if self.signed else out_features
@@ -172,8 +174,13 @@ class PCACode(LatentCode):
             rot = random_rotation(proj.shape[-1], generator).to(device=proj.device, dtype=proj.dtype)
             proj, basis = proj @ rot, rot.mT.expand_as(basis)
         # S = (X - offset) @ P is linear in P; its Gram PᵀΣP = basis diag(top) basisᵀ unless filled.
-        eig_s = (top, basis) if out_features == proj.shape[-1] else None
-        return fill_columns(proj, out_features, generator), full[0], eig_s
+        if out_features == proj.shape[-1]:
+            return proj, full[0], (top, basis)
+        filled = fill_columns(proj, out_features, generator)
+        # Filled columns are combinations of the k directions: P_filled = P G with G = Pᵀ P_filled
+        # (P has orthonormal columns). SᵀS and SᵀX live in range(Gᵀ), k of the out_features dimensions.
+        mix = proj.mT @ filled
+        return filled, full[0], torch.linalg.qr(mix.mT).Q
 
     def fit(
         self,
@@ -196,14 +203,16 @@ class PCACode(LatentCode):
     ) -> Moments:
         if not isinstance(out_features, int) or out_features < 1:
             raise ValueError(f"out_features must be a positive int, got {out_features!r}")
-        proj, eig_cov, eig_s = self._projection(stats, out_features, generator)
+        proj, eig_cov, code_side = self._projection(stats, out_features, generator)
         m = _linear_code_moments(stats, proj, self._offset(stats), fit_bias)
+        if isinstance(code_side, Tensor):
+            # Filled columns (more outputs than directions, k < out_features): S = (X - c) P has rank
+            # <= k and both SᵀS and SᵀX live in a k-dimensional subspace, where the solve runs exactly.
+            m = replace(m, basis_s=code_side)
+        elif self.center:
+            m = replace(m, eig_s=code_side)
         if self.center:  # the solver's B is the covariance (bias) or the covariance plus μμᵀ (no bias)
-            m = replace(m, eig_x=eig_cov, eig_s=eig_s, x_shift=None if fit_bias else stats.mean)
-        if out_features > proj.shape[-2]:
-            # More outputs than input dimensions: S = (X - c) P has rank <= d, and both SᵀS and SᵀX
-            # live in the range of Pᵀ, so the solve can run there (d instead of d_out dimensions).
-            m = replace(m, basis_s=torch.linalg.qr(proj.mT).Q)
+            m = replace(m, eig_x=eig_cov, x_shift=None if fit_bias else stats.mean)
         return m
 
     def __repr__(self) -> str:
