@@ -289,9 +289,10 @@ def sylvester_init_(
         module: nn.Module, name: str, code: LatentCode | None = None, layer_lam: float | None = None
     ) -> LayerJob:
         return LayerJob(
-            module, name, code or hidden_code, lam if layer_lam is None else layer_lam, patches_per_image,
-            generator, dtype, gram_dtype, code_generator=_layer_generator(seed, name), samples=total,
-            gather=gather, distributed=reduce is not None, solver=solver, power_iterations=power_iterations,
+            module, name, code or hidden_code, lam=lam if layer_lam is None else layer_lam,
+            patches_per_image=patches_per_image, generator=generator, dtype=dtype, gram_dtype=gram_dtype,
+            code_generator=_layer_generator(seed, name), samples=total, gather=gather,
+            distributed=reduce is not None, solver=solver, power_iterations=power_iterations,
         )  # fmt: skip
 
     jobs: list[Job] = []

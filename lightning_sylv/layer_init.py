@@ -3,7 +3,14 @@
 :class:`LayerJob` collects what one layer needs from one or more batches of its input
 (:meth:`LayerJob.add`), then :meth:`LayerJob.finish` merges across processes if asked, fits the code,
 solves the Sylvester problem for all convolution groups in one batched call and writes
-``weight``/``bias`` in place.
+``weight``/``bias`` in place. Read in that order, one step each:
+
+* collect: :meth:`LayerJob.add` keeps Gram sums or the rows, as :func:`choose_mode` (a pure function
+  of the row count, the dimensions and the code) decided at the first batch;
+* solve: one private method per mode, ``_solve_gram`` (sums -> the code's moments -> the solve) and
+  ``_solve_rows`` (the rows as they are, in their span, or in a randomized subspace);
+* write: ``_write`` (in place, a sharded parameter's own slice included, see
+  :mod:`lightning_sylv.sharding`); report: ``_report``.
 
 Which statistics are kept follows the data. With ``n`` rows of ``d`` inputs (per group):
 
@@ -46,7 +53,7 @@ import time
 import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -64,7 +71,9 @@ __all__ = [
     "SOLVERS",
     "LayerInitError",
     "LayerJob",
+    "Mode",
     "autocast_off",
+    "choose_mode",
     "code_uses_stats",
     "grouped_rows",
 ]
@@ -129,6 +138,60 @@ def _gram_stats(
     return InputStats.from_rows(grouped_rows(x, groups), labels, classes, dtype, gram_dtype)
 
 
+Mode = Literal["gram", "span", "randomized"]
+
+
+def choose_mode(
+    *,
+    rows: int,
+    in_features: int,
+    directions: int,
+    solver: str,
+    uses_stats: bool,
+    supervised: bool,
+    pooled: bool,
+    power_iterations: int = 1,
+) -> Mode:
+    """How a layer keeps its input and is solved (the module docstring has the three modes).
+
+    Args:
+        rows: Rows the layer will see in all (every batch and process).
+        in_features: Inputs per group ``d``.
+        directions: Directions the code needs ``k`` (the layer's outputs; half for a signed PCA code).
+        solver: ``"exact"`` or ``"randomized"``.
+        uses_stats: The code fits from statistics (PCA, one-hot).
+        supervised: The code needs labels (the head).
+        pooled: The rows of all processes can be brought together (single process, or a gather).
+
+    Returns:
+        ``"randomized"`` where the range finder pays (``(4 + 4 q)(k + 11) <= d`` and ``2 (k + 11)``
+        rows at least, an unsupervised statistics code, ``solver="randomized"``), else ``"span"`` for
+        fewer rows than inputs, else ``"gram"``. Without ``pooled`` always ``"gram"`` (the sums reduce).
+
+    Example:
+        >>> choose_mode(rows=200, in_features=4608, directions=512, solver="exact", uses_stats=True,
+        ...             supervised=False, pooled=True)
+        'span'
+        >>> choose_mode(rows=3200, in_features=576, directions=64, solver="exact", uses_stats=True,
+        ...             supervised=False, pooled=True)
+        'gram'
+    """
+    if not pooled:
+        return "gram"
+    k = directions + OVERSAMPLE
+    # The range finder costs ~(2 + 2 q) n d k products against ~n d² / 2 for the Gram matrix (and d³
+    # for its eigendecomposition): it pays when k is well below d / (4 + 4 q).
+    if (
+        solver == "randomized"
+        and uses_stats
+        and not supervised
+        and (4 + 4 * power_iterations) * (k + 1) <= in_features
+        and 2 * (k + 1) <= rows
+    ):
+        return "randomized"
+    return "span" if rows < in_features else "gram"
+
+
 class LayerJob:
     """Initialization of one supported layer (``Linear``, ``Conv1d``, ``Conv2d``, ``Conv3d``).
 
@@ -161,13 +224,13 @@ class LayerJob:
         module: nn.Module,
         name: str,
         code: LatentCode,
+        *,
         lam: float,
         patches_per_image: int | None,
         generator: torch.Generator,
-        dtype: torch.dtype,
+        dtype: torch.dtype = torch.float64,
         gram_dtype: torch.dtype | None = None,
         code_generator: torch.Generator | None = None,
-        *,
         samples: int | None = None,
         gather: Callable[[Tensor], Tensor] | None = None,
         distributed: bool = False,
@@ -188,12 +251,11 @@ class LayerJob:
         self.distributed = distributed
         self.solver = solver
         self.power_iterations = power_iterations
-        self.fast = False  # randomized basis, decided with the span mode at the first batch
         self.groups: int = getattr(module, "groups", 1)
         self.out_per_group: int = module.weight.shape[0] // self.groups
         self.in_per_group: int = math.prod(module.weight.shape[1:])  # no indexing: may be a DTensor
         self.uses_stats = code_uses_stats(code)
-        self.span: bool | None = None  # decided at the first batch
+        self.mode: Mode | None = None  # decided at the first batch (choose_mode)
         self._stats: InputStats | None = None
         self._rows: list[Tensor] = []  # (groups, n_b, d) per batch
         self._labels: list[Tensor] = []
@@ -243,24 +305,6 @@ class LayerJob:
         signed = getattr(self.code, "signed", False)
         return -(-self.out_per_group // 2) if signed else self.out_per_group
 
-    def _decide_span(self, batch_rows: int, per_sample: int) -> bool:
-        """Keep the rows (span or randomized mode) rather than Gram sums; sets :attr:`fast`."""
-        total = batch_rows if self.samples is None else self.samples * per_sample
-        pooled = not self.distributed or self.gather is not None
-        if not pooled:
-            return False
-        k = self._directions() + OVERSAMPLE
-        # The range finder costs ~(2 + 2 q) n d k products against ~n d² / 2 for the Gram matrix (and
-        # d³ for its eigendecomposition): it pays when k is well below d / (4 + 4 q).
-        self.fast = (
-            self.solver == "randomized"
-            and self.uses_stats
-            and not self.code.requires_labels
-            and (4 + 4 * self.power_iterations) * (k + 1) <= self.in_per_group
-            and 2 * (k + 1) <= total
-        )
-        return self.fast or total < self.in_per_group
-
     def _add(self, x: Tensor, labels: Tensor | None) -> None:
         t0 = time.perf_counter()
         try:
@@ -281,9 +325,18 @@ class LayerJob:
                     f"{self.code.name!r} code needs one output per class (labels 0..{hi})"
                 )
             row_labels = labels.to(rows.x.device).repeat_interleave(rows.per_sample)
-        if self.span is None:
-            self.span = self._decide_span(rows.x.shape[0], rows.per_sample)
-        if self.uses_stats and not self.span:
+        if self.mode is None:
+            self.mode = choose_mode(
+                rows=rows.x.shape[0] if self.samples is None else self.samples * rows.per_sample,
+                in_features=self.in_per_group,
+                directions=self._directions(),
+                solver=self.solver,
+                uses_stats=self.uses_stats,
+                supervised=self.code.requires_labels,
+                pooled=not self.distributed or self.gather is not None,
+                power_iterations=self.power_iterations,
+            )
+        if self.uses_stats and self.mode == "gram":
             # A fixed class count keeps statistics of batches and processes mergeable.
             classes = None if row_labels is None else self.out_per_group
             try:
@@ -303,7 +356,7 @@ class LayerJob:
                     "batches (use a statistics code such as 'pca', or no batch_size)"
                 )
             # The randomized range finder runs in float32 (its products are the O(n d k) part).
-            block = grouped_rows(rows.x, self.groups).to(torch.float32 if self.fast else self.dtype)
+            block = grouped_rows(rows.x, self.groups).to(torch.float32 if self.mode == "randomized" else self.dtype)
             if not bool(torch.isfinite(block).all()):
                 raise self._error(
                     "its input activations contain NaN/Inf values (check the data and the layers before it)"
@@ -366,36 +419,44 @@ class LayerJob:
     def _finish(self, reduce: Callable[[Tensor], Tensor] | None) -> LayerReport:
         t0 = time.perf_counter()
         self._check_peers(reduce)
-        fit_bias = self.module.bias is not None
-        basis: Tensor | None = None
         try:
-            if self._stats is not None:  # Gram mode
-                stats = self._stats.map(reduce) if reduce is not None else self._stats
-                self._warn_missing(stats.counts)
-                n_rows = int(stats.n)
-                m = self.code.moments(stats, self.out_per_group, fit_bias, self.code_generator)
-                fit = solve_moments(m, self.lam, self._rcond(m.gram_x.shape[-1]))
-                mode = "gram"
+            if self._stats is not None:
+                fit, basis, n_rows, mode = self._solve_gram(self._stats, reduce)
             else:
-                x, labels = self._pooled_rows(reduce)
-                n_rows = x.shape[1]
-                mode = "rows"
-                if self.fast:  # solve in a randomized leading subspace (plus the mean)
-                    k = self._directions() + OVERSAMPLE
-                    basis = randomized_basis(x, k, self.power_iterations, self.code_generator)
-                    x, basis, mode = (x @ basis).to(self.dtype), basis.to(self.dtype), "randomized"
-                elif n_rows < x.shape[2]:  # span mode: solve in the coordinates of the rows' span
-                    basis, x = span_basis(x)
-                    mode = "span"
-                fit = self._fit_rows(x, labels, fit_bias)
+                fit, basis, n_rows, mode = self._solve_rows(reduce)
         except ValueError as err:
             if isinstance(err, LayerInitError):
                 raise
             raise self._error(str(err)) from err
-        weight = fit.weight if basis is None else fit.weight @ basis.mT
-        self._write(weight, fit.bias)
+        self._write(fit.weight if basis is None else fit.weight @ basis.mT, fit.bias)
         self._stats, self._rows, self._labels, self._layer_rows = None, [], [], None
         self.seconds += time.perf_counter() - t0
+        return self._report(fit, n_rows, mode)
+
+    def _solve_gram(
+        self, stats: InputStats, reduce: Callable[[Tensor], Tensor] | None
+    ) -> tuple[LayerFit, None, int, str]:
+        """Gram mode: the (reduced) sums -> the code's moments -> the solve."""
+        stats = stats.map(reduce) if reduce is not None else stats
+        self._warn_missing(stats.counts)
+        m = self.code.moments(stats, self.out_per_group, self.module.bias is not None, self.code_generator)
+        return solve_moments(m, self.lam, self._rcond(m.gram_x.shape[-1])), None, int(stats.n), "gram"
+
+    def _solve_rows(self, reduce: Callable[[Tensor], Tensor] | None) -> tuple[LayerFit, Tensor | None, int, str]:
+        """The kept rows (pooled across processes), solved as they are (codes that need the rows), in
+        the span of fewer rows than inputs, or in a randomized leading subspace. Returns the fit in
+        the basis's coordinates and the basis (``None``: the rows' own coordinates)."""
+        x, labels = self._pooled_rows(reduce)
+        n_rows, mode, basis = x.shape[1], "rows", None
+        if self.mode == "randomized":  # a randomized leading subspace (plus the mean)
+            basis = randomized_basis(x, self._directions() + OVERSAMPLE, self.power_iterations, self.code_generator)
+            x, basis, mode = (x @ basis).to(self.dtype), basis.to(self.dtype), "randomized"
+        elif n_rows < x.shape[2]:  # span mode: the coordinates of the rows' span
+            basis, x = span_basis(x)
+            mode = "span"
+        return self._fit_rows(x, labels, self.module.bias is not None), basis, n_rows, mode
+
+    def _report(self, fit: LayerFit, n_rows: int, mode: str) -> LayerReport:
         return LayerReport(
             name=self.name,
             kind=type(self.module).__name__,

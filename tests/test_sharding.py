@@ -184,6 +184,19 @@ def test_fsdp2_streamed_in_mini_batches(tmp_path, ddp_out):
 
 
 @pytest.mark.slow
+def test_fsdp2_multihead_attention(tmp_path):
+    """nn.MultiheadAttention sharded on its own: the packed in-projection and the out-projection are
+    written as whole tensors into the unsharded copy and cut into the shards, as DDP's weights."""
+    _run(tmp_path, "fsdp2", "attn")
+    _run(tmp_path, "ddp", "attn")
+    _assert_same_weights(_load(tmp_path, "fsdp2_attn"), _load(tmp_path, "ddp_attn"), "attention")
+    run = _load(tmp_path, "fsdp2_attn_run")
+    assert {"body.attn.in_proj", "body.attn.out_proj"} <= set(run["solvers"])
+    before, after = _load(tmp_path, "before_fsdp2_attn"), _load(tmp_path, "fsdp2_attn")
+    assert not torch.allclose(before["body.attn.in_proj_weight"], after["body.attn.in_proj_weight"])
+
+
+@pytest.mark.slow
 def test_fsdp2_meta_device_model_and_resume(tmp_path, ddp_out):
     """A model created on the meta device (materialized by the strategy) gets DDP's weights; a fit
     resumed from the sharded checkpoint keeps the checkpoint's weights and initializes nothing."""

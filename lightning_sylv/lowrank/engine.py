@@ -315,13 +315,13 @@ def low_rank_init_(
     def run_job(name: str, module: nn.Module, x: Tensor) -> None:
         code = head_code if name == head else hidden_code
         if not isinstance(module, LowRankLayer):
-            job = LayerJob(module, name, code, lam, patches_per_image, generator, torch.float64)
+            job = LayerJob(module, name, code, lam=lam, patches_per_image=patches_per_image, generator=generator)
             job.add(x, labels)
             report.sylvester.append(job.finish())
             return
         if full_weight == "sylvester":
             proxy = _dense_proxy(module)
-            job = LayerJob(proxy, name, code, lam, patches_per_image, generator, torch.float64)
+            job = LayerJob(proxy, name, code, lam=lam, patches_per_image=patches_per_image, generator=generator)
             job.add(x, labels)
             job.finish()
             w, b = proxy.weight.detach(), None if proxy.bias is None else proxy.bias.detach()

@@ -1,6 +1,6 @@
 """SylvesterInit on a small BatchNorm CNN under a real Trainer: DDP, or FSDP2 through ModelParallelStrategy.
 
-Usage: python sharded_init.py OUT_DIR STRATEGY [head] [meta] [stream] [resume CKPT_DIR] [save CKPT_DIR]
+Usage: python sharded_init.py OUT_DIR STRATEGY [head] [meta] [stream] [attn] [resume CKPT_DIR] [save CKPT_DIR]
 
 STRATEGY: ``ddp`` or ``fsdp2`` (``ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)``
 with ``fully_shard`` on every conv, the head and the root in ``configure_model``), always 2 CPU processes.
@@ -11,7 +11,8 @@ the init report's solver per layer.
 ``head``: the body is "pretrained" first (a few seeded SGD steps in plain PyTorch, identical on every
 process), then only the head is initialized. ``meta``: the model is created under
 ``trainer.init_module(empty_init=True)`` (on the meta device; the strategy materializes it).
-``stream``: the subset is streamed in mini-batches of 8 (``batch_size=8``).
+``attn``: a token model with ``nn.MultiheadAttention`` (packed in-projection, out-projection) instead
+of the CNN. ``stream``: the subset is streamed in mini-batches of 8 (``batch_size=8``).
 ``save DIR`` / ``resume DIR``: keep a checkpoint after training / resume from the last one in DIR.
 """
 
@@ -30,11 +31,12 @@ from lightning_sylv import SylvesterInit
 
 
 class Data(LightningDataModule):
-    def __init__(self) -> None:
+    def __init__(self, tokens: bool = False) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(0)
         y = torch.arange(4).repeat(24)
-        x = torch.randn(4, 3, 8, 8, generator=g)[y] + 0.5 * torch.randn(96, 3, 8, 8, generator=g)
+        shape = (6, 8) if tokens else (3, 8, 8)  # 6 tokens of 8 features, or 3 x 8 x 8 images
+        x = torch.randn(4, *shape, generator=g)[y] + 0.5 * torch.randn(96, *shape, generator=g)
         self.ds = TensorDataset(x, y)
 
     def train_dataloader(self):
@@ -53,11 +55,25 @@ def body() -> nn.Sequential:
     )  # fmt: skip
 
 
-class Net(LightningModule):
+class Attention(nn.Module):
+    """Tokens -> embedding -> self-attention (packed in_proj, out_proj) -> mean over tokens."""
+
     def __init__(self) -> None:
         super().__init__()
-        self.body = body()
-        self.head = nn.Linear(7 * 4 * 4, 4)  # 112 inputs for 40 samples: solved in the span of its rows
+        self.embed = nn.Linear(8, 16)
+        self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+
+    def forward(self, x):
+        h = self.embed(x)
+        return self.attn(h, h, h, need_weights=False)[0].mean(1)
+
+
+class Net(LightningModule):
+    def __init__(self, attention: bool = False) -> None:
+        super().__init__()
+        self.body = Attention() if attention else body()
+        # CNN: 112 inputs for 40 samples, solved in the span of its rows.
+        self.head = nn.Linear(16 if attention else 7 * 4 * 4, 4)
         self.losses: list[float] = []
 
     def configure_model(self) -> None:
@@ -66,8 +82,10 @@ class Net(LightningModule):
         from torch.distributed.fsdp import fully_shard
 
         mesh = self.device_mesh["data_parallel"]
-        for m in [*self.body, self.head]:
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
+        for m in [*self.body.modules(), self.head]:
+            if isinstance(m, (nn.Conv2d, nn.Linear, nn.MultiheadAttention)) and not isinstance(
+                m, nn.modules.linear.NonDynamicallyQuantizableLinear
+            ):
                 fully_shard(m, mesh=mesh)
         fully_shard(self, mesh=mesh)
 
@@ -142,10 +160,12 @@ class CountingLogger(Logger):
 if __name__ == "__main__":
     out, kind = Path(sys.argv[1]), sys.argv[2]
     flags = sys.argv[3:]
-    head_only, meta, stream = "head" in flags, "meta" in flags, "stream" in flags
+    head_only, meta = "head" in flags, "meta" in flags
+    stream, attention = "stream" in flags, "attn" in flags
     resume = Path(flags[flags.index("resume") + 1]) if "resume" in flags else None
     save = Path(flags[flags.index("save") + 1]) if "save" in flags else None
-    tag = "_".join([kind, *(f for f in ("head", "meta", "stream") if f in flags), *(["resumed"] if resume else [])])
+    named = [f for f in ("head", "meta", "stream", "attn") if f in flags]
+    tag = "_".join([kind, *named, *(["resumed"] if resume else [])])
     strategy = ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1) if kind == "fsdp2" else "ddp"
     seed_everything(0)
     logger = CountingLogger()
@@ -170,11 +190,11 @@ if __name__ == "__main__":
         callbacks=callbacks,
     )
     with trainer.init_module(empty_init=meta):
-        model = Net()
+        model = Net(attention)
     if head_only:
         pretrain(model)
     ckpt = None if resume is None else str(resume / "last.ckpt")
-    trainer.fit(model, datamodule=Data(), ckpt_path=ckpt)
+    trainer.fit(model, datamodule=Data(tokens=attention), ckpt_path=ckpt)
     torch.save(
         {
             "losses": model.losses,
