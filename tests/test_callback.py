@@ -231,3 +231,15 @@ def test_metrics_reach_callback_metrics_when_the_fit_runs_no_step(tmp_path, make
     trainer.fit(ImageClassifier(arch="mlp"), datamodule=DigitsDataModule())
     assert cb.initialized
     assert {"sylvester/init_time_s", "sylvester/initial_accuracy"} <= set(trainer.callback_metrics)
+
+
+def test_a_fit_that_crashed_while_deferred_does_not_initialize_the_next_fit_twice(tmp_path, make_trainer):
+    """A deferred init (ModelParallelStrategy) pending when its fit crashed: the next fit, under a
+    strategy that initializes at on_fit_start, initializes once, not again at on_train_start."""
+    cb = SylvesterInit(samples_per_class=3, verbose=False, evaluate=False)
+    cb._pending = True  # as left by a ModelParallelStrategy fit that crashed before on_train_start
+    starts = []
+    real = cb._start
+    cb._start = lambda trainer, module: starts.append(1) or real(trainer, module)
+    make_trainer(tmp_path, [cb], logger=False).fit(ImageClassifier(arch="mlp"), datamodule=DigitsDataModule())
+    assert starts == [1]

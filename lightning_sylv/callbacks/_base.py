@@ -237,12 +237,12 @@ class DataDrivenInit(Callback):
         check_strategy(trainer.strategy, type(self).__name__, refusal=self.sharding_refusal)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.strategy.restore_checkpoint_after_setup:
-            # ModelParallelStrategy (FSDP2) loads a checkpoint only after on_fit_start: whether this
-            # fit resumes is known from on_train_start on, so the initialization waits until then.
-            self._pending = True
-            return
-        self._start(trainer, pl_module)
+        # ModelParallelStrategy (FSDP2) loads a checkpoint only after on_fit_start: whether this fit
+        # resumes is known from on_train_start on, so the initialization waits until then. Set on
+        # every fit: a fit that crashed before on_train_start must not leave the next one pending.
+        self._pending = bool(trainer.strategy.restore_checkpoint_after_setup)
+        if not self._pending:
+            self._start(trainer, pl_module)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._pending:
