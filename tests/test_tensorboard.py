@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch import Callback
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
@@ -304,3 +305,33 @@ def test_only_global_rank_zero_draws_or_shows_a_bar(tmp_path):
         assert len(_logging.tensorboard_writers(trainer)) == int(zero)
         with _logging.layer_progress(trainer, enabled=True) as on_layer:
             assert (on_layer is not None) is zero
+
+
+def test_deferred_init_runs_at_train_start_and_its_hparams_lead_the_session(tmp_path, make_trainer, monkeypatch):
+    """Strategies that restore a checkpoint after on_fit_start (ModelParallelStrategy) defer the init
+    to on_train_start; the callback's arguments still reach the first HParams session."""
+    from lightning.pytorch.strategies import SingleDeviceStrategy
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    monkeypatch.setattr(SingleDeviceStrategy, "restore_checkpoint_after_setup", property(lambda self: True))
+    seen = {}
+
+    class Probe(Callback):
+        def on_fit_start(self, trainer, pl_module):  # after SylvesterInit's on_fit_start
+            seen["at_fit_start"] = cb.initialized
+
+    cb = SylvesterInit(samples_per_class=5, verbose=False, evaluate=False, log_embeddings=False)
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    make_trainer(tmp_path, [cb, Probe()], logger=logger, limit_train_batches=1).fit(
+        ImageClassifier(arch="mlp"), datamodule=DigitsDataModule(seed=0)
+    )
+    assert seen["at_fit_start"] is False and cb.initialized and cb.report is not None
+    sessions = []
+    for path in sorted(Path(logger.log_dir).glob("events.out.tfevents.*")):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.tag == "_hparams_/session_start_info":
+                    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                    sessions.append(data.session_start_info.hparams)
+    assert sessions and sessions[0]["sylvester/samples_per_class"].number_value == 5
+    assert sessions[0]["arch"].string_value == "mlp"

@@ -243,6 +243,8 @@ class DataDrivenInit(Callback):
         self._pending = bool(trainer.strategy.restore_checkpoint_after_setup)
         if not self._pending:
             self._start(trainer, pl_module)
+        else:  # TensorBoard's HParams tab keeps the first session: ours must be in it, as without deferral
+            log_callback_hparams(trainer, pl_module, self.hyperparameters())
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._pending:
