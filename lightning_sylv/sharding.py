@@ -23,7 +23,9 @@ everything here is a no-op.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -31,11 +33,16 @@ from torch import Tensor, nn
 __all__ = ["ShardedParams", "is_sharded", "local_shard", "write_"]
 
 
+@functools.cache
 def _dtensor_type() -> type | None:
+    """``DTensor``, or ``None`` where torch has none (no distributed build, or torch < 2.4, which has
+    no FSDP2 either: nothing there can be sharded this way)."""
     if not torch.distributed.is_available():
         return None
-    from torch.distributed.tensor import DTensor
-
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:
+        return None
     return DTensor
 
 
@@ -69,7 +76,25 @@ def local_shard(full: Tensor, like: Tensor) -> Tensor:
     from torch.distributed.tensor import distribute_tensor
 
     value = full.detach().reshape(like.shape).to(device=like.device, dtype=like.dtype)
-    return distribute_tensor(value, like.device_mesh, like.placements, src_data_rank=None).to_local()  # type: ignore[attr-defined]
+    mesh, placements = like.device_mesh, like.placements  # type: ignore[attr-defined]
+    try:
+        return distribute_tensor(value, mesh, placements, src_data_rank=None).to_local()
+    except TypeError:  # torch < 2.6: no src_data_rank; cut the same chunks by hand
+        return _chunks(value, mesh, placements)
+
+
+def _chunks(value: Tensor, mesh: Any, placements: Any) -> Tensor:
+    """This process's ``torch.chunk`` slices of ``value`` along each sharded mesh dimension (DTensor's
+    layout for ``Shard``; ``Replicate`` keeps the whole)."""
+    for mesh_dim, placement in enumerate(placements):
+        if placement.is_replicate():
+            continue
+        if not placement.is_shard():
+            raise ValueError(f"cannot write a parameter with placement {placement}: only Shard and Replicate")
+        dim, rank = placement.dim, mesh.get_local_rank(mesh_dim)
+        parts = torch.chunk(value, mesh.size(mesh_dim), dim=dim)
+        value = parts[rank] if rank < len(parts) else value.narrow(dim, 0, 0)
+    return value.contiguous()
 
 
 def write_(param: Tensor, value: Tensor) -> None:
@@ -88,10 +113,13 @@ def write_(param: Tensor, value: Tensor) -> None:
 
 
 def _fsdp_modules(model: nn.Module) -> Iterator[nn.Module]:
+    """The ``fully_shard``-ed modules of ``model`` (none where torch has no public FSDP2)."""
     if not torch.distributed.is_available():
         return
-    from torch.distributed.fsdp import FSDPModule
-
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return
     yield from (m for m in model.modules() if isinstance(m, FSDPModule))
 
 
