@@ -17,6 +17,11 @@ new activations) and, sliced by the sharded parameter's own placements, into thi
 the copy written inside the pass can be committed to them (:meth:`ShardedParams.commit`). No process
 ever holds more than the layer being written in full (FSDP's own all-gather of the module aside).
 
+Under an FSDP2 ``MixedPrecisionPolicy`` whose ``param_dtype`` is narrower than the shards' (bfloat16
+over float32 master weights), the unsharded copy holds the value in ``param_dtype``, and that is what
+:meth:`ShardedParams.commit` writes into the shard: the initial weights are rounded to bfloat16
+(relative 4e-3), not to float32. Training then updates the float32 shards as usual.
+
 This module imports no Lightning and runs on any device; on a model without ``DTensor`` parameters
 everything here is a no-op.
 """
