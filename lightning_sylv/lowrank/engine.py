@@ -347,12 +347,9 @@ def low_rank_init_(
             m.full_weight, m.full_bias = fw, fb
 
     ordered = [_LowRankJob(jobs[n], n, run_job) for n in trace.order if n in jobs]
-    done: list[Job] = []
-
     def on_result(job: Job, record: Any) -> None:
-        done.append(job)
         if on_layer is not None:
-            on_layer(job, len(done), len(ordered))
+            on_layer(job, ordered.index(job) + 1, len(ordered))
 
     report.passes = run_jobs(
         model, inputs, labels, ordered, n_samples=batch_len(inputs), forward=forward,
