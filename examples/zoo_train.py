@@ -1,23 +1,29 @@
-"""Does the initialization help *my* model train? Own init vs LSUV vs Sylvester on zoo models.
+"""Does the initialization help *my* model train? Own init vs LSUV vs Sylvester, with curves.
 
 Each run trains a torchvision/timm model (10-class head, CIFAR-10 at 32×32) from ``--shots`` images
-per class of the training split for a short fixed schedule, after one of three initializations:
+per class of the training split for ``--epochs`` epochs, after one of three initializations:
 
 * ``own``: the model's constructor init, untouched;
 * ``lsuv``: LSUV (``lsuv.lsuv_with_singlebatch``, the ``examples`` extra) on the init subset;
-* ``sylvester``: :func:`lightning_sylv.sylvester_init_` with its defaults on the same subset.
+* ``sylvester``: :func:`lightning_sylv.sylvester_init_` with its defaults on the same subset, plus
+  the JSON of ``--init-options`` (for ablations; the record keeps them and they label its row).
 
 The init subset is ``--init-spc`` images per class drawn from the training shots (the zoo
 benchmark's 20 by default, so LSUV, which runs the model once per layer and correction, stays cheap).
 Training: AdamW (lr ``--lr``, weight decay 0.05), cosine schedule over ``--epochs``, batch 128,
-random crop (padding 4) and horizontal flip, BatchNorm in training mode. It prints and appends to
-``--jsonl`` the initial and final accuracy on 2,000 validation images held out of the training set
-(the test set is never read) and the wall time of init plus training, per run.
+random crop (padding 4) and horizontal flip, BatchNorm in training mode. Accuracy is measured on
+2,000 validation images held out of the training set (the test set is never read) after the init and
+after every epoch; each run appends one JSON line to ``--jsonl`` (runs already there are skipped, so
+an interrupted benchmark resumes), with the curve, the init and training times.
+
+``--markdown`` writes the table (mean ± std over seeds of the initial and final accuracy, and the
+first epoch at which the mean curve reaches the own init's mean final accuracy), ``--figure`` the
+mean curves as a PNG (matplotlib). Both cover every run in ``--jsonl`` at the given shots/epochs.
 
 Needs the ``zoo`` and ``examples`` extras (torchvision, timm, lsuv), see ``examples/zoo.py``::
 
-    zoo-venv/bin/python examples/zoo_train.py --data-dir /tmp/cifar --models resnet18 \\
-        --seeds 0 1 2 --jsonl zoo_train.jsonl --markdown zoo_train.md
+    zoo-venv/bin/python examples/zoo_train.py --data-dir /tmp/cifar --models resnet18 vit_p4 \\
+        --seeds 0 1 2 --jsonl train.jsonl --markdown train.md --figure train.png
 """
 
 from __future__ import annotations
@@ -54,7 +60,9 @@ def _augment(x: Any, generator: Any) -> Any:
     return out
 
 
-def run_one(args: argparse.Namespace, model_name: str, init: str, seed: int) -> dict[str, Any]:
+def run_one(
+    args: argparse.Namespace, model_name: str, init: str, seed: int, options: dict[str, Any]
+) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
@@ -82,9 +90,10 @@ def run_one(args: argparse.Namespace, model_name: str, init: str, seed: int) -> 
     if init == "lsuv":
         lsuv_init_(model, xs)
     elif init == "sylvester":
-        sylvester_init_(model, xs, ys, seed=seed)
+        sylvester_init_(model, xs, ys, seed=seed, **options)
     init_s = time.perf_counter() - t0
     initial = accuracy(model, xv, yv)
+    curve: list[float] = []
 
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     steps_per_epoch = -(-len(xt) // args.batch_size)
@@ -101,18 +110,50 @@ def run_one(args: argparse.Namespace, model_name: str, init: str, seed: int) -> 
             loss.backward()
             opt.step()
             sched.step()
+        t_eval = time.perf_counter()
+        curve.append(accuracy(model, xv, yv))
+        t1 += time.perf_counter() - t_eval  # training time without the evaluations
     train_s = time.perf_counter() - t1
-    final = accuracy(model, xv, yv)
     return {
-        "model": model_name, "init": init, "seed": seed, "shots": args.shots, "init_spc": args.init_spc,
-        "epochs": args.epochs, "lr": args.lr, "initial_acc": initial, "final_acc": final,
-        "init_s": init_s, "train_s": train_s, "wall_s": init_s + train_s, "threads": args.threads,
-        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+        "model": model_name, "init": init, "options": options if init == "sylvester" else {}, "seed": seed,
+        "shots": args.shots, "init_spc": args.init_spc, "epochs": args.epochs, "lr": args.lr,
+        "initial_acc": initial, "final_acc": curve[-1], "curve": curve, "init_s": init_s, "train_s": train_s,
+        "wall_s": init_s + train_s, "threads": args.threads, "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
     }
 
 
+def label(r: dict[str, Any]) -> str:
+    """The row label of a run: its init, with any Sylvester options."""
+    opts = r.get("options") or {}
+    return r["init"] + "".join(f" {k}={v}" for k, v in sorted(opts.items()))
+
+
+def _groups(rows: list[dict[str, Any]]) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    out: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for r in rows:
+        out.setdefault(r["model"], {}).setdefault(label(r), []).append(r)
+    return out
+
+
+def _mean_curve(rs: list[dict[str, Any]]) -> list[float] | None:
+    curves = [r["curve"] for r in rs if r.get("curve")]
+    if not curves or len({len(c) for c in curves}) != 1:
+        return None
+    return [statistics.mean(v) for v in zip(*curves)]
+
+
+def reach_epoch(curve: list[float] | None, target: float) -> int | None:
+    """The first epoch (1-based) at which ``curve`` reaches ``target``; ``None`` if it never does."""
+    for epoch, acc in enumerate(curve or [], start=1):
+        if acc >= target:
+            return epoch
+    return None
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
-    """Mean ± std over seeds per (model, init): initial and final validation accuracy, wall time."""
+    """Mean ± std over seeds per (model, init): initial and final accuracy, the epoch at which the
+    mean curve reaches the own init's mean final accuracy, the gap to own, wall time."""
 
     def ms(values: list[float]) -> str:
         if len(values) == 1:
@@ -120,21 +161,56 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (n={len(values)})"
 
     lines = [
-        "| model | init | initial val. acc. % | final val. acc. % | wall s (init + training), median |",
-        "| --- | --- | --- | --- | --- |",
+        "| model | init | initial val. acc. % | final val. acc. % | Δ final vs own | epoch reaching own's final "
+        "| wall s (init + training), median |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    for m in models:
-        for init in INITS:
-            rs = [r for r in rows if r["model"] == m and r["init"] == init]
-            if not rs:
-                continue
+    for model, by_init in _groups(rows).items():
+        own = by_init.get("own")
+        own_final = statistics.mean(r["final_acc"] for r in own) if own else None
+        for name in sorted(by_init, key=lambda k: (INITS.index(k.split()[0]), k)):
+            rs = by_init[name]
+            epochs = rs[0]["epochs"]
+            final = statistics.mean(r["final_acc"] for r in rs)
+            delta = "" if own_final is None or name == "own" else f"{final - own_final:+.2f}"
+            reach = reach_epoch(_mean_curve(rs), own_final) if own_final is not None else None
+            reached = "—" if own_final is None else f"{reach} of {epochs}" if reach else f"never ({epochs})"
             med = {k: statistics.median(r[k] for r in rs) for k in ("wall_s", "init_s", "train_s")}
             lines.append(
-                f"| {m} | {init} | {ms([r['initial_acc'] for r in rs])} | {ms([r['final_acc'] for r in rs])} "
-                f"| {med['wall_s']:.1f} ({med['init_s']:.2f} + {med['train_s']:.1f}) |"
+                f"| {model} | {name} | {ms([r['initial_acc'] for r in rs])} | {ms([r['final_acc'] for r in rs])} "
+                f"| {delta} | {reached} | {med['wall_s']:.1f} ({med['init_s']:.2f} + {med['train_s']:.1f}) |"
             )
     return "\n".join(lines)
+
+
+def figure(rows: list[dict[str, Any]], path: str, title: str) -> None:
+    """Mean validation curves (epoch 0: after the init) per model, one panel each, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = _groups(rows)
+    cols = min(4, len(groups))
+    nrows = -(-len(groups) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.8 * nrows), squeeze=False)
+    for ax, (model, by_init) in zip(axes.flat, groups.items()):
+        for name, rs in sorted(by_init.items()):
+            curve = _mean_curve(rs)
+            if curve is None:
+                continue
+            initial = statistics.mean(r["initial_acc"] for r in rs)
+            ax.plot(range(len(curve) + 1), [initial, *curve], marker=".", label=f"{name} (n={len(rs)})")
+        ax.set_title(model, fontsize=9)
+        ax.set_xlabel("epoch", fontsize=8)
+        ax.set_ylabel("val. acc. %", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(groups) :]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -150,30 +226,39 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--val", type=int, default=2000)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--init-options", default="{}", help='JSON of extra sylvester_init_ arguments, e.g. \'{"lam": 1}\'')
     p.add_argument("--jsonl", help="append each run's record here (runs already in it are skipped)")
-    p.add_argument("--markdown", help="write the table of every run in --jsonl to this file")
+    p.add_argument("--markdown", help="write the table of every run in --jsonl (these shots/epochs) to this file")
+    p.add_argument("--figure", help="write the mean curves of every run in --jsonl (these shots/epochs) as a PNG")
     args = p.parse_args(argv)
     if not 1 <= args.init_spc <= args.shots:
         p.error(f"--init-spc must be in [1, --shots], got {args.init_spc}")
     done: list[dict[str, Any]] = []
     if args.jsonl and Path(args.jsonl).exists():
         done = [json.loads(line) for line in Path(args.jsonl).read_text().splitlines() if line.strip()]
-    key = ("model", "init", "seed", "shots", "init_spc", "epochs", "lr")
+    options = json.loads(args.init_options)
+    key = ("model", "init", "options", "seed", "shots", "init_spc", "epochs", "lr")
     for model_name in args.models:
         for seed in args.seeds:
             for init in args.inits:
-                want = dict(zip(key, (model_name, init, seed, args.shots, args.init_spc, args.epochs, args.lr)))
-                if any(all(r.get(k) == v for k, v in want.items()) for r in done):
+                opts = options if init == "sylvester" else {}
+                values = (model_name, init, opts, seed, args.shots, args.init_spc, args.epochs, args.lr)
+                want = dict(zip(key, values))
+                if any(all(r.get(k, {} if k == "options" else None) == v for k, v in want.items()) for r in done):
                     continue
-                row = run_one(args, model_name, init, seed)
+                row = run_one(args, model_name, init, seed, opts)
                 print(json.dumps(row), flush=True)
                 done.append(row)
                 if args.jsonl:
                     with open(args.jsonl, "a") as f:
                         f.write(json.dumps(row) + "\n")
+    budget = [r for r in done if (r["shots"], r["epochs"], r["init_spc"]) == (args.shots, args.epochs, args.init_spc)]
     if args.markdown:
-        Path(args.markdown).write_text(markdown(done) + "\n")
-    print(markdown([r for r in done if r["model"] in args.models]))
+        Path(args.markdown).write_text(markdown(budget) + "\n")
+    if args.figure:
+        title = f"CIFAR-10, {args.shots} images per class, {args.epochs} epochs (mean of seeds)"
+        figure(budget, args.figure, title)
+    print(markdown([r for r in budget if r["model"] in args.models]))
 
 
 if __name__ == "__main__":

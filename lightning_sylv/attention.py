@@ -77,6 +77,8 @@ class InProjectionJob:
     def add_call(self, args: tuple[Any, ...], kwargs: dict[str, Any], labels: Tensor | None) -> None:
         """Rows of the query, key and value tokens of one call."""
         call = _bind(self.module, args, kwargs)
+        if self._shared is None:
+            self._copy_own_weights()
         q, k, v = call["query"], call["key"], call["value"]
         shared = k is q and v is q and self.module._qkv_same_embed_dim
         self._shared = shared if self._shared is None else self._shared and shared
@@ -84,6 +86,20 @@ class InProjectionJob:
         if not shared:
             self._jobs["k"].add(_batch_major(self.module, k), labels)
             self._jobs["v"].add(_batch_major(self.module, v), labels)
+
+    def _copy_own_weights(self) -> None:
+        """Give the proxies the module's current q/k/v weights (the reference of ``scale="own"``).
+
+        Called inside the module's pre-hook, where a sharded module holds its full weights.
+        """
+        m, e = self.module, self.module.embed_dim
+        packed = m._qkv_same_embed_dim
+        with torch.no_grad():
+            for i, (key, proxy) in enumerate(self._proxies.items()):
+                own = m.in_proj_weight[i * e : (i + 1) * e] if packed else getattr(m, f"{key}_proj_weight")
+                proxy.weight.copy_(own)
+                if proxy.bias is not None and m.in_proj_bias is not None:
+                    proxy.bias.copy_(m.in_proj_bias[i * e : (i + 1) * e])
 
     def finish(self, reduce: Callable[[Tensor], Tensor] | None = None) -> LayerReport:
         """Solve the projections and write them into the module's (packed) weights."""
@@ -117,6 +133,7 @@ class InProjectionJob:
             dropped=sum(r.dropped for r in reports),
             seconds=sum(r.seconds for r in reports),
             solver=first.solver,
+            gain=reports[0].gain,
         )
 
 

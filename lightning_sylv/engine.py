@@ -44,6 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_sylv._batch import batch_len, default_forward, slice_batch
+from lightning_sylv._checks import check_choice
 from lightning_sylv.attention import attention_jobs
 from lightning_sylv.codes import LatentCode, resolve_code
 from lightning_sylv.layer_init import SOLVERS, LayerJob, code_uses_stats
@@ -58,6 +59,7 @@ from lightning_sylv.passes import (
 )
 from lightning_sylv.report import InitReport, LayerReport
 from lightning_sylv.rows import SUPPORTED_LAYERS
+from lightning_sylv.scale import SCALES, Scale
 
 __all__ = ["InitReport", "LayerReport", "SylvesterInitError", "execution_order", "sylvester_init_", "units"]
 
@@ -129,6 +131,8 @@ def sylvester_init_(
     num_classes: int | None = None,
     solver: Literal["exact", "randomized"] = "exact",
     power_iterations: int = 1,
+    scale: Scale = "own",
+    head_scale: Scale = "solve",
     on_layer: Callable[[LayerReport, int, int], None] | None = None,
 ) -> InitReport:
     """Initialize ``model``'s layers in place from a data subset (Sylvester initialization).
@@ -183,6 +187,14 @@ def sylvester_init_(
             ``O(n d² + d³)``); see :mod:`lightning_sylv.layer_init`. It keeps the rows of such layers
             (memory ``n x d``, as their activations) and needs ``gather`` under ``reduce``.
         power_iterations: Subspace iterations of the randomized mode (``>= 0``).
+        scale: Output scale of the hidden layers: ``"solve"`` keeps the solved weights as they
+            are; ``"own"`` keeps their directions and rescales each layer to the output energy its
+            weights before the call have on the same input rows (the model's own init's gain; see
+            :mod:`lightning_sylv.scale`). A layer followed by a normalization computes the same
+            function either way; residual branches, attention and unnormalized layers keep the
+            gain their architecture was built for.
+        head_scale: Output scale of the head, likewise (``"own"`` shrinks the logits to the own
+            head's size; a zero-initialized head keeps the solve's scale).
         on_layer: Called as ``on_layer(layer_report, done, total)`` after each layer (progress bars).
 
     Returns:
@@ -221,6 +233,8 @@ def sylvester_init_(
         raise ValueError(f"solver must be one of {list(SOLVERS)}, got {solver!r}")
     if isinstance(power_iterations, bool) or not isinstance(power_iterations, int) or power_iterations < 0:
         raise ValueError(f"power_iterations must be an int >= 0, got {power_iterations!r}")
+    check_choice("scale", scale, SCALES)
+    check_choice("head_scale", head_scale, SCALES)
     if num_classes is not None and num_classes < 1:
         raise ValueError(f"num_classes must be >= 1 or None, got {num_classes!r}")
     hidden_code, head_code = resolve_code(latent), resolve_code(head_latent)
@@ -293,6 +307,7 @@ def sylvester_init_(
             patches_per_image=patches_per_image, generator=generator, dtype=dtype, gram_dtype=gram_dtype,
             code_generator=_layer_generator(seed, name), samples=total, gather=gather,
             distributed=reduce is not None, solver=solver, power_iterations=power_iterations,
+            scale=head_scale if name == head else scale,
         )  # fmt: skip
 
     jobs: list[Job] = []

@@ -302,6 +302,7 @@ def fuse_init_(
     return sylvester_init_(
         student, inputs, labels, layers=names, lam=lam, lams=lams, codes=codes,
         patches_per_image=patches_per_image, seed=seed, dtype=dtype, forward=forward, on_layer=on_layer,
+        scale="solve",  # the mapped layers reproduce the teacher's activations, at the teacher's scale
     )
 
 

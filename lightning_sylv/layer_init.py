@@ -48,6 +48,7 @@ This module imports no Lightning.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -63,6 +64,7 @@ from lightning_sylv.layer_fit import LayerFit, moments_from_rows, solve_moments
 from lightning_sylv.report import LayerReport
 from lightning_sylv.row_space import canonical_order, randomized_basis, span_basis
 from lightning_sylv.rows import LayerRows, layer_rows
+from lightning_sylv.scale import Scale, energy_from_rows, energy_from_stats, gain_factor
 from lightning_sylv.sharding import write_
 from lightning_sylv.solver import EIGH_PATHS
 from lightning_sylv.stats import InputStats
@@ -217,6 +219,9 @@ class LayerJob:
         distributed: Whether :meth:`finish` will get a ``reduce`` (several processes).
         solver: ``"exact"`` or ``"randomized"`` (the fast mode; see the module docstring).
         power_iterations: Subspace iterations of the randomized range finder.
+        scale: ``"solve"`` writes the solved weights as they are; ``"own"`` rescales them (and the
+            bias) to the output energy the layer's weights before the init have on the same input
+            rows (see :mod:`lightning_sylv.scale`).
     """
 
     def __init__(
@@ -236,6 +241,7 @@ class LayerJob:
         distributed: bool = False,
         solver: str = "exact",
         power_iterations: int = 1,
+        scale: Scale = "solve",
     ) -> None:
         self.module = module
         self.name = name
@@ -251,6 +257,7 @@ class LayerJob:
         self.distributed = distributed
         self.solver = solver
         self.power_iterations = power_iterations
+        self.scale = scale
         self.groups: int = getattr(module, "groups", 1)
         self.out_per_group: int = module.weight.shape[0] // self.groups
         self.in_per_group: int = math.prod(module.weight.shape[1:])  # no indexing: may be a DTensor
@@ -262,6 +269,9 @@ class LayerJob:
         self._failure: LayerInitError | None = None
         self._layer_rows: LayerRows | None = None
         self.seconds = 0.0
+        self._own_energy = 0.0  # output energy of the weights before the init (scale="own")
+        #: Factor applied to the solved weights (1.0: the solve's scale).
+        self.gain = 1.0
         #: Optional callback receiving this layer's report once it is written.
         self.on_done: Callable[[LayerReport], None] | None = None
 
@@ -325,6 +335,8 @@ class LayerJob:
                     f"{self.code.name!r} code needs one output per class (labels 0..{hi})"
                 )
             row_labels = labels.to(rows.x.device).repeat_interleave(rows.per_sample)
+        if self.scale == "own":
+            self._own_energy += float(self._energy_of_current(rows.x))
         if self.mode is None:
             self.mode = choose_mode(
                 rows=rows.x.shape[0] if self.samples is None else self.samples * rows.per_sample,
@@ -367,6 +379,17 @@ class LayerJob:
             self._layer_rows = rows
         self.seconds += time.perf_counter() - t0
 
+    def _energy_of_current(self, x: Tensor) -> Tensor:
+        """Output energy of the layer's current (own) weights on the rows ``x`` of one batch."""
+        w = self.module.weight.detach()
+        block = grouped_rows(x, self.groups)
+        if block.dtype not in (torch.float32, torch.float64):
+            block = block.float()  # half-precision products are too coarse for a sum over rows
+        weight = w.reshape(self.groups, self.out_per_group, -1)
+        b = self.module.bias
+        bias = None if b is None else b.detach().reshape(self.groups, self.out_per_group)
+        return energy_from_rows(block, weight, bias)
+
     def _rcond(self, d_in: int) -> float | None:
         """Eigenvalue tolerance matching the precision of the row products (``None``: the default)."""
         if self.gram_dtype is None or torch.finfo(self.gram_dtype).bits >= torch.finfo(self.dtype).bits:
@@ -391,9 +414,11 @@ class LayerJob:
 
     def _check_peers(self, reduce: Callable[[Tensor], Tensor] | None) -> None:
         if self.uses_stats and reduce is not None:  # every process learns whether any failed
-            flag = torch.tensor([0.0 if self._failure is None else 1.0], device=self.module.weight.device)
-            if float(reduce(flag)[0]) > 0 and self._failure is None:
+            flag = [0.0 if self._failure is None else 1.0, self._own_energy]
+            summed = reduce(torch.tensor(flag, dtype=torch.float64, device=self.module.weight.device)).tolist()
+            if summed[0] > 0 and self._failure is None:
                 raise self._error("another process could not initialize it (its error is in that process's output)")
+            self._own_energy = summed[1]  # over every process's rows, like the statistics
         if self._failure is not None:
             raise self._failure
         if self._stats is None and not self._rows:
@@ -421,13 +446,15 @@ class LayerJob:
         self._check_peers(reduce)
         try:
             if self._stats is not None:
-                fit, basis, n_rows, mode = self._solve_gram(self._stats, reduce)
+                fit, basis, n_rows, mode, data = self._solve_gram(self._stats, reduce)
             else:
-                fit, basis, n_rows, mode = self._solve_rows(reduce)
+                fit, basis, n_rows, mode, data = self._solve_rows(reduce)
         except ValueError as err:
             if isinstance(err, LayerInitError):
                 raise
             raise self._error(str(err)) from err
+        if self.scale == "own":
+            fit = self._rescaled(fit, data)
         self._write(fit.weight if basis is None else fit.weight @ basis.mT, fit.bias)
         self._stats, self._rows, self._labels, self._layer_rows = None, [], [], None
         self.seconds += time.perf_counter() - t0
@@ -435,17 +462,21 @@ class LayerJob:
 
     def _solve_gram(
         self, stats: InputStats, reduce: Callable[[Tensor], Tensor] | None
-    ) -> tuple[LayerFit, None, int, str]:
-        """Gram mode: the (reduced) sums -> the code's moments -> the solve."""
+    ) -> tuple[LayerFit, None, int, str, InputStats]:
+        """Gram mode: the (reduced) sums -> the code's moments -> the solve. Also returns the sums."""
         stats = stats.map(reduce) if reduce is not None else stats
         self._warn_missing(stats.counts)
         m = self.code.moments(stats, self.out_per_group, self.module.bias is not None, self.code_generator)
-        return solve_moments(m, self.lam, self._rcond(m.gram_x.shape[-1])), None, int(stats.n), "gram"
+        return solve_moments(m, self.lam, self._rcond(m.gram_x.shape[-1])), None, int(stats.n), "gram", stats
 
-    def _solve_rows(self, reduce: Callable[[Tensor], Tensor] | None) -> tuple[LayerFit, Tensor | None, int, str]:
+    def _solve_rows(
+        self, reduce: Callable[[Tensor], Tensor] | None
+    ) -> tuple[LayerFit, Tensor | None, int, str, Tensor]:
         """The kept rows (pooled across processes), solved as they are (codes that need the rows), in
         the span of fewer rows than inputs, or in a randomized leading subspace. Returns the fit in
-        the basis's coordinates and the basis (``None``: the rows' own coordinates)."""
+        the basis's coordinates, the basis (``None``: the rows' own coordinates) and the rows in
+        those coordinates (``rows @ basis`` maps through the fit exactly as the rows do through the
+        written weight)."""
         x, labels = self._pooled_rows(reduce)
         n_rows, mode, basis = x.shape[1], "rows", None
         if self.mode == "randomized":  # a randomized leading subspace (plus the mean)
@@ -454,7 +485,19 @@ class LayerJob:
         elif n_rows < x.shape[2]:  # span mode: the coordinates of the rows' span
             basis, x = span_basis(x)
             mode = "span"
-        return self._fit_rows(x, labels, self.module.bias is not None), basis, n_rows, mode
+        return self._fit_rows(x, labels, self.module.bias is not None), basis, n_rows, mode, x
+
+    def _rescaled(self, fit: LayerFit, data: InputStats | Tensor) -> LayerFit:
+        """``fit`` at the output energy of the layer's own weights on the same rows (``scale="own"``)."""
+        if isinstance(data, InputStats):
+            solved = energy_from_stats(data, fit.weight, fit.bias)
+        else:
+            solved = energy_from_rows(data, fit.weight, fit.bias)
+        self.gain = gain_factor(self._own_energy, float(solved))
+        if self.gain == 1.0:
+            return fit
+        bias = None if fit.bias is None else fit.bias * self.gain
+        return dataclasses.replace(fit, weight=fit.weight * self.gain, bias=bias)
 
     def _report(self, fit: LayerFit, n_rows: int, mode: str) -> LayerReport:
         return LayerReport(
@@ -473,6 +516,7 @@ class LayerJob:
             dropped=fit.dropped,
             seconds=self.seconds,
             solver=f"{mode}/{fit.path}",
+            gain=self.gain,
         )
 
     def _warn_missing(self, counts: Tensor | None) -> None:

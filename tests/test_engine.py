@@ -61,7 +61,8 @@ def test_every_layer_encodes_better_than_its_random_init(make):
     for n, m in model.named_modules():
         if n in before:
             m.register_forward_pre_hook(lambda mod, args, n=n: inputs.__setitem__(n, args[0].detach().clone()))
-    report = sylvester_init_(model, x, y, latent="pca", patches_per_image=None, lam=10.0)
+    # The solve as solved (scale="solve"): the default rescales to the own init's gain, see test_scale.py.
+    report = sylvester_init_(model, x, y, latent="pca", patches_per_image=None, lam=10.0, scale="solve")
     assert [r.name for r in report.layers] == list(before)
     assert report.head == list(before)[-1]
     for r in report.layers:
@@ -223,7 +224,7 @@ def test_grouped_and_depthwise_convs_are_solved_per_group():
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
     )
     x = torch.randn(30, 4, 6, 6)
-    report = sylvester_init_(model, x, torch.arange(3).repeat(10), latent="pca", patches_per_image=None)
+    report = sylvester_init_(model, x, torch.arange(3).repeat(10), latent="pca", patches_per_image=None, scale="solve")
     assert [(r.groups, r.in_features, r.out_features) for r in report.layers] == [(2, 18, 4), (8, 9, 1), (1, 8, 3)]
     # Group g's filters only see group g's channels: the fit equals a fit on that slice alone.
     rows = layer_rows(model[0], x, None).x

@@ -245,7 +245,7 @@ def test_multihead_attention_projections_are_initialized(batch_first):
     before_in = model.attn.in_proj_weight.detach().clone()
     before_out = model.attn.out_proj.weight.detach().clone()
     x = torch.randn(30, 12, 8, generator=_gen(9))
-    report = sylvester_init_(model, x, _labels(30, 10), latent="pca")
+    report = sylvester_init_(model, x, _labels(30, 10), latent="pca", scale="solve")  # the solve, as solved
     names = [r.name for r in report.layers]
     assert names == ["embed", "attn.in_proj", "attn.out_proj", "head"]
     assert not report.skipped  # out_proj is not "not executed"

@@ -26,6 +26,7 @@ from lightning_sylv.engine import sylvester_init_
 from lightning_sylv.layer_init import SOLVERS
 from lightning_sylv.modules import evaluating, target_modules
 from lightning_sylv.report import InitReport, format_markdown, format_table, layer_scalars
+from lightning_sylv.scale import SCALES
 
 __all__ = ["SylvesterInit"]
 
@@ -94,6 +95,12 @@ class SylvesterInit(DataDrivenInit):
             with PCA codes whose outputs are far fewer than their inputs use a randomized principal
             subspace, ``O(n d k)`` instead of ``O(n d² + d³)`` (ResNet-18: 2.7 s instead of 4.9 s,
             accuracy within ±2.5 points on the zoo benchmark of examples/RESULTS.md).
+        scale: Output scale of the hidden layers: ``"solve"`` writes the solved weights as they are;
+            ``"own"`` keeps their directions at the gain the model's own init gives each layer on
+            the same input, so residual branches and attention keep the scale their architecture
+            (and its optimizer settings) expect; layers followed by a normalization compute the same
+            function either way (see ``sylvester_init_``).
+        head_scale: Output scale of the head, likewise (``"solve"``: logits at the one-hot code's size).
         evaluate: Measure validation accuracy before and after initialization.
         eval_batches: Cap on validation batches per evaluation (``None``: the whole set).
         verbose: Print a summary line and the per-layer table when done, and show a progress bar over
@@ -135,8 +142,8 @@ class SylvesterInit(DataDrivenInit):
     sharding_refusal = None  # FSDP2: each process writes its shard (lightning_sylv.sharding)
     hparam_names = (
         "samples_per_class", "layers", "latent", "head_latent", "lam", "patches_per_image", "batch_size",
-        "seed", "head", "precision", "solver", "evaluate", "eval_batches", "verbose", "embedding_samples",
-        "log_embeddings", "log_tsne", "forward", "num_classes", "input_key", "label_key",
+        "seed", "head", "precision", "solver", "scale", "head_scale", "evaluate", "eval_batches", "verbose",
+        "embedding_samples", "log_embeddings", "log_tsne", "forward", "num_classes", "input_key", "label_key",
     )  # fmt: skip
 
     def __init__(
@@ -152,6 +159,8 @@ class SylvesterInit(DataDrivenInit):
         head: str | None = None,
         precision: Literal["float64", "mixed", "float32"] = "float64",
         solver: Literal["exact", "randomized"] = "exact",
+        scale: Literal["solve", "own"] = "own",
+        head_scale: Literal["solve", "own"] = "solve",
         evaluate: bool = True,
         eval_batches: int | None = None,
         verbose: bool = True,
@@ -180,6 +189,8 @@ class SylvesterInit(DataDrivenInit):
             raise ValueError(f"head must be a module name or None, got {head!r}")
         check_choice("precision", precision, DTYPES)
         check_choice("solver", solver, SOLVERS)
+        check_choice("scale", scale, SCALES)
+        check_choice("head_scale", head_scale, SCALES)
         check_positive_int("embedding_samples", embedding_samples)
         check_bool("log_embeddings", log_embeddings)
         check_bool("log_tsne", log_tsne)
@@ -191,6 +202,8 @@ class SylvesterInit(DataDrivenInit):
         self.head = head
         self.precision = precision
         self.solver = solver
+        self.scale = scale
+        self.head_scale = head_scale
         self.embedding_samples = embedding_samples
         self.log_embeddings = log_embeddings
         self.log_tsne = log_tsne
@@ -331,6 +344,8 @@ class SylvesterInit(DataDrivenInit):
             forward=ctx.forward,
             num_classes=classes,
             solver=self.solver,
+            scale=self.scale,
+            head_scale=self.head_scale,
             on_layer=on_layer,
         )
 

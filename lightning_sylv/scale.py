@@ -1,0 +1,120 @@
+"""The output scale of a solved layer: the data's directions at the model's own gain.
+
+The Sylvester solve fixes a layer's weights, directions *and* size, from the data: ``W`` maps the
+input onto a code ``S`` whose scale is the input's principal variances (PCA codes) or one (one-hot).
+Many architectures depend on the size their own initializer gives a layer rather than on its
+directions. A pre-norm transformer block adds each residual branch to a stream that must stay close
+to the identity at initialization (timm's and torchvision's ViTs draw their weights with a standard
+deviation of 0.02 for that); attention logits grow with the square of the query/key scale. Solved
+weights there are several times larger than the model's own, the branches swamp the stream and
+training starts from a saturated network.
+
+``scale="own"`` keeps the solve's directions and gives the layer the gain its own initialization
+has **on the same input**: with ``X`` the layer's input rows (the patches or tokens the solve saw),
+
+    c = ‖X W_ownᵀ + b_own‖_F / ‖X Wᵀ + b‖_F,        W ← c W,   b ← c b,
+
+one factor per layer (its groups together). The energies are sums over rows, so they add across
+batches and processes like the statistics of the solve, and the factor is the same on every
+process. Where the own output is zero (a zero-initialized layer) or either energy is not a positive
+finite number, the factor is 1: the solve's scale is kept.
+
+A layer followed by a normalization (Conv → BatchNorm) computes the same function after the
+rescaling (up to the normalization's ε), so only layers whose output scale reaches the network
+— residual branches, attention projections, the head's logits — change what the network computes.
+
+This module imports no Lightning.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from lightning_sylv.stats import InputStats
+
+__all__ = ["SCALES", "Scale", "energy_from_rows", "energy_from_stats", "gain_factor"]
+
+Scale = Literal["solve", "own"]
+#: Ways to set the scale of a solved layer: ``"solve"`` as solved, ``"own"`` at the gain of the
+#: layer's weights before the init on the same input.
+SCALES: tuple[str, ...] = ("solve", "own")
+
+
+def energy_from_rows(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``Σ_g ‖X_g W_gᵀ + b_g‖²_F``: the squared output norm of a layer on its input rows.
+
+    Args:
+        x: Rows ``(groups, n, d)``.
+        weight: ``(groups, d_out, d)``.
+        bias: ``(groups, d_out)`` or ``None``.
+
+    Returns:
+        A 0-dim float64 tensor on ``x``'s device. Costs one pass of the layer over the rows,
+        ``O(groups · n · d · d_out)``.
+
+    Example:
+        >>> import torch
+        >>> x, w = torch.ones(1, 3, 2), torch.ones(1, 1, 2)
+        >>> float(energy_from_rows(x, w, torch.zeros(1, 1)))
+        12.0
+    """
+    out = torch.baddbmm(bias.unsqueeze(1).to(x.dtype), x, weight.to(x.dtype).mT) if bias is not None else (
+        x @ weight.to(x.dtype).mT
+    )
+    return out.to(torch.float64).square().sum()
+
+
+def energy_from_stats(stats: InputStats, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """:func:`energy_from_rows` from the rows' sums instead of the rows.
+
+    ``‖X Wᵀ + 1 bᵀ‖² = tr(W (XᵀX) Wᵀ) + 2 bᵀ W (Xᵀ1) + n ‖b‖²``, per group.
+
+    Args:
+        stats: Sums of the rows, ``gram_x`` ``(groups, d, d)`` or ``(d, d)`` and ``sum_x``.
+        weight: ``(groups, d_out, d)``.
+        bias: ``(groups, d_out)`` or ``None``.
+
+    Returns:
+        A 0-dim float64 tensor; ``O(groups · d² · d_out)``.
+
+    Example:
+        >>> import torch
+        >>> x, w, b = torch.randn(1, 50, 4, dtype=torch.float64), torch.randn(1, 3, 4), torch.randn(1, 3)
+        >>> s = InputStats.from_rows(x)
+        >>> bool(torch.isclose(energy_from_stats(s, w, b), energy_from_rows(x, w, b)))
+        True
+    """
+    w = weight.to(torch.float64)
+    gram = stats.gram_x.to(torch.float64)
+    energy = torch.einsum("...od,...de,...oe->", w, gram, w)
+    if bias is not None:
+        b = bias.to(torch.float64)
+        energy = energy + 2 * torch.einsum("...o,...od,...d->", b, w, stats.sum_x.to(torch.float64))
+        energy = energy + stats.n.to(torch.float64) * b.square().sum()
+    return energy
+
+
+def gain_factor(own: float, solved: float) -> float:
+    """The factor ``sqrt(own / solved)`` that gives a solved layer its own output energy.
+
+    Args:
+        own: Output energy of the layer's weights before the init (:func:`energy_from_rows`).
+        solved: Output energy of the solved weights on the same rows.
+
+    Returns:
+        The factor, or ``1.0`` (keep the solve's scale) when either energy is not a positive finite
+        number: a zero-initialized layer has no scale to copy.
+
+    Example:
+        >>> gain_factor(1.0, 4.0)
+        0.5
+        >>> gain_factor(0.0, 4.0)
+        1.0
+    """
+    if not (math.isfinite(own) and math.isfinite(solved)) or own <= 0 or solved <= 0:
+        return 1.0
+    return math.sqrt(own / solved)

@@ -1,0 +1,178 @@
+"""lightning_sylv.scale: solved directions at the model's own output gain (``scale="own"``)."""
+
+import copy
+import threading
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lightning_sylv import sylvester_init_
+from lightning_sylv.scale import energy_from_rows, energy_from_stats, gain_factor
+from lightning_sylv.stats import InputStats
+
+
+def _reference_energy(x, w, b):
+    out = np.einsum("gnd,god->gno", x, w)
+    if b is not None:
+        out = out + b[:, None, :]
+    return float((out**2).sum())
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_energies_from_rows_and_from_sums_match_numpy(with_bias):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 40, 5, generator=g, dtype=torch.float64) + 2.0
+    w = torch.randn(3, 4, 5, generator=g, dtype=torch.float64)
+    b = torch.randn(3, 4, generator=g, dtype=torch.float64) if with_bias else None
+    want = _reference_energy(x.numpy(), w.numpy(), None if b is None else b.numpy())
+    assert float(energy_from_rows(x, w, b)) == pytest.approx(want, rel=1e-12)
+    assert float(energy_from_stats(InputStats.from_rows(x), w, b)) == pytest.approx(want, rel=1e-12)
+
+
+@pytest.mark.parametrize(("own", "solved", "want"), [(4.0, 1.0, 2.0), (0.0, 3.0, 1.0), (1.0, 0.0, 1.0),
+                                                     (float("nan"), 1.0, 1.0), (1.0, float("inf"), 1.0)])
+def test_gain_factor(own, solved, want):
+    assert gain_factor(own, solved) == want
+
+
+def _mlp(d: int, hidden: int) -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, 3))
+
+
+def _energy(layer: nn.Linear, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(layer(x).double().square().sum())
+
+
+@pytest.mark.parametrize(
+    ("n", "d", "options", "mode"),
+    [
+        (120, 6, {}, "gram"),  # more rows than inputs: from the sums
+        (30, 60, {}, "span"),  # fewer rows than inputs: in the rows' span
+        (400, 200, {"solver": "randomized"}, "randomized"),  # a randomized subspace of the rows
+        (60, 6, {"latent": "ica"}, "rows"),  # a code that needs the rows themselves
+    ],
+)
+def test_own_scale_is_the_solved_layer_at_its_own_output_energy(n, d, options, mode):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, d, generator=g) * 3 + 1, torch.arange(n) % 3
+    own, solved, scaled = _mlp(d, 4), _mlp(d, 4), _mlp(d, 4)
+    sylvester_init_(solved, x, y, scale="solve", **options)
+    report = sylvester_init_(scaled, x, y, **options)  # scale="own" is the default
+    first = report.layers[0]
+    assert first.solver.startswith(mode)
+    # Same directions, another size: the own layer's output energy on the same input.
+    c = first.gain
+    assert c != pytest.approx(1.0, abs=1e-3)
+    torch.testing.assert_close(scaled[0].weight, c * solved[0].weight, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(scaled[0].bias, c * solved[0].bias, rtol=1e-5, atol=1e-7)
+    assert _energy(scaled[0], x) == pytest.approx(_energy(own[0], x), rel=1e-5)
+    assert report.layers[-1].gain == 1.0  # the head keeps the solve's scale by default
+
+
+def test_head_scale_own_rescales_the_logits_and_keeps_the_predictions():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(90, 6, generator=g), torch.arange(90) % 3
+    own, solved, scaled = _mlp(6, 8), _mlp(6, 8), _mlp(6, 8)
+    sylvester_init_(solved, x, y)
+    report = sylvester_init_(scaled, x, y, head_scale="own")
+    assert report.layers[0].gain != 1.0
+    hidden = torch.relu(scaled[0](x))
+    assert _energy(scaled[2], hidden) == pytest.approx(_energy(own[2], hidden), rel=1e-5)
+    assert torch.equal(scaled(x).argmax(1), solved(x).argmax(1))
+
+
+def test_a_layer_followed_by_batchnorm_computes_the_same_function():
+    torch.manual_seed(0)
+    base = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
+    )  # fmt: skip
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(60, 3, 8, 8, generator=g), torch.arange(60) % 3
+    solved, scaled = copy.deepcopy(base), copy.deepcopy(base)
+    sylvester_init_(solved, x, y, scale="solve")
+    report = sylvester_init_(scaled, x, y, scale="own")
+    assert all(r.gain != 1.0 for r in report.layers[:-1])
+    assert not torch.allclose(scaled[3].weight, solved[3].weight)
+    # BatchNorm (recalibrated on the subset) undoes the factor: same features, same head.
+    solved.eval(), scaled.eval()
+    torch.testing.assert_close(scaled[:-1](x), solved[:-1](x), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(scaled[-1].weight, solved[-1].weight, rtol=1e-4, atol=1e-5)
+
+
+def test_a_zero_initialized_layer_keeps_the_solved_scale():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(90, 6, generator=g), torch.arange(90) % 3
+    solved, scaled = _mlp(6, 8), _mlp(6, 8)
+    for m in (solved, scaled):
+        nn.init.zeros_(m[0].weight), nn.init.zeros_(m[0].bias)
+    sylvester_init_(solved, x, y, scale="solve")
+    report = sylvester_init_(scaled, x, y, scale="own")
+    assert report.layers[0].gain == 1.0
+    torch.testing.assert_close(scaled[0].weight, solved[0].weight)
+
+
+def test_attention_projections_take_their_own_gain():
+    torch.manual_seed(0)
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.head = nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.head(self.attn(x, x, x, need_weights=False)[0].mean(1))
+
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(30, 5, 8, generator=g) * 4, torch.arange(30) % 3
+    own, scaled = Block(), Block()
+    scaled.load_state_dict(own.state_dict())
+    report = sylvester_init_(scaled, x, y, scale="own", patches_per_image=None)
+    gains = {r.name: r.gain for r in report.layers}
+    assert gains["attn.in_proj"] != 1.0 and gains["attn.out_proj"] != 1.0
+    tokens = x.reshape(-1, 8).double()
+    q_own, q_new = own.attn.in_proj_weight[:8].double(), scaled.attn.in_proj_weight[:8].double()
+    b_own, b_new = own.attn.in_proj_bias[:8].double(), scaled.attn.in_proj_bias[:8].double()
+    energy = lambda w, b: float((tokens @ w.T + b).detach().square().sum())  # noqa: E731
+    assert energy(q_new, b_new) == pytest.approx(energy(q_own, b_own), rel=1e-5)
+
+
+def test_processes_agree_on_the_gain_and_match_one_process():
+    from tests.test_engine import _ThreadAllReduce
+
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(80, 6, generator=g) * 2, torch.arange(80) % 3
+    whole = _mlp(6, 4)
+    sylvester_init_(whole, x, y, scale="own", head_scale="own")
+    shards = [(x[0::2], y[0::2]), (x[1::2], y[1::2])]
+    models = [_mlp(6, 4) for _ in shards]
+    comm = _ThreadAllReduce(2)
+    errors: list[BaseException] = []
+
+    def work(rank: int) -> None:
+        try:
+            sylvester_init_(models[rank], *shards[rank], scale="own", head_scale="own", reduce=comm.for_rank(rank))
+        except BaseException as err:  # surfaced below
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for m in models:
+        for a, b in zip(m.parameters(), whole.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("arg", "value"), [("scale", "model"), ("head_scale", None)])
+def test_unknown_scales_are_refused(arg, value):
+    with pytest.raises(ValueError, match=f"{arg} must be one of"):
+        sylvester_init_(_mlp(6, 4), torch.randn(9, 6), torch.arange(9) % 3, **{arg: value})
