@@ -230,6 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--jsonl", help="append each run's record here (runs already in it are skipped)")
     p.add_argument("--markdown", help="write the table of every run in --jsonl (these shots/epochs) to this file")
     p.add_argument("--figure", help="write the mean curves of every run in --jsonl (these shots/epochs) as a PNG")
+    p.add_argument("--report", action="store_true", help="run nothing: only the table and figure of --jsonl")
     args = p.parse_args(argv)
     if not 1 <= args.init_spc <= args.shots:
         p.error(f"--init-spc must be in [1, --shots], got {args.init_spc}")
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
         done = [json.loads(line) for line in Path(args.jsonl).read_text().splitlines() if line.strip()]
     options = json.loads(args.init_options)
     key = ("model", "init", "options", "seed", "shots", "init_spc", "epochs", "lr")
-    for model_name in args.models:
+    for model_name in [] if args.report else args.models:
         for seed in args.seeds:
             for init in args.inits:
                 opts = options if init == "sylvester" else {}
@@ -258,7 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.figure:
         title = f"CIFAR-10, {args.shots} images per class, {args.epochs} epochs (mean of seeds)"
         figure(budget, args.figure, title)
-    print(markdown([r for r in budget if r["model"] in args.models]))
+    print(markdown(budget if args.report else [r for r in budget if r["model"] in args.models]))
 
 
 if __name__ == "__main__":
