@@ -24,7 +24,7 @@ class LayerReport:
         groups: Number of independent problems solved (convolution groups).
         rows: Rows used (samples, or samples x patches), summed over processes.
         code: Name of the latent code.
-        encoding_loss: ``‖X Wᵀ − S‖² / ‖S‖²`` (mean over groups).
+        encoding_loss: ``‖X Wᵀ − S‖² / ‖S‖²`` (mean over groups) of the solve, before ``gain``.
         decoding_loss: ``‖X − S W‖² / ‖X‖²`` (mean over groups).
         residual: Largest relative residual of the Sylvester solve over groups.
         cond_a: Largest condition number of ``A = SᵀS``.
@@ -112,13 +112,15 @@ def format_table(report: InitReport, samples: int | None = None) -> str:
     """
     lines = [
         f"  {'layer':<28} {'type':<7} {'in':>6} {'out':>5} {'grp':>4} {'rows':>7} {'rows/smp':>8} {'code':<7} "
-        f"{'enc.loss':>9} {'dec.loss':>9} {'residual':>9} {'cond A':>8} {'cond B':>8} {'drop':>5} {'time s':>7}"
+        f"{'enc.loss':>9} {'dec.loss':>9} {'residual':>9} {'cond A':>8} {'cond B':>8} {'drop':>5} {'gain':>7} "
+        f"{'time s':>7}"
     ]
     for r in report.layers:
         lines.append(
             f"  {r.name[:28]:<28} {r.kind[:7]:<7} {r.in_features:>6} {r.out_features:>5} {r.groups:>4} {r.rows:>7} "
             f"{_rows_per_sample(r, samples):>8} {r.code[:7]:<7} {r.encoding_loss:>9.4f} {r.decoding_loss:>9.4f} "
-            f"{r.residual:>9.1e} {_sci(r.cond_a):>8} {_sci(r.cond_b):>8} {r.dropped:>5} {r.seconds:>7.3f}"
+            f"{r.residual:>9.1e} {_sci(r.cond_a):>8} {_sci(r.cond_b):>8} {r.dropped:>5} {r.gain:>7.3g} "
+            f"{r.seconds:>7.3f}"
         )
     for name, why in report.skipped.items():
         lines.append(f"  skipped {name}: {why}")
@@ -138,7 +140,7 @@ def format_markdown(report: InitReport, samples: int | None = None) -> str:
     """
     head = (
         "| layer | type | in | out | groups | rows | rows/sample | code | encoding loss | decoding loss "
-        "| residual | cond A | cond B | dropped | time s |"
+        "| residual | cond A | cond B | dropped | gain | time s |"
     )
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in report.layers:
@@ -146,7 +148,7 @@ def format_markdown(report: InitReport, samples: int | None = None) -> str:
         lines.append(
             f"| {name} | {r.kind} | {r.in_features} | {r.out_features} | {r.groups} | {r.rows} "
             f"| {_rows_per_sample(r, samples)} | {r.code} | {r.encoding_loss:.4f} | {r.decoding_loss:.4f} "
-            f"| {r.residual:.1e} | {_sci(r.cond_a)} | {_sci(r.cond_b)} | {r.dropped} | {r.seconds:.3f} |"
+            f"| {r.residual:.1e} | {_sci(r.cond_a)} | {_sci(r.cond_b)} | {r.dropped} | {r.gain:.3g} | {r.seconds:.3f} |"
         )
     summary = (
         f"{len(report.layers)} layer(s) initialized in {report.seconds:.3f} s, {report.passes} forward pass(es)"
@@ -160,7 +162,7 @@ def format_markdown(report: InitReport, samples: int | None = None) -> str:
 
 
 #: Per-layer fields reported as scalars by :func:`layer_scalars`.
-SCALAR_FIELDS = ("encoding_loss", "decoding_loss", "residual", "cond_a", "cond_b", "dropped", "rows", "seconds")
+SCALAR_FIELDS = ("encoding_loss", "decoding_loss", "residual", "cond_a", "cond_b", "dropped", "gain", "rows", "seconds")
 
 
 def layer_scalars(report: InitReport, prefix: str = "sylvester/layer") -> dict[str, float]:

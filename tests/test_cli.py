@@ -82,7 +82,7 @@ def test_python_dash_m_help_lists_every_documented_argument(tmp_path, callback):
     # Readable: no expansion of every nn.Module subclass (FuseInit's Python-only teacher printed 525
     # lines), no Sphinx roles, and the latent codes listed.
     lines = proc.stdout.splitlines()
-    assert len(lines) < 160, len(lines)
+    assert len(lines) < 200, len(lines)
     assert not re.search(r":(data|class|func|mod|meth|attr):`", proc.stdout)
     if callback == "SylvesterInit":
         assert '"pca", "signed_pca", "rotated_pca", "rotated_signed_pca", "onehot"' in " ".join(proc.stdout.split())

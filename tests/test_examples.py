@@ -177,10 +177,15 @@ def test_zoo_train_augmentation_and_table_need_no_torchvision():
         kept = out[i][out[i] != 0]
         assert set(kept.tolist()) <= set(x[i].flatten().tolist()) and len(set(kept.tolist())) == kept.numel()
     rows = [
-        {"model": "m", "init": init, "seed": s, "initial_acc": 10.0 + s, "final_acc": 40.0 + s,
-         "init_s": 1.0, "train_s": 2.0, "wall_s": 3.0}
-        for init in ("own", "sylvester") for s in range(3)
+        {"model": "m", "init": init, "seed": s, "epochs": 3, "initial_acc": 10.0 + s, "final_acc": 40.0 + s + bonus,
+         "curve": [30.0 + bonus, 35.0 + bonus, 40.0 + s + bonus], "init_s": 1.0, "train_s": 2.0, "wall_s": 3.0}
+        for init, bonus in (("own", 0.0), ("sylvester", 2.0)) for s in range(3)
     ]  # fmt: skip
+    rows.append({**rows[-1], "options": {"scale": "solve"}, "final_acc": 30.0, "curve": [20.0, 25.0, 30.0]})
     table = zoo_train.markdown(rows)
-    assert "| m | own | 11.00 ± 1.00 (n=3) | 41.00 ± 1.00 (n=3) | 3.0 (1.00 + 2.0) |" in table
+    # own's mean final is 41: Sylvester's mean curve (32, 37, 43) reaches it at epoch 3 of 3.
+    assert "| m | own | 11.00 ± 1.00 (n=3) | 41.00 ± 1.00 (n=3) |  | 3 of 3 | 3.0 (1.00 + 2.0) |" in table
+    assert "| m | sylvester | 11.00 ± 1.00 (n=3) | 43.00 ± 1.00 (n=3) | +2.00 | 3 of 3 |" in table
+    assert "| m | sylvester scale=solve | 12.00 (n=1) | 30.00 (n=1) | -11.00 | never (3) |" in table
     assert "lsuv" not in table
+    assert zoo_train.reach_epoch([1.0, 5.0, 9.0], 5.0) == 2 and zoo_train.reach_epoch([1.0], 5.0) is None

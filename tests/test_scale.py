@@ -176,3 +176,16 @@ def test_processes_agree_on_the_gain_and_match_one_process():
 def test_unknown_scales_are_refused(arg, value):
     with pytest.raises(ValueError, match=f"{arg} must be one of"):
         sylvester_init_(_mlp(6, 4), torch.randn(9, 6), torch.arange(9) % 3, **{arg: value})
+
+
+def test_the_report_shows_each_layers_gain():
+    from lightning_sylv.report import format_markdown, format_table, layer_scalars
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(90, 6, generator=g), torch.arange(90) % 3
+    report = sylvester_init_(_mlp(6, 8), x, y)
+    gain = report.layers[0].gain
+    assert gain != 1.0 and report.layers[1].gain == 1.0
+    assert "gain" in format_table(report).splitlines()[0] and f"{gain:.3g}" in format_table(report)
+    assert f"| {gain:.3g} |" in format_markdown(report)
+    assert layer_scalars(report)["sylvester/layer/0/gain"] == pytest.approx(gain)
