@@ -10,7 +10,8 @@ per class of the training split for ``--epochs`` epochs, after one of three init
 
 The init subset is ``--init-spc`` images per class drawn from the training shots (the zoo
 benchmark's 20 by default, so LSUV, which runs the model once per layer and correction, stays cheap).
-Training: AdamW (lr ``--lr``, weight decay 0.05), cosine schedule over ``--epochs``, batch 128,
+Training: AdamW (lr ``--lr``, weight decay 0.05), cosine schedule over ``--epochs`` (after a linear
+warmup of ``--warmup-epochs``, none by default), batch 128,
 random crop (padding 4) and horizontal flip, BatchNorm in training mode. Accuracy is measured on
 2,000 validation images held out of the training set (the test set is never read) after the init and
 after every epoch; each run appends one JSON line to ``--jsonl`` (runs already there are skipped, so
@@ -97,7 +98,12 @@ def run_one(
 
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.05)
     steps_per_epoch = -(-len(xt) // args.batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs * steps_per_epoch)
+    warm = args.warmup_epochs * steps_per_epoch
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs * steps_per_epoch - warm)
+    sched: Any = cosine
+    if warm:
+        ramp = torch.optim.lr_scheduler.LinearLR(opt, start_factor=1.0 / (warm + 1), total_iters=warm)
+        sched = torch.optim.lr_scheduler.SequentialLR(opt, [ramp, cosine], milestones=[warm])
     g = torch.Generator().manual_seed(seed)
     t1 = time.perf_counter()
     for _ in range(args.epochs):
@@ -117,6 +123,7 @@ def run_one(
     return {
         "model": model_name, "init": init, "options": options if init == "sylvester" else {}, "seed": seed,
         "shots": args.shots, "init_spc": args.init_spc, "epochs": args.epochs, "lr": args.lr,
+        **({"warmup_epochs": args.warmup_epochs} if args.warmup_epochs else {}),
         "initial_acc": initial, "final_acc": curve[-1], "curve": curve, "init_s": init_s, "train_s": train_s,
         "wall_s": init_s + train_s, "threads": args.threads, "torch": torch.__version__,
         "date": time.strftime("%Y-%m-%d"),
@@ -126,7 +133,8 @@ def run_one(
 def label(r: dict[str, Any]) -> str:
     """The row label of a run: its init, with any Sylvester options."""
     opts = r.get("options") or {}
-    return r["init"] + "".join(f" {k}={v}" for k, v in sorted(opts.items()))
+    warm = f" (warmup {r['warmup_epochs']})" if r.get("warmup_epochs") else ""
+    return r["init"] + "".join(f" {k}={v}" for k, v in sorted(opts.items())) + warm
 
 
 def _groups(rows: list[dict[str, Any]]) -> dict[str, dict[str, list[dict[str, Any]]]]:
@@ -223,6 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--init-spc", type=int, default=20, help="images per class of the init subset")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup-epochs", type=int, default=0, help="linear warmup of the lr before the cosine")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--val", type=int, default=2000)
     p.add_argument("--threads", type=int, default=1)
@@ -232,20 +241,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--figure", help="write the mean curves of every run in --jsonl (these shots/epochs) as a PNG")
     p.add_argument("--report", action="store_true", help="run nothing: only the table and figure of --jsonl")
     args = p.parse_args(argv)
+    if not 0 <= args.warmup_epochs < args.epochs:
+        p.error(f"--warmup-epochs must be in [0, --epochs), got {args.warmup_epochs}")
     if not 1 <= args.init_spc <= args.shots:
         p.error(f"--init-spc must be in [1, --shots], got {args.init_spc}")
     done: list[dict[str, Any]] = []
     if args.jsonl and Path(args.jsonl).exists():
         done = [json.loads(line) for line in Path(args.jsonl).read_text().splitlines() if line.strip()]
     options = json.loads(args.init_options)
-    key = ("model", "init", "options", "seed", "shots", "init_spc", "epochs", "lr")
+    key = ("model", "init", "options", "seed", "shots", "init_spc", "epochs", "lr", "warmup_epochs")
     for model_name in [] if args.report else args.models:
         for seed in args.seeds:
             for init in args.inits:
                 opts = options if init == "sylvester" else {}
-                values = (model_name, init, opts, seed, args.shots, args.init_spc, args.epochs, args.lr)
+                values = (
+                    model_name, init, opts, seed, args.shots, args.init_spc, args.epochs, args.lr, args.warmup_epochs
+                )
                 want = dict(zip(key, values))
-                if any(all(r.get(k, {} if k == "options" else None) == v for k, v in want.items()) for r in done):
+                absent = {"options": {}, "warmup_epochs": 0}
+                if any(all(r.get(k, absent.get(k)) == v for k, v in want.items()) for r in done):
                     continue
                 row = run_one(args, model_name, init, seed, opts)
                 print(json.dumps(row), flush=True)
@@ -253,7 +267,8 @@ def main(argv: list[str] | None = None) -> None:
                 if args.jsonl:
                     with open(args.jsonl, "a") as f:
                         f.write(json.dumps(row) + "\n")
-    budget = [r for r in done if (r["shots"], r["epochs"], r["init_spc"]) == (args.shots, args.epochs, args.init_spc)]
+    setting = (args.shots, args.epochs, args.init_spc, args.warmup_epochs)
+    budget = [r for r in done if (r["shots"], r["epochs"], r["init_spc"], r.get("warmup_epochs", 0)) == setting]
     if args.markdown:
         Path(args.markdown).write_text(markdown(budget) + "\n")
     if args.figure:

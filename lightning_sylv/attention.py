@@ -71,21 +71,21 @@ class InProjectionJob:
         self._proxies = {
             k: nn.Linear(d, e, bias=bias, device=weight.device, dtype=weight.dtype) for k, d in dims.items()
         }
+        # Each projection is its own job, also in self-attention where all three read the same tokens:
+        # a rotated code then gives q, k and v independent rotations of the same principal subspace, so
+        # the logits q·k are not a Gram matrix of the tokens (one fit shared by q and k would make every
+        # token attend to itself first), as with independently drawn random projections.
         self._jobs = {k: make_job(p, f"{self.name}.{k}") for k, p in self._proxies.items()}
-        self._shared: bool | None = None
+        self._started = False
 
     def add_call(self, args: tuple[Any, ...], kwargs: dict[str, Any], labels: Tensor | None) -> None:
         """Rows of the query, key and value tokens of one call."""
         call = _bind(self.module, args, kwargs)
-        if self._shared is None:
+        if not self._started:
             self._copy_own_weights()
-        q, k, v = call["query"], call["key"], call["value"]
-        shared = k is q and v is q and self.module._qkv_same_embed_dim
-        self._shared = shared if self._shared is None else self._shared and shared
-        self._jobs["q"].add(_batch_major(self.module, q), labels)
-        if not shared:
-            self._jobs["k"].add(_batch_major(self.module, k), labels)
-            self._jobs["v"].add(_batch_major(self.module, v), labels)
+            self._started = True
+        for key in ("query", "key", "value"):
+            self._jobs[key[0]].add(_batch_major(self.module, call[key]), labels)
 
     def _copy_own_weights(self) -> None:
         """Give the proxies the module's current q/k/v weights (the reference of ``scale="own"``).
@@ -103,10 +103,9 @@ class InProjectionJob:
 
     def finish(self, reduce: Callable[[Tensor], Tensor] | None = None) -> LayerReport:
         """Solve the projections and write them into the module's (packed) weights."""
-        keys = ("q",) if self._shared else ("q", "k", "v")
-        reports = [self._jobs[k].finish(reduce) for k in keys]
+        reports = [self._jobs[k].finish(reduce) for k in ("q", "k", "v")]
         m, e = self.module, self.module.embed_dim
-        proxies = [self._proxies["q" if self._shared else key] for key in ("q", "k", "v")]
+        proxies = [self._proxies[key] for key in ("q", "k", "v")]
         # Whole tensors only (write_ slices a sharded parameter by its own layout, never by q/k/v).
         with torch.no_grad():
             if m._qkv_same_embed_dim:

@@ -251,7 +251,7 @@ def test_multihead_attention_projections_are_initialized(batch_first):
     assert not report.skipped  # out_proj is not "not executed"
     assert not torch.equal(model.attn.in_proj_weight, before_in)
     assert not torch.equal(model.attn.out_proj.weight, before_out)
-    # Self-attention: one fit serves the query, key and value slices.
+    # Self-attention with a deterministic code: the query, key and value fits of the same tokens agree.
     w = model.attn.in_proj_weight
     torch.testing.assert_close(w[:16], w[16:32])
     # out_proj was fitted on the attention output of the new projections: it is the PCA of that output.
@@ -265,6 +265,27 @@ def test_multihead_attention_projections_are_initialized(batch_first):
     rows = ctx.transpose(0, 1).reshape(-1, 16).double()
     ref = fit_layer(rows, PCACode().fit(rows, 16), 10.0, fit_bias=True)
     torch.testing.assert_close(model.attn.out_proj.weight.double(), ref.weight, atol=1e-4, rtol=1e-4)
+
+
+def test_self_attention_gets_independent_rotations_of_one_fit():
+    # The default rotated code: q, k and v are the same solve in independently rotated output bases
+    # (W_k = Q W_q with Q orthogonal, so W_kᵀ W_k = W_qᵀ W_q), hence logits q·k that are not a Gram
+    # matrix of the tokens, as with the model's own independent random projections.
+    torch.manual_seed(0)
+    model = _AttentionBlock(batch_first=True)
+    x = torch.randn(30, 12, 8, generator=_gen(9))
+    sylvester_init_(model, x, _labels(30, 10), scale="solve")
+    wq, wk, wv = model.attn.in_proj_weight.detach().double().split(16)
+    assert not torch.allclose(wq, wk, atol=1e-3) and not torch.allclose(wk, wv, atol=1e-3)
+    torch.testing.assert_close(wk.T @ wk, wq.T @ wq, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(wv.T @ wv, wq.T @ wq, rtol=1e-4, atol=1e-5)
+    with torch.no_grad():
+        h = model.embed(x)
+        q, k = h @ wq.float().T, h @ wk.float().T
+        logits = q @ k.transpose(1, 2)
+        # Not dominated by the diagonal, as q = k would make it (each token's own logit is the largest).
+        self_first = (logits.argmax(-1) == torch.arange(12)).float().mean()
+        assert self_first < 0.5, float(self_first)
 
 
 class _LayerScaleBlock(nn.Module):
