@@ -44,9 +44,15 @@ import torch
 from torch import Tensor, nn
 
 from lightning_sylv._batch import batch_len, default_forward, slice_batch
-from lightning_sylv._checks import check_choice
+from lightning_sylv._checks import (
+    check_choice,
+    check_nonnegative_int,
+    check_patterns,
+    check_positive_int,
+    check_positive_number,
+)
 from lightning_sylv.attention import attention_jobs
-from lightning_sylv.codes import LatentCode, resolve_code
+from lightning_sylv.codes import CODES, LatentCode, resolve_code
 from lightning_sylv.layer_init import SOLVERS, LayerJob, code_uses_stats
 from lightning_sylv.modules import NORMS, model_device
 from lightning_sylv.passes import (
@@ -61,7 +67,15 @@ from lightning_sylv.report import InitReport, LayerReport
 from lightning_sylv.rows import SUPPORTED_LAYERS
 from lightning_sylv.scale import SCALES, Scale
 
-__all__ = ["InitReport", "LayerReport", "SylvesterInitError", "execution_order", "sylvester_init_", "units"]
+__all__ = [
+    "InitReport",
+    "LayerReport",
+    "SylvesterInitError",
+    "check_arguments",
+    "execution_order",
+    "sylvester_init_",
+    "units",
+]
 
 
 
@@ -106,6 +120,50 @@ def _untouched(model: nn.Module, written: set[nn.Module]) -> tuple[dict[str, str
             for n, _ in own:
                 params[f"{name}.{n}" if name else n] = f"parameter of {type(m).__name__} (not a layer; kept)"
     return layers, params
+
+
+def check_arguments(
+    *,
+    layers: Any,
+    latent: Any,
+    head_latent: Any,
+    lam: Any,
+    patches_per_image: Any,
+    head: Any,
+    batch_size: Any,
+    solver: Any,
+    power_iterations: Any,
+    num_classes: Any,
+    scale: Any,
+    head_scale: Any,
+) -> None:
+    """The checks of :func:`sylvester_init_`'s options, one per argument, shared with
+    :class:`~lightning_sylv.SylvesterInit` (which runs them when it is constructed).
+
+    ``layers`` is ``"all"``, ``"head"`` or a list of non-empty strings (layer names for the function,
+    name patterns for the callback); codes are names in :data:`~lightning_sylv.codes.CODES` or
+    :class:`~lightning_sylv.codes.LatentCode` instances.
+
+    Raises:
+        ValueError: Naming the first invalid argument and its value.
+    """
+    if isinstance(layers, str):
+        check_choice("layers", layers, ("all", "head"))
+    else:
+        check_patterns("layers", layers)
+    for name, code in (("latent", latent), ("head_latent", head_latent)):
+        if not isinstance(code, LatentCode):
+            check_choice(name, code, CODES)
+    check_positive_number("lam", lam)
+    check_positive_int("patches_per_image", patches_per_image, allow_none=True)
+    if head is not None and (not isinstance(head, str) or not head):
+        raise ValueError(f"head must be a module name or None, got {head!r}")
+    check_positive_int("batch_size", batch_size, allow_none=True)
+    check_choice("solver", solver, SOLVERS)
+    check_nonnegative_int("power_iterations", power_iterations)
+    check_positive_int("num_classes", num_classes, allow_none=True)
+    check_choice("scale", scale, SCALES)
+    check_choice("head_scale", head_scale, SCALES)
 
 
 def sylvester_init_(
@@ -219,24 +277,13 @@ def sylvester_init_(
         >>> report.passes
         1
     """
-    if isinstance(layers, str) and layers not in ("all", "head"):
-        raise ValueError(f"layers must be 'all', 'head' or a list of layer names, got {layers!r}")
-    if not lam > 0:
-        raise ValueError(f"lam must be > 0, got {lam!r}")
+    check_arguments(
+        layers=layers, latent=latent, head_latent=head_latent, lam=lam, patches_per_image=patches_per_image,
+        head=head, batch_size=batch_size, solver=solver, power_iterations=power_iterations, num_classes=num_classes,
+        scale=scale, head_scale=head_scale,
+    )  # fmt: skip
     if not all(v > 0 for v in (lams or {}).values()):
         raise ValueError(f"every value of lams must be > 0, got {lams!r}")
-    if patches_per_image is not None and patches_per_image < 1:
-        raise ValueError(f"patches_per_image must be >= 1 or None, got {patches_per_image!r}")
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1 or None, got {batch_size!r}")
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {list(SOLVERS)}, got {solver!r}")
-    if isinstance(power_iterations, bool) or not isinstance(power_iterations, int) or power_iterations < 0:
-        raise ValueError(f"power_iterations must be an int >= 0, got {power_iterations!r}")
-    check_choice("scale", scale, SCALES)
-    check_choice("head_scale", head_scale, SCALES)
-    if num_classes is not None and num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1 or None, got {num_classes!r}")
     hidden_code, head_code = resolve_code(latent), resolve_code(head_latent)
     overrides = {name: resolve_code(c) for name, c in (codes or {}).items()}
     start = time.perf_counter()

@@ -62,3 +62,28 @@ def test_callback_and_function_write_the_same_weights(tmp_path, make_trainer, ca
     assert set(got) <= set(want)  # the callback drops the low-rank layers' stored full weights
     for k in got:
         torch.testing.assert_close(got[k], want[k], rtol=1e-6, atol=1e-7, msg=k)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"layers": "body"}, {"layers": ["net.*", ""]}, {"latent": "svd"}, {"head_latent": 3}, {"lam": 0},
+        {"lam": float("nan")}, {"patches_per_image": 0}, {"head": ""}, {"batch_size": 0}, {"solver": "fast"},
+        {"num_classes": 0}, {"scale": "model"}, {"head_scale": None},
+    ],
+    ids=lambda d: next(iter(d)),
+)
+def test_the_callback_and_the_function_refuse_an_argument_with_the_same_message(bad):
+    """One validator (engine.check_arguments) serves both: the callback at construction, the function
+    before it touches the model."""
+    from torch import nn
+
+    with pytest.raises(ValueError) as by_callback:
+        SylvesterInit(**bad)
+    model = nn.Sequential(nn.Linear(4, 3))
+    before = model[0].weight.detach().clone()
+    with pytest.raises(ValueError) as by_function:
+        sylvester_init_(model, torch.randn(6, 4), torch.arange(6) % 3, **bad)
+    assert str(by_callback.value) == str(by_function.value)
+    assert str(by_callback.value).startswith(next(iter(bad)) + " must be")
+    assert torch.equal(model[0].weight, before)

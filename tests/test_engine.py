@@ -244,7 +244,7 @@ def test_bad_arguments():
     model, x, y = tiny_mlp(), torch.randn(6, 1, 4, 4), torch.arange(3).repeat(2)
     with pytest.raises(ValueError, match="layers must be"):
         sylvester_init_(model, x, y, layers="some")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="lam must be > 0"):
+    with pytest.raises(ValueError, match="lam must be a finite number > 0"):
         sylvester_init_(model, x, y, lam=0)
     with pytest.raises(ValueError, match="patches_per_image"):
         sylvester_init_(model, x, y, patches_per_image=0)

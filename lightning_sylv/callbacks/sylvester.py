@@ -17,16 +17,14 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_sylv._batch import slice_batch
-from lightning_sylv._checks import check_bool, check_choice, check_patterns, check_positive_int
+from lightning_sylv._checks import check_bool, check_choice, check_positive_int
 from lightning_sylv.callbacks._base import DTYPES, DataDrivenInit, FitContext, InitSubset, percent
 from lightning_sylv.callbacks._distributed import gather_across_processes, sum_across_processes
 from lightning_sylv.callbacks._inspection import FeatureInspection
 from lightning_sylv.codes import CODES
-from lightning_sylv.engine import sylvester_init_
-from lightning_sylv.layer_init import SOLVERS
+from lightning_sylv.engine import check_arguments, sylvester_init_
 from lightning_sylv.modules import evaluating, target_modules
 from lightning_sylv.report import InitReport, format_markdown, format_table, layer_scalars
-from lightning_sylv.scale import SCALES
 
 __all__ = ["SylvesterInit"]
 
@@ -177,24 +175,16 @@ class SylvesterInit(DataDrivenInit):
             evaluate=evaluate, eval_batches=eval_batches, verbose=verbose, forward=forward,
             input_key=input_key, label_key=label_key,
         )  # fmt: skip
-        if isinstance(layers, (list, tuple)):
-            check_patterns("layers", layers)
-            layers = list(layers)
-        else:
-            check_choice("layers", layers, ("all", "head"))
-        check_choice("latent", latent, CODES)
-        check_choice("head_latent", head_latent, CODES)
-        check_positive_int("batch_size", batch_size, allow_none=True)
-        if head is not None and (not isinstance(head, str) or not head):
-            raise ValueError(f"head must be a module name or None, got {head!r}")
         check_choice("precision", precision, DTYPES)
-        check_choice("solver", solver, SOLVERS)
-        check_choice("scale", scale, SCALES)
-        check_choice("head_scale", head_scale, SCALES)
+        check_arguments(
+            layers=layers, latent=latent, head_latent=head_latent, lam=lam, patches_per_image=patches_per_image,
+            head=head, batch_size=batch_size, solver=solver, power_iterations=1, num_classes=num_classes,
+            scale=scale, head_scale=head_scale,
+        )  # fmt: skip
+        layers = list(layers) if isinstance(layers, (list, tuple)) else layers
         check_positive_int("embedding_samples", embedding_samples)
         check_bool("log_embeddings", log_embeddings)
         check_bool("log_tsne", log_tsne)
-        check_positive_int("num_classes", num_classes, allow_none=True)
         self.layers = layers
         self.latent = latent
         self.head_latent = head_latent
