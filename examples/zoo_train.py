@@ -181,8 +181,12 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             epochs = rs[0]["epochs"]
             final = statistics.mean(r["final_acc"] for r in rs)
             delta = "" if own_final is None or name == "own" else f"{final - own_final:+.2f}"
-            reach = reach_epoch(_mean_curve(rs), own_final) if own_final is not None else None
-            reached = "—" if own_final is None else f"{reach} of {epochs}" if reach else f"never ({epochs})"
+            curve = _mean_curve(rs)
+            reach = reach_epoch(curve, own_final) if own_final is not None else None
+            if own_final is None or name == "own" or curve is None:
+                reached = "—"  # no reference, the reference itself, or runs recorded without a curve
+            else:
+                reached = f"{reach} of {epochs}" if reach else f"never ({epochs})"
             med = {k: statistics.median(r[k] for r in rs) for k in ("wall_s", "init_s", "train_s")}
             lines.append(
                 f"| {model} | {name} | {ms([r['initial_acc'] for r in rs])} | {ms([r['final_acc'] for r in rs])} "

@@ -184,7 +184,7 @@ def test_zoo_train_augmentation_and_table_need_no_torchvision():
     rows.append({**rows[-1], "options": {"scale": "solve"}, "final_acc": 30.0, "curve": [20.0, 25.0, 30.0]})
     table = zoo_train.markdown(rows)
     # own's mean final is 41: Sylvester's mean curve (32, 37, 43) reaches it at epoch 3 of 3.
-    assert "| m | own | 11.00 ± 1.00 (n=3) | 41.00 ± 1.00 (n=3) |  | 3 of 3 | 3.0 (1.00 + 2.0) |" in table
+    assert "| m | own | 11.00 ± 1.00 (n=3) | 41.00 ± 1.00 (n=3) |  | — | 3.0 (1.00 + 2.0) |" in table
     assert "| m | sylvester | 11.00 ± 1.00 (n=3) | 43.00 ± 1.00 (n=3) | +2.00 | 3 of 3 |" in table
     assert "| m | sylvester scale=solve | 12.00 (n=1) | 30.00 (n=1) | -11.00 | never (3) |" in table
     assert "lsuv" not in table
