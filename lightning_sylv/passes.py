@@ -302,6 +302,58 @@ def _streamed(
     return len(jobs)
 
 
+@contextmanager
+def guarded(
+    model: nn.Module,
+    *,
+    recalibrate_bn: bool = True,
+    on_failure: Callable[[], None] | None = None,
+    error: type[InitializationError] = InitializationError,
+    what: str = "initialization",
+) -> Iterator[tuple[ShardedParams, list[nn.Module]]]:
+    """The model's state around an initialization: all or nothing, and nothing else changed.
+
+    On entry: sharded (FSDP2) parameters resharded, every parameter and buffer snapshot, the model in
+    eval mode with its BatchNorm layers in training mode and reset to cumulative statistics
+    (``recalibrate_bn``), the global RNG forked. On an exception: the model restored from the
+    snapshot, ``on_failure()`` called and the exception raised as ``error``. Always: train/eval modes
+    and BatchNorm momenta put back, the RNG restored, the FSDP modules resharded.
+
+    Yields:
+        ``(shards, batch_norms)``: the :class:`~lightning_sylv.sharding.ShardedParams` the jobs commit
+        through, and the model's BatchNorm layers.
+    """
+    shards = ShardedParams(model)  # first: the snapshot must hold the sharded parameters
+    snap = _snapshot(model)
+    was_training = model.training
+    bn_state = [(m, m.training, m.momentum) for m in model.modules() if isinstance(m, BATCH_NORMS)]
+    bns = [m for m, _, _ in bn_state]
+    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+    # The global RNG is left as it was: training sees the same random stream with or without init.
+    with torch.random.fork_rng(devices=cuda):
+        try:
+            model.eval()
+            if recalibrate_bn:
+                for m in bns:
+                    m.train()  # batch statistics of the new activations during the passes
+                _reset_bn(bns)
+            yield shards, bns
+        except Exception as err:
+            shards.reshard()  # a failed pass leaves its FSDP modules unsharded
+            _restore(model, snap)
+            if on_failure is not None:
+                on_failure()
+            if isinstance(err, error):
+                raise
+            raise error(f"{what} failed, the model was restored: {err}") from err
+        finally:
+            for m, training, momentum in bn_state:
+                m.momentum = momentum
+                m.train(training)
+            model.train(was_training)
+    shards.reshard()  # leave no unsharded copy behind (FSDP keeps a root's after the forward)
+
+
 def run_jobs(
     model: nn.Module,
     inputs: Any,
@@ -344,45 +396,18 @@ def run_jobs(
         InitializationError: ``error``, after the model was restored.
     """
     on_result = on_result or (lambda job, record: None)
-    shards = ShardedParams(model)  # first: the snapshot must hold the sharded parameters
-    snap = _snapshot(model)
-    was_training = model.training
-    bn_state = [(m, m.training, m.momentum) for m in model.modules() if isinstance(m, BATCH_NORMS)]
-    bns = [m for m, _, _ in bn_state]
-    cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
     size = batch_size if batch_size is not None else n_samples
-    streaming = size < n_samples
-    # The global RNG is left as it was: training sees the same random stream with or without init.
-    with torch.random.fork_rng(devices=cuda):
-        try:
-            model.eval()
-            if recalibrate_bn:
-                for m in bns:
-                    m.train()  # batch statistics of the new activations during the passes
-                _reset_bn(bns)
-            if streaming:
-                passes = _streamed(model, inputs, labels, jobs, size, n_samples, reduce, forward, on_result, shards)
-                if recalibrate_bn and bns:  # one more pass: BatchNorm statistics of the final net
-                    _reset_bn(bns)
-                    with torch.no_grad():
-                        for lo in range(0, n_samples, size):
-                            forward(model, slice_batch(inputs, lo, lo + size))
-                    passes += 1
-            else:
-                _one_pass(model, inputs, labels, jobs, reduce, forward, on_result, shards)
-                passes = 1
-        except Exception as err:
-            shards.reshard()  # a failed pass leaves its FSDP modules unsharded
-            _restore(model, snap)
-            if on_failure is not None:
-                on_failure()
-            if isinstance(err, error):
-                raise
-            raise error(f"{what} failed, the model was restored: {err}") from err
-        finally:
-            for m, training, momentum in bn_state:
-                m.momentum = momentum
-                m.train(training)
-            model.train(was_training)
-    shards.reshard()  # leave no unsharded copy behind (FSDP keeps a root's after the forward)
-    return passes
+    with guarded(model, recalibrate_bn=recalibrate_bn, on_failure=on_failure, error=error, what=what) as state:
+        shards, bns = state
+        if size >= n_samples:
+            _one_pass(model, inputs, labels, jobs, reduce, forward, on_result, shards)
+            return 1
+        passes = _streamed(model, inputs, labels, jobs, size, n_samples, reduce, forward, on_result, shards)
+        if recalibrate_bn and bns:  # one more pass: BatchNorm statistics of the final net
+            _reset_bn(bns)
+            with torch.no_grad():
+                for lo in range(0, n_samples, size):
+                    forward(model, slice_batch(inputs, lo, lo + size))
+            passes += 1
+        return passes
+

@@ -1,0 +1,59 @@
+"""lightning_sylv.passes: the guarded model state and the execution order every initializer rides."""
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_sylv.passes import InitializationError, execution_order, guarded
+
+
+class _Failed(InitializationError):
+    pass
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
+
+
+def test_guarded_restores_everything_on_failure_and_wraps_the_error():
+    net = _net().train()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    rng = torch.get_rng_state()
+    cleaned = []
+    expect = pytest.raises(_Failed, match="my init failed, the model was restored: boom")
+    state = guarded(net, on_failure=lambda: cleaned.append(True), error=_Failed, what="my init")
+    with expect as err, state as (_, bns):
+        assert not net.training and bns[0].training and bns[0].momentum is None  # cumulative stats
+        with torch.no_grad():
+            net[0].weight.add_(1.0)
+            net(torch.randn(8, 3))  # moves the BatchNorm statistics and the RNG
+        raise ValueError("boom")
+    assert isinstance(err.value.__cause__, ValueError) and cleaned == [True]
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert net.training and net[1].momentum == 0.1
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_guarded_keeps_the_writes_and_restores_modes_on_success():
+    net = _net().eval()
+    with guarded(net, recalibrate_bn=False) as (_, bns):
+        assert not bns[0].training and bns[0].momentum == 0.1  # no recalibration asked
+        with torch.no_grad():
+            net[0].weight.fill_(2.0)
+    assert torch.equal(net[0].weight, torch.full((4, 3), 2.0)) and not net.training
+
+
+def test_execution_order_follows_the_forward_not_the_definition():
+    class Swapped(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.second, self.first = nn.Linear(4, 2), nn.Linear(3, 4)
+
+        def forward(self, x):
+            return self.second(self.first(x))
+
+    net = Swapped()
+    assert execution_order(net, torch.randn(2, 3)) == ["first", "second"]
+    assert execution_order(net, torch.randn(2, 3), units={net.second: "b"}) == ["b"]
