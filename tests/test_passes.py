@@ -57,3 +57,20 @@ def test_execution_order_follows_the_forward_not_the_definition():
     net = Swapped()
     assert execution_order(net, torch.randn(2, 3)) == ["first", "second"]
     assert execution_order(net, torch.randn(2, 3), units={net.second: "b"}) == ["b"]
+
+
+def test_the_callback_runs_the_subset_through_the_model_once(tmp_path, make_trainer):
+    """Besides probes of at most two samples (the logits check, the trace), the Sylvester callback
+    runs its subset through the model in one forward pass."""
+    from lightning_sylv import SylvesterInit
+    from lightning_sylv.data import DigitsDataModule
+    from lightning_sylv.models import ImageClassifier
+
+    model = ImageClassifier(arch="mlp")
+    sizes: list[int] = []
+    model.net.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
+    cb = SylvesterInit(samples_per_class=5, verbose=False, evaluate=False, log_embeddings=False)
+    trainer = make_trainer(tmp_path, [cb], logger=False, max_steps=0)
+    trainer.fit(model, datamodule=DigitsDataModule())
+    assert cb.report is not None and cb.report.passes == 1
+    assert [n for n in sizes if n > 2] == [50], sizes  # 10 classes x 5 samples, once
