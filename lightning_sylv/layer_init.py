@@ -1,4 +1,4 @@
-"""One layer, start to finish: input activation -> statistics -> code -> solve -> weights written.
+"""One layer, start to finish: input activation -> statistics -> code -> solve -> scale -> weights written.
 
 :class:`LayerJob` collects what one layer needs from one or more batches of its input
 (:meth:`LayerJob.add`), then :meth:`LayerJob.finish` merges across processes if asked, fits the code,
@@ -9,6 +9,8 @@ solves the Sylvester problem for all convolution groups in one batched call and 
   of the row count, the dimensions and the code) decided at the first batch;
 * solve: one private method per mode, ``_solve_gram`` (sums -> the code's moments -> the solve) and
   ``_solve_rows`` (the rows as they are, in their span, or in a randomized subspace);
+* scale: ``_rescaled`` (``scale="own"``): the solved directions at the output energy the layer's own
+  weights have on the same rows, accumulated batch by batch in ``add`` (see :mod:`lightning_sylv.scale`);
 * write: ``_write`` (in place, a sharded parameter's own slice included, see
   :mod:`lightning_sylv.sharding`); report: ``_report``.
 
