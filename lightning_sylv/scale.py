@@ -23,6 +23,12 @@ A layer followed by a normalization (Conv → BatchNorm) computes the same funct
 rescaling (up to the normalization's ε), so only layers whose output scale reaches the network
 — residual branches, attention projections, the head's logits — change what the network computes.
 
+The reference is whatever the layer holds when the init runs: the model's own initialization for a
+freshly constructed model (or one a sharding strategy materialized with ``reset_parameters``), the
+pretrained values when pretrained layers are initialized again. A model created with
+``empty_init=True`` whose weights were never initialized holds arbitrary memory: use
+``scale="solve"`` there (all-zero and non-finite references already fall back to it).
+
 This module imports no Lightning.
 """
 
