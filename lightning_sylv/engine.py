@@ -299,21 +299,7 @@ def sylvester_init_(
     except InitializationError as err:
         raise SylvesterInitError(str(err)) from err.__cause__
     modules = {name: m for m, name in targets.items()}
-    layer_order = [n for n in order if not isinstance(modules[n], nn.MultiheadAttention)]
-    if not order:
-        raise ValueError(
-            "the model's forward pass executes no Linear/Conv/MultiheadAttention layer: nothing to initialize"
-        )
-    head = head if head is not None else (layer_order or order)[-1]
-    if head not in layer_order:
-        raise ValueError(f"head {head!r} is not a Linear/Conv layer executed by the forward pass; executed: {order}")
-    head_out = modules[head].weight.shape[0]
-    if num_classes is not None and head_out != num_classes:
-        raise ValueError(
-            f"the head {head!r} (the last layer the forward executes) has {head_out} outputs but the data has "
-            f"{num_classes} classes: the forward probably returns features, not logits. Pass a forward that "
-            "maps inputs to logits, or name the classifier layer with head="
-        )
+    head = _resolve_head(modules, order, head, num_classes)
     explicit = not isinstance(layers, str)
     named = (("layers", layers if explicit else []), ("codes given for", overrides), ("lams given for", lams or {}))
     for what, names in named:
@@ -395,6 +381,33 @@ def sylvester_init_(
     report.seconds = time.perf_counter() - start
     return report
 
+
+
+def _resolve_head(
+    modules: Mapping[str, nn.Module], order: Sequence[str], head: str | None, num_classes: int | None
+) -> str:
+    """The head's name: ``head``, or the last ``Linear``/``Conv`` layer the forward executes.
+
+    Raises:
+        ValueError: If the forward executes no layer, ``head`` is not an executed layer, or the head's
+            output count differs from ``num_classes`` (a forward that returns features).
+    """
+    if not order:
+        raise ValueError(
+            "the model's forward pass executes no Linear/Conv/MultiheadAttention layer: nothing to initialize"
+        )
+    layer_order = [n for n in order if not isinstance(modules[n], nn.MultiheadAttention)]
+    head = head if head is not None else (layer_order or list(order))[-1]
+    if head not in layer_order:
+        raise ValueError(f"head {head!r} is not a Linear/Conv layer executed by the forward pass; executed: {order}")
+    head_out = modules[head].weight.shape[0]
+    if num_classes is not None and head_out != num_classes:
+        raise ValueError(
+            f"the head {head!r} (the last layer the forward executes) has {head_out} outputs but the data has "
+            f"{num_classes} classes: the forward probably returns features, not logits. Pass a forward that "
+            "maps inputs to logits, or name the classifier layer with head="
+        )
+    return head
 
 
 def _layer_generator(seed: int, name: str) -> torch.Generator:
