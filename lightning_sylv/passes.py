@@ -45,6 +45,7 @@ __all__ = [
     "Job",
     "execution_order",
     "frozen",
+    "guarded",
     "hooked_pass",
     "probe_forward",
     "run_jobs",

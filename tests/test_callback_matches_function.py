@@ -87,3 +87,24 @@ def test_the_callback_and_the_function_refuse_an_argument_with_the_same_message(
     assert str(by_callback.value) == str(by_function.value)
     assert str(by_callback.value).startswith(next(iter(bad)) + " must be")
     assert torch.equal(model[0].weight, before)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"method": "svd"}, {"full_weight": "x"}, {"patches_per_image": 0}, {"lam": -1.0}, {"ridge": -1},
+        {"relu_iters": 1.5},
+    ],
+    ids=lambda d: next(iter(d)),
+)
+def test_low_rank_callback_and_function_refuse_an_argument_with_the_same_message(bad):
+    from torch import nn
+
+    with pytest.raises(ValueError) as by_callback:
+        LowRankInit(**bad)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+    to_low_rank(model, 0.5, exclude=["2"])
+    with pytest.raises(ValueError) as by_function:
+        low_rank_init_(model, torch.randn(16, 8), **bad)
+    assert str(by_callback.value) == str(by_function.value)
+    assert str(by_callback.value).startswith(next(iter(bad)) + " must be")

@@ -19,21 +19,18 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_sylv._checks import (
     check_bool,
-    check_choice,
-    check_nonnegative_int,
-    check_nonnegative_number,
     check_patterns,
 )
 from lightning_sylv.callbacks._base import DataDrivenInit, FitContext, InitSubset, percent
 from lightning_sylv.callbacks.sylvester import SylvesterInit
 from lightning_sylv.lowrank import (
-    METHODS,
     LowRankLayer,
     LowRankReport,
     format_low_rank_table,
     low_rank_init_,
     to_low_rank,
 )
+from lightning_sylv.lowrank.engine import check_arguments
 
 __all__ = ["LowRankInit"]
 
@@ -167,12 +164,12 @@ class LowRankInit(DataDrivenInit):
                 raise ValueError("layers and exclude only apply to a float ranks; with a dict, name the layers in it")
         elif not _is_fraction(ranks):
             raise ValueError(f"ranks must be a fraction in (0, 1] or a dict of layer ranks, got {ranks!r}")
-        check_choice("method", method, METHODS)
         check_patterns("layers", layers, allow_none=True)
         check_patterns("exclude", exclude, allow_none=True)
-        check_choice("full_weight", full_weight, ("current", "sylvester"))
-        check_nonnegative_int("relu_iters", relu_iters)
-        check_nonnegative_number("ridge", ridge)
+        check_arguments(
+            method=method, full_weight=full_weight, patches_per_image=patches_per_image, lam=lam, ridge=ridge,
+            relu_iters=relu_iters,
+        )  # fmt: skip
         check_bool("through_batchnorm", through_batchnorm)
         check_bool("keep_full", keep_full)
         super().__init__(

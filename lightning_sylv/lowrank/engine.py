@@ -34,16 +34,30 @@ import torch
 from torch import Tensor, nn
 
 from lightning_sylv._batch import batch_len, default_forward, slice_batch
+from lightning_sylv._checks import (
+    check_choice,
+    check_nonnegative_int,
+    check_nonnegative_number,
+    check_positive_int,
+    check_positive_number,
+)
 from lightning_sylv.codes import LatentCode, resolve_code
 from lightning_sylv.layer_init import LayerJob
-from lightning_sylv.lowrank.factorize import METHODS, _check_iters, _check_ridge
+from lightning_sylv.lowrank.factorize import METHODS
 from lightning_sylv.lowrank.init import LowRankFit, init_low_rank_, input_rows
 from lightning_sylv.lowrank.layers import LowRankLayer, LowRankLinear
 from lightning_sylv.modules import BATCH_NORMS, target_modules
 from lightning_sylv.passes import InitializationError, Job, hooked_pass, run_jobs, skip_reason
 from lightning_sylv.report import LayerReport
 
-__all__ = ["LowRankInitError", "LowRankLayerReport", "LowRankReport", "format_low_rank_table", "low_rank_init_"]
+__all__ = [
+    "LowRankInitError",
+    "LowRankLayerReport",
+    "LowRankReport",
+    "check_arguments",
+    "format_low_rank_table",
+    "low_rank_init_",
+]
 
 
 
@@ -208,6 +222,20 @@ def _bn_affine(bn: nn.Module, z: Tensor, recalibrated: bool) -> tuple[Tensor, Te
     return scale, beta - scale * mean
 
 
+def check_arguments(
+    *, method: Any, full_weight: Any, patches_per_image: Any, lam: Any, ridge: Any, relu_iters: Any
+) -> None:
+    """The checks of :func:`low_rank_init_`'s options, shared with
+    :class:`~lightning_sylv.LowRankInit` (which runs them when it is constructed), so that a bad value
+    fails before any pass, as ``ValueError`` naming the argument and the value."""
+    check_choice("method", method, METHODS)
+    check_choice("full_weight", full_weight, ("current", "sylvester"))
+    check_positive_int("patches_per_image", patches_per_image, allow_none=True)
+    check_positive_number("lam", lam)
+    check_nonnegative_number("ridge", ridge)
+    check_nonnegative_int("relu_iters", relu_iters)
+
+
 def low_rank_init_(
     model: nn.Module,
     inputs: Any,
@@ -272,19 +300,10 @@ def low_rank_init_(
         >>> [(layer.name, layer.fit.rank) for layer in report.layers]
         [('0', 4)]
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
-    if full_weight not in ("current", "sylvester"):
-        raise ValueError(f"full_weight must be 'current' or 'sylvester', got {full_weight!r}")
-    if patches_per_image is not None and (
-        isinstance(patches_per_image, bool) or not isinstance(patches_per_image, int) or patches_per_image < 1
-    ):
-        raise ValueError(f"patches_per_image must be a positive int or None, got {patches_per_image!r}")
-    if not lam > 0:
-        raise ValueError(f"lam must be > 0, got {lam!r}")
-    # factorize's own checks, run before the pass so that a bad value fails early, as ValueError.
-    _check_ridge(ridge)
-    _check_iters(relu_iters, "relu_iters")
+    check_arguments(
+        method=method, full_weight=full_weight, patches_per_image=patches_per_image, lam=lam, ridge=ridge,
+        relu_iters=relu_iters,
+    )  # fmt: skip
     start = time.perf_counter()
     report = LowRankReport()
     modules = dict(model.named_modules())
