@@ -53,13 +53,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_sylv._batch import default_forward, move_batch
+from lightning_sylv._checks import check_choice, check_positive_number
 from lightning_sylv.codes import LatentCode
 from lightning_sylv.engine import InitReport, sylvester_init_
 from lightning_sylv.modules import target_modules
 from lightning_sylv.passes import hooked_pass
 from lightning_sylv.rows import LayerRows
 
-__all__ = ["TeacherCode", "compose_conv", "compose_linear", "fuse_init_", "teacher_activations"]
+__all__ = ["TeacherCode", "check_arguments", "compose_conv", "compose_linear", "fuse_init_", "teacher_activations"]
 
 
 class TeacherCode(LatentCode):
@@ -282,10 +283,7 @@ def fuse_init_(
     bad = {k: v for k, v in mapping.items() if not isinstance(k, str) or not isinstance(v, str) or not k or not v}
     if bad:
         raise ValueError(f"mapping must map non-empty strings to non-empty strings, got {bad!r}")
-    if unmapped not in ("keep", "sylvester"):
-        raise ValueError(f"unmapped must be 'keep' or 'sylvester', got {unmapped!r}")
-    if isinstance(teacher_lam, bool) or not isinstance(teacher_lam, (int, float)) or not teacher_lam > 0:
-        raise ValueError(f"teacher_lam must be a number > 0 (math.inf: least squares), got {teacher_lam!r}")
+    check_arguments(unmapped=unmapped, teacher_lam=teacher_lam)
     layers = target_modules(student)
     unknown = [n for n in mapping if n not in layers]
     if unknown:
@@ -304,6 +302,18 @@ def fuse_init_(
         patches_per_image=patches_per_image, seed=seed, dtype=dtype, forward=forward, on_layer=on_layer,
         scale="solve",  # the mapped layers reproduce the teacher's activations, at the teacher's scale
     )
+
+
+def check_arguments(*, unmapped: Any, teacher_lam: Any) -> None:
+    """The checks of :func:`fuse_init_`'s own options, shared with :class:`~lightning_sylv.FuseInit`
+    (which runs them when it is constructed): ``unmapped`` is ``"keep"`` or ``"sylvester"``,
+    ``teacher_lam`` a number ``> 0`` (``math.inf``: least squares).
+
+    Raises:
+        ValueError: Naming the argument and the value.
+    """
+    check_choice("unmapped", unmapped, ("keep", "sylvester"))
+    check_positive_number("teacher_lam", teacher_lam, allow_inf=True)
 
 
 def _bias(layer: nn.Module, device: torch.device) -> Tensor:

@@ -16,9 +16,9 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-from lightning_sylv._checks import check_choice, check_positive_number
+from lightning_sylv._checks import check_choice
 from lightning_sylv.callbacks._base import DTYPES, DataDrivenInit, FitContext, InitSubset, percent
-from lightning_sylv.fuse import fuse_init_
+from lightning_sylv.fuse import check_arguments, fuse_init_
 from lightning_sylv.report import InitReport, format_markdown, format_table, layer_scalars
 
 __all__ = ["FuseInit", "resolve_lightning_class"]
@@ -178,8 +178,7 @@ class FuseInit(DataDrivenInit):
             evaluate=evaluate, eval_batches=eval_batches, verbose=verbose, forward=forward,
             input_key=input_key, label_key=label_key,
         )  # fmt: skip
-        check_choice("unmapped", unmapped, ("keep", "sylvester"))
-        check_positive_number("teacher_lam", teacher_lam, allow_inf=True)
+        check_arguments(unmapped=unmapped, teacher_lam=teacher_lam)
         check_choice("precision", precision, ("float64", "float32"))
         self.mapping = dict(mapping)
         self.teacher_class = teacher_class
