@@ -206,13 +206,18 @@ def figure(rows: list[dict[str, Any]], path: str, title: str) -> None:
     cols = min(4, len(groups))
     nrows = -(-len(groups) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.8 * nrows), squeeze=False)
+    colors = {"own": "C0", "sylvester": "C1", "lsuv": "C2"}
     for ax, (model, by_init) in zip(axes.flat, groups.items()):
         for name, rs in sorted(by_init.items()):
+            color, style = colors.get(name, "C3"), "-" if name in colors else "--"
             curve = _mean_curve(rs)
-            if curve is None:
+            if curve is None:  # runs recorded without a curve: their mean final accuracy as a line
+                final = statistics.mean(r["final_acc"] for r in rs)
+                ax.axhline(final, color=color, linestyle=":", label=f"{name}: final only (n={len(rs)})")
                 continue
             initial = statistics.mean(r["initial_acc"] for r in rs)
-            ax.plot(range(len(curve) + 1), [initial, *curve], marker=".", label=f"{name} (n={len(rs)})")
+            n = sum(1 for r in rs if r.get("curve"))
+            ax.plot(range(len(curve) + 1), [initial, *curve], style, color=color, marker=".", label=f"{name} (n={n})")
         ax.set_title(model, fontsize=9)
         ax.set_xlabel("epoch", fontsize=8)
         ax.set_ylabel("val. acc. %", fontsize=8)
