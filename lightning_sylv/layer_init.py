@@ -67,7 +67,7 @@ from lightning_sylv.report import LayerReport
 from lightning_sylv.row_space import canonical_order, randomized_basis, span_basis
 from lightning_sylv.rows import LayerRows, layer_rows
 from lightning_sylv.scale import Scale, energy_from_rows, energy_from_stats, gain_factor
-from lightning_sylv.sharding import write_
+from lightning_sylv.sharding import write_, write_product_
 from lightning_sylv.solver import EIGH_PATHS
 from lightning_sylv.stats import InputStats
 
@@ -369,8 +369,12 @@ class LayerJob:
                     f"the {self.code.name!r} code needs all rows at once; it cannot be streamed over several "
                     "batches (use a statistics code such as 'pca', or no batch_size)"
                 )
-            # The randomized range finder runs in float32 (its products are the O(n d k) part).
-            block = grouped_rows(rows.x, self.groups).to(torch.float32 if self.mode == "randomized" else self.dtype)
+            # Kept in the precision they arrive in (half precision widened to float32), converted once
+            # at the solve: the randomized range finder runs in float32 (its products are the
+            # O(n d k) part), the other modes in the solve's dtype.
+            block = grouped_rows(rows.x, self.groups)
+            if block.dtype not in (torch.float32, torch.float64):
+                block = block.float()
             if not bool(torch.isfinite(block).all()):
                 raise self._error(
                     "its input activations contain NaN/Inf values (check the data and the layers before it)"
@@ -433,8 +437,9 @@ class LayerJob:
 
     def _pooled_rows(self, reduce: Callable[[Tensor], Tensor] | None) -> tuple[Tensor, Tensor | None]:
         """All rows ``(groups, n, d)`` and row labels of this layer, over batches and processes."""
-        x = torch.cat(self._rows, dim=1)
+        x = self._rows[0] if len(self._rows) == 1 else torch.cat(self._rows, dim=1)
         labels = torch.cat(self._labels) if self._labels else None
+        self._rows, self._labels = [], []  # from here on the pooled rows are the only copy
         if reduce is not None and self.gather is not None:
             x = self.gather(x.transpose(0, 1).contiguous()).transpose(0, 1)
             if labels is not None:
@@ -457,7 +462,7 @@ class LayerJob:
             raise self._error(str(err)) from err
         if self.scale == "own":
             fit = self._rescaled(fit, data)
-        self._write(fit.weight if basis is None else fit.weight @ basis.mT, fit.bias)
+        self._write(fit.weight, fit.bias, basis)
         self._stats, self._rows, self._labels, self._layer_rows = None, [], [], None
         self.seconds += time.perf_counter() - t0
         return self._report(fit, n_rows, mode)
@@ -482,11 +487,14 @@ class LayerJob:
         x, labels = self._pooled_rows(reduce)
         n_rows, mode, basis = x.shape[1], "rows", None
         if self.mode == "randomized":  # a randomized leading subspace (plus the mean)
+            x = x.float()
             basis = randomized_basis(x, self._directions() + OVERSAMPLE, self.power_iterations, self.code_generator)
             x, basis, mode = (x @ basis).to(self.dtype), basis.to(self.dtype), "randomized"
         elif n_rows < x.shape[2]:  # span mode: the coordinates of the rows' span
-            basis, x = span_basis(x)
+            basis, x = span_basis(x.to(self.dtype))
             mode = "span"
+        else:
+            x = x.to(self.dtype)
         return self._fit_rows(x, labels, self.module.bias is not None), basis, n_rows, mode, x
 
     def _rescaled(self, fit: LayerFit, data: InputStats | Tensor) -> LayerFit:
@@ -547,9 +555,13 @@ class LayerJob:
             fits.append(solve_moments(moments_from_rows(xg, s, fit_bias, self.dtype), self.lam))
         return _stack_fits(fits)
 
-    def _write(self, weight: Tensor, bias: Tensor | None) -> None:
-        """Write ``weight`` ``(groups, out, d)`` and ``bias`` ``(groups, out)`` in place."""
-        write_(self.module.weight, weight)
+    def _write(self, weight: Tensor, bias: Tensor | None, basis: Tensor | None = None) -> None:
+        """Write ``weight`` ``(groups, out, d)`` (with a ``basis`` ``(groups, d, r)``: ``weight @ basisᵀ``
+        from ``(groups, out, r)``, a block at a time) and ``bias`` ``(groups, out)`` in place."""
+        if basis is None:
+            write_(self.module.weight, weight)
+        else:
+            write_product_(self.module.weight, weight, basis.mT)
         if self.module.bias is not None and bias is not None:
             write_(self.module.bias, bias)
 

@@ -16,8 +16,8 @@ model over the subset and hands each job its layer's real input, in execution or
 5. Sharded parameters (FSDP2 ``fully_shard``): a job writes into the unsharded copy its module holds
    during the pass, and the runner commits the value to this process's shard right after
    (:class:`~lightning_sylv.sharding.ShardedParams`); the model is left in its sharded state.
-6. On any failure every parameter and buffer is restored (and the initializer's own extra state, via
-   ``on_failure``) and the error is raised as the initializer's subclass of
+6. On any failure every parameter written and every buffer is restored (:class:`Snapshot`, and the
+   initializer's own extra state via ``on_failure``) and the error is raised as the initializer's subclass of
    :class:`InitializationError`. Train/eval modes and BatchNorm momenta are put back in ``finally``;
    the global RNG is never advanced.
 
@@ -43,6 +43,7 @@ from lightning_sylv.sharding import ShardedParams
 __all__ = [
     "InitializationError",
     "Job",
+    "Snapshot",
     "execution_order",
     "frozen",
     "guarded",
@@ -215,15 +216,45 @@ def skip_reason(name: str, module: nn.Module, executed: Sequence[str], selected:
     return None
 
 
-def _snapshot(model: nn.Module) -> dict[str, Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items() if isinstance(v, Tensor)}
+class Snapshot:
+    """What an initialization changes, copied before it changes it, so that a failure can undo it.
 
+    Every buffer (BatchNorm statistics, and any other a forward pass may move) is copied on entry; a
+    module's parameters only right before a job writes them (:meth:`save`). A head-only init of a
+    large pretrained model copies the head, not the model, and an init of every layer holds the copy
+    of a layer only from that layer on. A sharded (FSDP2) model is copied whole on entry
+    (``whole=True``): inside a pass its modules hold unsharded copies, not the parameters a restore
+    must reach, and each process holds only its slices anyway.
 
-def _restore(model: nn.Module, snap: dict[str, Tensor]) -> None:
-    state = model.state_dict(keep_vars=True)
-    with torch.no_grad():
-        for k, v in snap.items():
-            state[k].copy_(v)
+    Args:
+        model: The model.
+        whole: Copy every parameter on entry instead of on :meth:`save`.
+    """
+
+    def __init__(self, model: nn.Module, *, whole: bool = False) -> None:
+        self.model = model
+        self.whole = whole
+        self._prefix = {m: f"{name}." if name else "" for name, m in model.named_modules()}
+        self._saved: dict[str, Tensor] = {}
+        for key, value in model.state_dict(keep_vars=True).items():
+            if isinstance(value, Tensor) and (whole or not isinstance(value, nn.Parameter)):
+                self._saved[key] = value.detach().clone()
+
+    def save(self, module: nn.Module) -> None:
+        """Copy ``module``'s parameters (and its submodules'), unless copied already."""
+        prefix = self._prefix.get(module)
+        if self.whole or prefix is None:
+            return
+        for key, value in module.state_dict(prefix=prefix, keep_vars=True).items():
+            if key not in self._saved and isinstance(value, Tensor):
+                self._saved[key] = value.detach().clone()
+
+    def restore(self) -> None:
+        """Put every copied tensor back, in place."""
+        state = self.model.state_dict(keep_vars=True)
+        with torch.no_grad():
+            for key, value in self._saved.items():
+                state[key].copy_(value)
 
 
 def _reset_bn(bns: Sequence[nn.Module]) -> None:
@@ -242,6 +273,7 @@ def _one_pass(
     forward: Callable[[nn.Module, Any], Any],
     on_result: Callable[[Job, Any], None],
     shards: ShardedParams,
+    snapshot: Snapshot,
 ) -> None:
     """Every job run inside a single forward pass, at its module's first call."""
     by_module: dict[nn.Module, list[Job]] = {}
@@ -253,6 +285,7 @@ def _one_pass(
         if module in done:  # a shared module called again already holds its new weights
             return
         done.add(module)
+        snapshot.save(module)
         for job in by_module[module]:
             job.add_call(args, kwargs, labels)
             on_result(job, job.finish(reduce))
@@ -273,6 +306,7 @@ def _streamed(
     forward: Callable[[nn.Module, Any], Any],
     on_result: Callable[[Job, Any], None],
     shards: ShardedParams,
+    snapshot: Snapshot,
 ) -> int:
     """Job by job: a job's module input over all mini-batches, then its solve; returns the passes."""
     for job in jobs:
@@ -299,6 +333,7 @@ def _streamed(
                 with suppress(_StopForward):
                     forward(model, slice_batch(inputs, lo, lo + batch_size))
                 shards.reshard()  # the stopped pass left its FSDP modules unsharded
+        snapshot.save(job.module)
         on_result(job, job.finish(reduce))  # outside the pass: writes the shards directly
     return len(jobs)
 
@@ -311,21 +346,23 @@ def guarded(
     on_failure: Callable[[], None] | None = None,
     error: type[InitializationError] = InitializationError,
     what: str = "initialization",
-) -> Iterator[tuple[ShardedParams, list[nn.Module]]]:
+) -> Iterator[tuple[ShardedParams, list[nn.Module], Snapshot]]:
     """The model's state around an initialization: all or nothing, and nothing else changed.
 
-    On entry: sharded (FSDP2) parameters resharded, every parameter and buffer snapshot, the model in
+    On entry: sharded (FSDP2) parameters resharded, a :class:`Snapshot` started, the model in
     eval mode with its BatchNorm layers in training mode and reset to cumulative statistics
     (``recalibrate_bn``), the global RNG forked. On an exception: the model restored from the
-    snapshot, ``on_failure()`` called and the exception raised as ``error``. Always: train/eval modes
-    and BatchNorm momenta put back, the RNG restored, the FSDP modules resharded.
+    snapshot (what was saved into it), ``on_failure()`` called and the exception raised as
+    ``error``. Always: train/eval modes and BatchNorm momenta put back, the RNG restored, the FSDP
+    modules resharded.
 
     Yields:
-        ``(shards, batch_norms)``: the :class:`~lightning_sylv.sharding.ShardedParams` the jobs commit
-        through, and the model's BatchNorm layers.
+        ``(shards, batch_norms, snapshot)``: the :class:`~lightning_sylv.sharding.ShardedParams` the
+        jobs commit through, the model's BatchNorm layers, and the :class:`Snapshot`, into which a
+        module's parameters must be saved before they are written.
     """
     shards = ShardedParams(model)  # first: the snapshot must hold the sharded parameters
-    snap = _snapshot(model)
+    snap = Snapshot(model, whole=bool(shards))
     was_training = model.training
     bn_state = [(m, m.training, m.momentum) for m in model.modules() if isinstance(m, BATCH_NORMS)]
     bns = [m for m, _, _ in bn_state]
@@ -338,10 +375,10 @@ def guarded(
                 for m in bns:
                     m.train()  # batch statistics of the new activations during the passes
                 _reset_bn(bns)
-            yield shards, bns
+            yield shards, bns, snap
         except Exception as err:
             shards.reshard()  # a failed pass leaves its FSDP modules unsharded
-            _restore(model, snap)
+            snap.restore()
             if on_failure is not None:
                 on_failure()
             if isinstance(err, error):
@@ -399,11 +436,13 @@ def run_jobs(
     on_result = on_result or (lambda job, record: None)
     size = batch_size if batch_size is not None else n_samples
     with guarded(model, recalibrate_bn=recalibrate_bn, on_failure=on_failure, error=error, what=what) as state:
-        shards, bns = state
+        shards, bns, snapshot = state
         if size >= n_samples:
-            _one_pass(model, inputs, labels, jobs, reduce, forward, on_result, shards)
+            _one_pass(model, inputs, labels, jobs, reduce, forward, on_result, shards, snapshot)
             return 1
-        passes = _streamed(model, inputs, labels, jobs, size, n_samples, reduce, forward, on_result, shards)
+        passes = _streamed(
+            model, inputs, labels, jobs, size, n_samples, reduce, forward, on_result, shards, snapshot
+        )
         if recalibrate_bn and bns:  # one more pass: BatchNorm statistics of the final net
             _reset_bn(bns)
             with torch.no_grad():

@@ -285,3 +285,26 @@ def test_a_model_still_on_the_meta_device_is_refused_before_anything_runs():
     with pytest.raises(RuntimeError, match=r"parameter '0.weight' is still on the meta device"):
         check_materialized(model, "SylvesterInit")
     check_materialized(nn.Linear(2, 2), "SylvesterInit")
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_write_product_forms_the_weight_block_by_block(monkeypatch, channels_last):
+    """A weight solved in a subspace is written from its factors a few rows at a time (no full
+    float64 product), into the parameter's own tensor; a channels-last weight takes the full product."""
+    from lightning_sylv import sharding
+
+    g = torch.Generator().manual_seed(0)
+    left = torch.randn(2, 6, 3, generator=g, dtype=torch.float64)
+    right = torch.randn(2, 3, 8 * 9, generator=g, dtype=torch.float64)
+    conv = torch.nn.Conv2d(16, 12, 3, groups=2)
+    if channels_last:
+        conv = conv.to(memory_format=torch.channels_last)
+    param = conv.weight
+    monkeypatch.setattr(sharding, "BLOCK_BYTES", 2 * 72 * 8 * 2)  # two rows per block: three blocks
+    formed: list[int] = []
+    real_matmul = torch.Tensor.__matmul__
+    monkeypatch.setattr(torch.Tensor, "__matmul__", lambda a, b: formed.append(a.shape[-2]) or real_matmul(a, b))
+    sharding.write_product_(param, left, right)
+    assert conv.weight is param
+    torch.testing.assert_close(param.detach(), (left @ right).reshape(12, 8, 3, 3).float())
+    assert formed[:-1] == ([6] if channels_last else [2, 2, 2])  # the last one is the check's own product

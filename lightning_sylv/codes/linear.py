@@ -28,8 +28,11 @@ if TYPE_CHECKING:
 __all__ = ["OneHotCode", "PCACode", "random_rotation"]
 
 
-def _linear_code_moments(stats: InputStats, proj: Tensor, offset: Tensor, fit_bias: bool) -> Moments:
-    """Moments for a code ``S = (X − offset) @ proj`` from input statistics."""
+def _linear_code_moments(
+    stats: InputStats, proj: Tensor, offset: Tensor, fit_bias: bool, centered: bool = False
+) -> Moments:
+    """Moments for a code ``S = (X − offset) @ proj`` from input statistics (``centered``: the offset
+    is the mean)."""
     mu = stats.mean
     pt = proj.mT
     if fit_bias:
@@ -38,6 +41,8 @@ def _linear_code_moments(stats: InputStats, proj: Tensor, offset: Tensor, fit_bi
         return Moments(gram_x=cov, gram_s=pt @ cov @ proj, cross=pt @ cov, mean_x=mu, mean_s=mean_s)
     raw = stats.covariance(center=False)
     e_cx = raw - offset[..., :, None] * mu[..., None, :]  # E[(x - c) xᵀ]
+    if centered:  # c = μ: E[(x - c)(x - c)ᵀ] = E[(x - c) xᵀ], the covariance (one d x d fewer)
+        return Moments(gram_x=raw, gram_s=pt @ e_cx @ proj, cross=pt @ e_cx)
     e_cc = e_cx - mu[..., :, None] * offset[..., None, :] + offset[..., :, None] * offset[..., None, :]
     return Moments(gram_x=raw, gram_s=pt @ e_cc @ proj, cross=pt @ e_cx)
 
@@ -204,7 +209,7 @@ class PCACode(LatentCode):
         if not isinstance(out_features, int) or out_features < 1:
             raise ValueError(f"out_features must be a positive int, got {out_features!r}")
         proj, eig_cov, code_side = self._projection(stats, out_features, generator)
-        m = _linear_code_moments(stats, proj, self._offset(stats), fit_bias)
+        m = _linear_code_moments(stats, proj, self._offset(stats), fit_bias, centered=self.center)
         if isinstance(code_side, Tensor):
             # Filled columns (more outputs than directions, k < out_features): S = (X - c) P has rank
             # <= k and both SᵀS and SᵀX live in a k-dimensional subspace, where the solve runs exactly.
