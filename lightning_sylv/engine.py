@@ -179,7 +179,7 @@ def sylvester_init_(
     head: str | None = None,
     seed: int = 0,
     dtype: torch.dtype = torch.float64,
-    gram_dtype: torch.dtype | None = None,
+    gram_dtype: torch.dtype | None = torch.float32,
     batch_size: int | None = None,
     reduce: Callable[[Tensor], Tensor] | None = None,
     gather: Callable[[Tensor], Tensor] | None = None,
@@ -220,9 +220,13 @@ def sylvester_init_(
         dtype: Precision of the statistics and solves (``torch.float64`` by default); results are
             cast to each parameter's dtype.
         gram_dtype: Precision of the row products that form each layer's second moments (the
-            ``O(n d²)`` part of the work); ``None`` for ``dtype``. ``torch.float32`` with the default
-            ``dtype`` forms them in float32 blocks summed in float64 (about twice as fast on CPUs;
-            entries accurate to ~1e-6 relative), while codes and solves stay in ``dtype``.
+            ``O(n d²)`` part of the work, the only one that grows with the data); ``None`` for
+            ``dtype``. The default, ``torch.float32`` with the default ``dtype``, forms them in float32
+            blocks summed in float64 (entries accurate to ~1e-6 relative), while codes, the
+            ``d x d`` decomposition and the solves stay in ``dtype``: the design does not depend on
+            fast float64 (consumer GPUs run it at 1/32-1/64 of float32). Initial accuracy within the
+            seed spread of the float64 products on ResNet-20 and the zoo (``examples/RESULTS.md``);
+            pass ``None`` for float64 products (weights reproducible to ~1e-12 against a reference).
         batch_size: Stream the subset in mini-batches of this size (statistics codes only); ``None``
             runs the whole subset as one batch in a single forward pass.
         reduce: Sum of a tensor across processes (an all-reduce); every layer's statistics go through

@@ -221,3 +221,26 @@ def test_mixed_statistics_precision_under_every_trainer_precision(precision):
     for name, p in model.named_parameters():
         assert p.dtype == expected and torch.isfinite(p).all(), name
     assert cb.metrics["sylvester/initial_accuracy"] > 0.9
+
+
+def test_the_default_precision_is_float32_products_summed_and_solved_in_float64():
+    """``"mixed"`` is the default: the same weights as asking for float32 products explicitly, within
+    float32 rounding of the all-float64 solve, and not bit-identical to it."""
+    import inspect
+
+    from torch import nn
+
+    from lightning_sylv import SylvesterInit, sylvester_init_
+
+    assert inspect.signature(SylvesterInit).parameters["precision"].default == "mixed"
+    x, y = torch.randn(90, 12, generator=torch.Generator().manual_seed(0)), torch.arange(90) % 3
+    weights = {}
+    runs = {"default": {}, "float32": {"gram_dtype": torch.float32}, "float64": {"gram_dtype": None}}
+    for key, kwargs in runs.items():
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(12, 6), nn.ReLU(), nn.Linear(6, 3))
+        sylvester_init_(net, x, y, **kwargs)
+        weights[key] = torch.cat([p.detach().flatten() for p in net.parameters()])
+    assert torch.equal(weights["default"], weights["float32"])
+    assert not torch.equal(weights["default"], weights["float64"])
+    torch.testing.assert_close(weights["default"], weights["float64"], rtol=1e-4, atol=1e-5)

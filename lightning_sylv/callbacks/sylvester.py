@@ -84,11 +84,11 @@ class SylvesterInit(DataDrivenInit):
             partial forward pass per layer plus one for BatchNorm). ``None``: one pass, one batch.
         seed: Seed of the subset draw and the patch draw.
         head: Qualified name of the head module (default: the last ``Linear``/``Conv`` executed).
-        precision: ``"float64"`` (default): statistics, codes and solves in float64; ``"mixed"``: the
-            row products behind each layer's second moments (the ``O(n d²)`` bulk of the work) in
-            float32, summed, factorized and solved in float64, about twice as fast on CPUs, with
-            entries accurate to ~1e-6 relative; ``"float32"``: everything in float32. Results are
-            cast to each parameter's dtype either way.
+        precision: ``"mixed"`` (default): the row products behind each layer's second moments (the
+            ``O(n d²)`` part, the one that grows with the data) in float32, summed, factorized and
+            solved in float64, with entries accurate to ~1e-6 relative and initial accuracy within the
+            seed spread of ``"float64"`` (statistics, codes and solves all in float64); ``"float32"``:
+            everything in float32. Results are cast to each parameter's dtype either way.
         solver: ``"exact"`` (default): every layer solved exactly; ``"randomized"``: hidden layers
             with PCA codes whose outputs are far fewer than their inputs use a randomized principal
             subspace, ``O(n d k)`` instead of ``O(n d² + d³)`` (ResNet-18: 2.7 s instead of 4.9 s,
@@ -155,7 +155,7 @@ class SylvesterInit(DataDrivenInit):
         batch_size: int | None = None,
         seed: int = 0,
         head: str | None = None,
-        precision: Literal["float64", "mixed", "float32"] = "float64",
+        precision: Literal["float64", "mixed", "float32"] = "mixed",
         solver: Literal["exact", "randomized"] = "exact",
         scale: Literal["solve", "own"] = "own",
         head_scale: Literal["solve", "own"] = "solve",

@@ -1,6 +1,6 @@
 """Run SylvesterInit under a real Trainer and save every rank's weights right after initialization.
 
-Usage: python ddp_init.py OUT_DIR DEVICES [STRATEGY [bn] [head] [wide]]
+Usage: python ddp_init.py OUT_DIR DEVICES [STRATEGY [bn] [head] [wide] [float64]]
 
 ``wide``: 64 input features for 40 samples, so the first layer has fewer rows than inputs and
 solves in the span of its rows, gathered across processes.
@@ -64,6 +64,9 @@ if __name__ == "__main__":
     strategy = sys.argv[3] if len(sys.argv) > 3 else ("ddp" if devices > 1 else "auto")
     flags = set(sys.argv[4:])
     bn, head_only, dim = "bn" in flags, "head" in flags, 64 if "wide" in flags else 12
+    # float64: every product in float64, so that a process's half of the sums adds up to the single
+    # process's sums to rounding (the default's float32 blocks are cut where each process's rows end).
+    precision = "float64" if "float64" in flags else "mixed"
     seed_everything(0)
     model = Net(bn, dim)
     if head_only:  # a "pretrained" body: BatchNorm statistics that are not 0 and 1
@@ -84,7 +87,9 @@ if __name__ == "__main__":
         enable_model_summary=False,
         callbacks=[
             SaveState(out, "before_"),
-            init := SylvesterInit(samples_per_class=10, verbose=False, layers="head" if head_only else "all"),
+            init := SylvesterInit(
+                samples_per_class=10, verbose=False, layers="head" if head_only else "all", precision=precision
+            ),
             SaveState(out),
         ],
     )
