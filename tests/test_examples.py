@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from test_data_cifar10 import _write_fake
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -189,3 +190,18 @@ def test_zoo_train_augmentation_and_table_need_no_torchvision():
     assert "| m | sylvester scale=solve | 12.00 (n=1) | 30.00 (n=1) | -11.00 | never (3) |" in table
     assert "lsuv" not in table
     assert zoo_train.reach_epoch([1.0, 5.0, 9.0], 5.0) == 2 and zoo_train.reach_epoch([1.0], 5.0) is None
+
+
+def test_layer_census_counts_k_over_d_per_group():
+    """examples/layer_census.py: k = outputs per group, d = inputs per group; the decompositions' cost
+    share of the layers with k/d <= 1/16 (no torchvision needed for the function)."""
+    sys.path.insert(0, str(ROOT / "examples"))
+    from layer_census import census
+    from torch import nn
+
+    c = census(nn.Sequential(nn.Conv2d(8, 16, 3), nn.Conv2d(16, 16, 5, groups=16), nn.Linear(400, 4)))
+    assert c.layers == 3 and c.small_layers == 2  # the depthwise kernel (1 / 25) and the head (4 / 400)
+    assert c.min_ratio == 4 / 400 and c.median_ratio == 1 / 25
+    assert c.small_cost_share == pytest.approx((16 * 25**3 + 400**3) / (72**3 + 16 * 25**3 + 400**3))
+    with pytest.raises(ValueError, match="no Linear/Conv"):
+        census(nn.Sequential(nn.ReLU()))
