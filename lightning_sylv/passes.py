@@ -224,7 +224,8 @@ class Snapshot:
     large pretrained model copies the head, not the model, and an init of every layer holds the copy
     of a layer only from that layer on. A sharded (FSDP2) model is copied whole on entry
     (``whole=True``): inside a pass its modules hold unsharded copies, not the parameters a restore
-    must reach, and each process holds only its slices anyway.
+    must reach, and each process holds only its slices anyway. The copies are kept with the tensors
+    they came from, so a restore needs no names (and no ``state_dict`` hooks).
 
     Args:
         model: The model.
@@ -232,29 +233,33 @@ class Snapshot:
     """
 
     def __init__(self, model: nn.Module, *, whole: bool = False) -> None:
-        self.model = model
         self.whole = whole
-        self._prefix = {m: f"{name}." if name else "" for name, m in model.named_modules()}
-        self._saved: dict[str, Tensor] = {}
-        for key, value in model.state_dict(keep_vars=True).items():
-            if isinstance(value, Tensor) and (whole or not isinstance(value, nn.Parameter)):
-                self._saved[key] = value.detach().clone()
+        self._saved: dict[int, tuple[Tensor, Tensor]] = {}
+        for t in model.buffers():
+            self._keep(t)
+        if whole:
+            for t in model.parameters():
+                self._keep(t)
+
+    def _keep(self, t: Tensor) -> None:
+        if id(t) not in self._saved:
+            self._saved[id(t)] = (t, t.detach().clone())
 
     def save(self, module: nn.Module) -> None:
         """Copy ``module``'s parameters (and its submodules'), unless copied already."""
-        prefix = self._prefix.get(module)
-        if self.whole or prefix is None:
-            return
-        for key, value in module.state_dict(prefix=prefix, keep_vars=True).items():
-            if key not in self._saved and isinstance(value, Tensor):
-                self._saved[key] = value.detach().clone()
+        if not self.whole:
+            for t in module.parameters():
+                self._keep(t)
+
+    def saved(self) -> list[Tensor]:
+        """The tensors copied so far (buffers and saved parameters)."""
+        return [t for t, _ in self._saved.values()]
 
     def restore(self) -> None:
         """Put every copied tensor back, in place."""
-        state = self.model.state_dict(keep_vars=True)
         with torch.no_grad():
-            for key, value in self._saved.items():
-                state[key].copy_(value)
+            for t, copy in self._saved.values():
+                t.copy_(copy)
 
 
 def _reset_bn(bns: Sequence[nn.Module]) -> None:
