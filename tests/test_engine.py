@@ -142,7 +142,8 @@ def test_no_labels_all_layers_falls_back_to_pca_with_warning():
     assert report.layers[-1].code == "rotated_pca"  # the hidden layers' code (the default)
 
 
-def test_failure_restores_everything():
+@pytest.mark.parametrize("batch_size", [None, 7])  # one pass, and streamed (the copies are taken per layer)
+def test_failure_restores_everything(batch_size):
     torch.manual_seed(0)
     model = tiny_resnet()
     x, y = _data()
@@ -159,7 +160,8 @@ def test_failure_restores_everything():
 
     model.train()
     with pytest.raises(SylvesterInitError, match="injected"):
-        sylvester_init_(model, x, y, latent=Boom())
+        sylvester_init_(model, x, y, latent=Boom(), batch_size=batch_size)
+    assert Boom.calls == 3  # two layers were written before the failure
     for k, v in model.state_dict().items():
         assert torch.equal(v, state[k]), k
     assert model.training and all(m.training for m in model.modules())
