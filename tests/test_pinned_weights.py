@@ -84,8 +84,7 @@ def _fuse() -> nn.Module:
 
 
 def _low_rank() -> nn.Module:
-    from lightning_sylv.lowrank import low_rank_init_
-    from lightning_sylv.lowrank import to_low_rank
+    from lightning_sylv.lowrank import low_rank_init_, to_low_rank
 
     torch.manual_seed(0)
     model = _mlp(d=12, hidden=16)
@@ -112,8 +111,11 @@ CASES: dict[str, Callable[[], nn.Module]] = {
 
 def fingerprint(model: nn.Module) -> dict[str, str]:
     """SHA-256 of every parameter's and buffer's bytes, by name."""
-    state = model.state_dict()
-    return {k: hashlib.sha256(v.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:32] for k, v in state.items()}
+
+    def digest(t: torch.Tensor) -> str:
+        return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:32]
+
+    return {k: digest(v) for k, v in model.state_dict().items()}
 
 
 @pytest.fixture
