@@ -49,9 +49,7 @@ def move_batch(inputs: Any, like: Tensor | None) -> Any:
     """
     if like is None:
         return inputs
-    return map_batch(
-        lambda t: t.to(like.device, like.dtype) if t.is_floating_point() else t.to(like.device), inputs
-    )
+    return map_batch(lambda t: t.to(like.device, like.dtype) if t.is_floating_point() else t.to(like.device), inputs)
 
 
 def batch_len(inputs: Any) -> int:

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_sylv.layer_init import LayerJob
+from lightning_sylv.layer import LayerJob
+from lightning_sylv.layer_fit import summarize
 from lightning_sylv.report import LayerReport
 from lightning_sylv.sharding import write_
 
@@ -55,7 +56,7 @@ class InProjectionJob:
     Args:
         module: The attention module.
         name: Its qualified name; the report names the job ``<name>.in_proj``.
-        make_job: Builds a :class:`~lightning_sylv.layer_init.LayerJob` for a dense layer and a name
+        make_job: Builds a :class:`~lightning_sylv.layer.LayerJob` for a dense layer and a name
             (the caller's code, λ, patch draws and precision).
     """
 
@@ -124,15 +125,10 @@ class InProjectionJob:
             groups=len(reports),
             rows=first.rows,
             code=first.code,
-            encoding_loss=sum(r.encoding_loss for r in reports) / len(reports),
-            decoding_loss=sum(r.decoding_loss for r in reports) / len(reports),
-            residual=max(r.residual for r in reports),
-            cond_a=max(r.cond_a for r in reports),
-            cond_b=max(r.cond_b for r in reports),
-            dropped=sum(r.dropped for r in reports),
             seconds=sum(r.seconds for r in reports),
             solver=first.solver,
-            gain=reports[0].gain,
+            gain=first.gain,
+            **summarize(reports),
         )
 
 
@@ -141,7 +137,7 @@ class OutProjectionJob:
 
     Args:
         module: The attention module (its input projections already initialized when this job runs).
-        job: The :class:`~lightning_sylv.layer_init.LayerJob` of ``module.out_proj``.
+        job: The :class:`~lightning_sylv.layer.LayerJob` of ``module.out_proj``.
     """
 
     def __init__(self, module: nn.MultiheadAttention, job: LayerJob) -> None:

@@ -25,7 +25,7 @@ weights.
 
 The passes themselves (hooks, streaming, BatchNorm recalibration, restore on failure) are the shared
 runner of :mod:`lightning_sylv.passes`; this module plans one job per layer
-(:class:`~lightning_sylv.layer_init.LayerJob`, and the two jobs of an ``nn.MultiheadAttention``,
+(:class:`~lightning_sylv.layer.LayerJob`, and the two jobs of an ``nn.MultiheadAttention``,
 :mod:`lightning_sylv.attention`). On any exception every parameter and buffer is restored, all hooks
 are removed and train/eval modes are put back before the error propagates (all-or-nothing).
 
@@ -53,7 +53,7 @@ from lightning_sylv._checks import (
 )
 from lightning_sylv.attention import attention_jobs
 from lightning_sylv.codes import CODES, LatentCode, resolve_code
-from lightning_sylv.layer_init import SOLVERS, LayerJob, code_uses_stats
+from lightning_sylv.layer import SOLVERS, LayerJob
 from lightning_sylv.modules import NORMS, model_device
 from lightning_sylv.passes import (
     InitializationError,
@@ -76,7 +76,6 @@ __all__ = [
     "sylvester_init_",
     "units",
 ]
-
 
 
 class SylvesterInitError(InitializationError):
@@ -246,7 +245,7 @@ def sylvester_init_(
             fewer rows than inputs. ``"randomized"``: the fast mode for hidden layers with PCA codes
             whose outputs are far fewer than their inputs and rows: a randomized leading principal
             subspace (``O(n d k)``, the order of the layer's forward pass, instead of
-            ``O(n d² + d³)``); see :mod:`lightning_sylv.layer_init`. It keeps the rows of such layers
+            ``O(n d² + d³)``); see :mod:`lightning_sylv.layer.mode`. It keeps the rows of such layers
             (memory ``n x d``, as their activations) and needs ``gather`` under ``reduce``.
         power_iterations: Subspace iterations of the randomized mode (``>= 0``).
         scale: Output scale of the hidden layers: ``"solve"`` keeps the solved weights as they
@@ -325,7 +324,7 @@ def sylvester_init_(
         head_code = hidden_code
     streaming = batch_size is not None and batch_size < n_samples
     for code in {hidden_code, head_code, *overrides.values()}:
-        if (streaming or reduce is not None) and not code_uses_stats(code):
+        if (streaming or reduce is not None) and not code.from_statistics:
             raise ValueError(
                 f"the {code.name!r} code needs all rows at once, so it works neither with batch_size "
                 "(streaming) nor across processes; use a statistics code such as 'pca'"
@@ -340,7 +339,7 @@ def sylvester_init_(
         module: nn.Module, name: str, code: LatentCode | None = None, layer_lam: float | None = None
     ) -> LayerJob:
         return LayerJob(
-            module, name, code or hidden_code, lam=lam if layer_lam is None else layer_lam,
+            module=module, name=name, code=code or hidden_code, lam=lam if layer_lam is None else layer_lam,
             patches_per_image=patches_per_image, generator=generator, dtype=dtype, gram_dtype=gram_dtype,
             code_generator=_layer_generator(seed, name), samples=total, gather=gather,
             distributed=reduce is not None, solver=solver, power_iterations=power_iterations,
@@ -384,7 +383,6 @@ def sylvester_init_(
     )  # fmt: skip
     report.seconds = time.perf_counter() - start
     return report
-
 
 
 def _resolve_head(

@@ -298,8 +298,18 @@ def fuse_init_(
     names: list[str] | Literal["all"] = list(mapping) if unmapped == "keep" else "all"
     lams = {s: float(teacher_lam) for s in mapping}  # inf: least squares, the MSE-optimal fit
     return sylvester_init_(
-        student, inputs, labels, layers=names, lam=lam, lams=lams, codes=codes,
-        patches_per_image=patches_per_image, seed=seed, dtype=dtype, gram_dtype=None, forward=forward,
+        student,
+        inputs,
+        labels,
+        layers=names,
+        lam=lam,
+        lams=lams,
+        codes=codes,
+        patches_per_image=patches_per_image,
+        seed=seed,
+        dtype=dtype,
+        gram_dtype=None,
+        forward=forward,
         on_layer=on_layer,
         scale="solve",  # the mapped layers reproduce the teacher's activations, at the teacher's scale
     )

@@ -19,14 +19,25 @@ This module imports no Lightning.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from lightning_sylv.solver import relative_residual, solve_sylvester_psd, symmetric_eigh
+from lightning_sylv.solver import EIGH_PATHS, relative_residual, solve_sylvester_psd, symmetric_eigh
 
-__all__ = ["LayerFit", "Moments", "encoding_loss", "fit_layer", "moments_from_rows", "solve_moments"]
+__all__ = [
+    "LayerFit",
+    "Moments",
+    "encoding_loss",
+    "fit_layer",
+    "moments_from_rows",
+    "solve_moments",
+    "stack_fits",
+    "summarize",
+]
 
 
 @dataclass(frozen=True)
@@ -165,6 +176,40 @@ def moments_from_rows(x: Tensor, s: Tensor, fit_bias: bool, dtype: torch.dtype =
         mx, ms = x.mean(0), s.mean(0)
         x, s = x - mx, s - ms
     return Moments(gram_x=x.T @ x / n, gram_s=s.T @ s / n, cross=s.T @ x / n, mean_x=mx, mean_s=ms)
+
+
+def summarize(parts: Sequence[Any]) -> dict[str, Any]:
+    """The diagnostics of several solves (groups, or the q/k/v of an attention) as one: mean losses,
+    the worst residual and conditioning, the dropped eigenvalue pairs summed. ``parts`` are
+    :class:`LayerFit` or :class:`~lightning_sylv.report.LayerReport` objects (any with those fields).
+
+    Example:
+        >>> from types import SimpleNamespace as F
+        >>> fits = [F(encoding_loss=0.1, decoding_loss=0.5, residual=1e-9, cond_a=2.0, cond_b=8.0, dropped=0),
+        ...         F(encoding_loss=0.3, decoding_loss=0.5, residual=1e-8, cond_a=4.0, cond_b=1.0, dropped=1)]
+        >>> summarize(fits)["cond_b"], summarize(fits)["dropped"]
+        (8.0, 1)
+    """
+    n = len(parts)
+    return {
+        "encoding_loss": sum(p.encoding_loss for p in parts) / n,
+        "decoding_loss": sum(p.decoding_loss for p in parts) / n,
+        "residual": max(p.residual for p in parts),
+        "cond_a": max(p.cond_a for p in parts),
+        "cond_b": max(p.cond_b for p in parts),
+        "dropped": sum(p.dropped for p in parts),
+    }
+
+
+def stack_fits(fits: Sequence[LayerFit]) -> LayerFit:
+    """One :class:`LayerFit` ``(groups, ...)`` for a list of per-group fits (summarized as for a batched solve)."""
+    bias = None if fits[0].bias is None else torch.stack([f.bias for f in fits if f.bias is not None])
+    return LayerFit(
+        weight=torch.stack([f.weight for f in fits]),
+        bias=bias,
+        path=max((f.path for f in fits), key=EIGH_PATHS.index),
+        **summarize(fits),
+    )
 
 
 def solve_moments(m: Moments, lam: float, rcond: float | None = None) -> LayerFit:

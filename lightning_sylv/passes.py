@@ -445,9 +445,7 @@ def run_jobs(
         if size >= n_samples:
             _one_pass(model, inputs, labels, jobs, reduce, forward, on_result, shards, snapshot)
             return 1
-        passes = _streamed(
-            model, inputs, labels, jobs, size, n_samples, reduce, forward, on_result, shards, snapshot
-        )
+        passes = _streamed(model, inputs, labels, jobs, size, n_samples, reduce, forward, on_result, shards, snapshot)
         if recalibrate_bn and bns:  # one more pass: BatchNorm statistics of the final net
             _reset_bn(bns)
             with torch.no_grad():
@@ -455,4 +453,3 @@ def run_jobs(
                     forward(model, slice_batch(inputs, lo, lo + size))
             passes += 1
         return passes
-

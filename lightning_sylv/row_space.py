@@ -1,7 +1,7 @@
 """Bases of the space a layer's rows live in: their exact span, a randomized leading subspace.
 
 * :func:`span_basis` — thin QR of the rows: an orthonormal basis of their span and their coordinates
-  in it (the span mode of :mod:`lightning_sylv.layer_init`, ``O(n² d)``).
+  in it (the span mode of :mod:`lightning_sylv.layer.mode`, ``O(n² d)``).
 * :func:`randomized_basis` — a randomized range finder for the leading principal subspace plus the
   mean (its randomized mode, ``O(n d k)``).
 * :func:`canonical_order` — the rows in an order that depends only on their values, so that a basis

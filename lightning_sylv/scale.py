@@ -34,15 +34,17 @@ This module imports no Lightning.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Literal
 
 import torch
 from torch import Tensor
 
+from lightning_sylv.layer_fit import LayerFit
 from lightning_sylv.stats import InputStats
 
-__all__ = ["SCALES", "Scale", "energy_from_rows", "energy_from_stats", "gain_factor"]
+__all__ = ["SCALES", "Scale", "energy_from_rows", "energy_from_stats", "gain_factor", "rescale"]
 
 Scale = Literal["solve", "own"]
 #: Ways to set the scale of a solved layer: ``"solve"`` as solved, ``"own"`` at the gain of the
@@ -68,8 +70,10 @@ def energy_from_rows(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> T
         >>> float(energy_from_rows(x, w, torch.zeros(1, 1)))
         12.0
     """
-    out = torch.baddbmm(bias.unsqueeze(1).to(x.dtype), x, weight.to(x.dtype).mT) if bias is not None else (
-        x @ weight.to(x.dtype).mT
+    out = (
+        torch.baddbmm(bias.unsqueeze(1).to(x.dtype), x, weight.to(x.dtype).mT)
+        if bias is not None
+        else (x @ weight.to(x.dtype).mT)
     )
     return out.to(torch.float64).square().sum()
 
@@ -124,3 +128,34 @@ def gain_factor(own: float, solved: float) -> float:
     if not (math.isfinite(own) and math.isfinite(solved)) or own <= 0 or solved <= 0:
         return 1.0
     return math.sqrt(own / solved)
+
+
+def rescale(fit: LayerFit, data: InputStats | Tensor, own: float) -> tuple[LayerFit, float]:
+    """``fit`` at the output energy ``own`` of the layer's weights before the init, on the same rows.
+
+    Args:
+        fit: Weights ``(groups, d_out, d)`` and bias ``(groups, d_out)`` in the coordinates of ``data``.
+        data: What the fit saw: the rows' sums, or the rows ``(groups, n, d)``.
+        own: Output energy of the layer's own weights on those rows (:func:`energy_from_rows`).
+
+    Returns:
+        The rescaled fit (weight and bias times the factor; diagnostics unchanged) and the factor
+        (:func:`gain_factor`; ``fit`` itself where it is ``1.0``).
+
+    Example:
+        >>> import torch
+        >>> x = torch.ones(1, 3, 2, dtype=torch.float64)
+        >>> fit = LayerFit(torch.full((1, 1, 2), 2.0, dtype=torch.float64), None, 0.0, 0.0, 0.0, 1.0, 1.0, 0)
+        >>> scaled, gain = rescale(fit, x, own=12.0)
+        >>> gain, scaled.weight.flatten().tolist()
+        (0.5, [1.0, 1.0])
+    """
+    if isinstance(data, InputStats):
+        solved = energy_from_stats(data, fit.weight, fit.bias)
+    else:
+        solved = energy_from_rows(data, fit.weight, fit.bias)
+    gain = gain_factor(own, float(solved))
+    if gain == 1.0:
+        return fit, gain
+    bias = None if fit.bias is None else fit.bias * gain
+    return dataclasses.replace(fit, weight=fit.weight * gain, bias=bias), gain

@@ -147,11 +147,7 @@ class BatchFormat:
         Raises:
             TypeError: If the inputs cannot be found; the message lists the keys tried and the way out.
         """
-        x = (
-            self._get(batch, self.input_key, "input")
-            if self.input_key is not None
-            else self._default_inputs(batch)
-        )
+        x = self._get(batch, self.input_key, "input") if self.input_key is not None else self._default_inputs(batch)
         if self.label_key is not None:
             y = self._get(batch, self.label_key, "label")
             if not isinstance(y, Tensor):
@@ -212,8 +208,10 @@ def scan_targets(dataset: Dataset, batch_format: BatchFormat | None = None) -> T
     for i in range(len(dataset)):  # type: ignore[arg-type]
         y = fmt.item_label(dataset[i])
         if y is None:
-            where = f"under label_key={fmt.label_key!r}" if fmt.label_key is not None else (
-                f"(expected (x, y) tuples or dicts with one of the keys {list(LABEL_KEYS)})"
+            where = (
+                f"under label_key={fmt.label_key!r}"
+                if fmt.label_key is not None
+                else (f"(expected (x, y) tuples or dicts with one of the keys {list(LABEL_KEYS)})")
             )
             raise NoLabelsError(
                 f"item {i} of {type(dataset).__name__} carries no integer class label {where}; if the labels are "

@@ -36,8 +36,16 @@ def ex():
 
 
 def _tiny_cnn() -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
-                         nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 4),
+    )
 
 
 def test_lsuv_changes_the_weights_and_gives_unit_std_outputs(ex):
@@ -93,8 +101,14 @@ def test_lsuv_callback_uses_the_balanced_subset_in_fit(ex):
     model = M()
     w0 = model.net[0].weight.detach().clone()
     cb = ex["baselines"].LSUVBaseline(samples_per_class=3, seed=0)
-    Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-            enable_model_summary=False, callbacks=[cb]).fit(model, datamodule=DM())
+    Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[cb],
+    ).fit(model, datamodule=DM())
     assert cb.subset_size == 12 and cb.metrics["lsuv/init_time_s"] > 0
     assert not torch.allclose(w0, model.net[0].weight)
 
@@ -105,9 +119,29 @@ def test_reproduce_table1_runs_lsuv_when_named(tmp_path):
 
     _write_fake(tmp_path)
     out_csv = tmp_path / "results" / "runs.csv"
-    cmd = [sys.executable, str(REPRO), "table1", "--data-dir", str(tmp_path), "--csv", str(out_csv), "--val-size", "30",
-           "--seeds", "0", "--test-limit", "20", "--shots", "2", "--epochs", "1", "--samples-per-class", "2",
-           "--initializers", "lsuv"]
+    cmd = [
+        sys.executable,
+        str(REPRO),
+        "table1",
+        "--data-dir",
+        str(tmp_path),
+        "--csv",
+        str(out_csv),
+        "--val-size",
+        "30",
+        "--seeds",
+        "0",
+        "--test-limit",
+        "20",
+        "--shots",
+        "2",
+        "--epochs",
+        "1",
+        "--samples-per-class",
+        "2",
+        "--initializers",
+        "lsuv",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = list(csv.DictReader(out_csv.open()))
@@ -127,15 +161,59 @@ def test_lsuv_runs_only_when_named_and_never_in_finetune(ex):
 
 
 def test_report_adds_lsuv_rows_and_the_paired_comparison(ex, tmp_path):
-    fields = ["experiment", "setup", "initializer", "shots", "seed", "epochs", "samples_per_class", "lam", "latent",
-              "patches_per_image", "initial_acc", "final_acc", "init_time_s", "forward_time_s", "wall_s", "curve",
-              "machine", "date"]
-    base = dict(experiment="table1", setup="cifar10", shots="10", epochs="200", samples_per_class="100", lam="",
-                latent="", patches_per_image="", forward_time_s="", wall_s="1", curve="", machine="m", date="d")
-    rows = [dict(base, initializer="sylvester", seed=s, lam="10.0", latent="pca", patches_per_image="16",
-                 initial_acc="0.2200", final_acc=f, init_time_s="1.0") for s, f in (("0", "0.2800"), ("1", "0.2600"))]
-    rows += [dict(base, initializer="lsuv", seed=s, initial_acc="0.1000", final_acc=f, init_time_s="0.5")
-             for s, f in (("0", "0.2700"), ("1", "0.2700"))]
+    fields = [
+        "experiment",
+        "setup",
+        "initializer",
+        "shots",
+        "seed",
+        "epochs",
+        "samples_per_class",
+        "lam",
+        "latent",
+        "patches_per_image",
+        "initial_acc",
+        "final_acc",
+        "init_time_s",
+        "forward_time_s",
+        "wall_s",
+        "curve",
+        "machine",
+        "date",
+    ]
+    base = dict(
+        experiment="table1",
+        setup="cifar10",
+        shots="10",
+        epochs="200",
+        samples_per_class="100",
+        lam="",
+        latent="",
+        patches_per_image="",
+        forward_time_s="",
+        wall_s="1",
+        curve="",
+        machine="m",
+        date="d",
+    )
+    rows = [
+        dict(
+            base,
+            initializer="sylvester",
+            seed=s,
+            lam="10.0",
+            latent="pca",
+            patches_per_image="16",
+            initial_acc="0.2200",
+            final_acc=f,
+            init_time_s="1.0",
+        )
+        for s, f in (("0", "0.2800"), ("1", "0.2600"))
+    ]
+    rows += [
+        dict(base, initializer="lsuv", seed=s, initial_acc="0.1000", final_acc=f, init_time_s="0.5")
+        for s, f in (("0", "0.2700"), ("1", "0.2700"))
+    ]
     out = tmp_path / "results" / "runs.csv"
     out.parent.mkdir(parents=True)
     with out.open("w", newline="") as f:
@@ -223,8 +301,22 @@ def test_weight_selection_script_smoke(ex, tmp_path):
     """One seed, tiny budgets, every pair: the CSV gets every arm, n/a where selection does not apply."""
     ws = ex["ws"]
     out_csv, out_md = tmp_path / "ws.csv", tmp_path / "ws.md"
-    ws.main(["--seeds", "0", "--teacher-epochs", "1", "--epochs", "1", "--per-class", "10", "--csv", str(out_csv),
-             "--md", str(out_md)])
+    ws.main(
+        [
+            "--seeds",
+            "0",
+            "--teacher-epochs",
+            "1",
+            "--epochs",
+            "1",
+            "--per-class",
+            "10",
+            "--csv",
+            str(out_csv),
+            "--md",
+            str(out_md),
+        ]
+    )
     rows = list(csv.DictReader(out_csv.open()))
     arms = {(r["pair"], r["arm"]) for r in rows}
     for pair in ws.PAIRS:

@@ -67,9 +67,19 @@ def test_callback_and_function_write_the_same_weights(tmp_path, make_trainer, ca
 @pytest.mark.parametrize(
     "bad",
     [
-        {"layers": "body"}, {"layers": ["net.*", ""]}, {"latent": "svd"}, {"head_latent": 3}, {"lam": 0},
-        {"lam": float("nan")}, {"patches_per_image": 0}, {"head": ""}, {"batch_size": 0}, {"solver": "fast"},
-        {"num_classes": 0}, {"scale": "model"}, {"head_scale": None},
+        {"layers": "body"},
+        {"layers": ["net.*", ""]},
+        {"latent": "svd"},
+        {"head_latent": 3},
+        {"lam": 0},
+        {"lam": float("nan")},
+        {"patches_per_image": 0},
+        {"head": ""},
+        {"batch_size": 0},
+        {"solver": "fast"},
+        {"num_classes": 0},
+        {"scale": "model"},
+        {"head_scale": None},
     ],
     ids=lambda d: next(iter(d)),
 )
@@ -92,7 +102,11 @@ def test_the_callback_and_the_function_refuse_an_argument_with_the_same_message(
 @pytest.mark.parametrize(
     "bad",
     [
-        {"method": "svd"}, {"full_weight": "x"}, {"patches_per_image": 0}, {"lam": -1.0}, {"ridge": -1},
+        {"method": "svd"},
+        {"full_weight": "x"},
+        {"patches_per_image": 0},
+        {"lam": -1.0},
+        {"ridge": -1},
         {"relu_iters": 1.5},
     ],
     ids=lambda d: next(iter(d)),

@@ -68,8 +68,10 @@ def test_init_scheme_applied_and_hparams_saved():
         ({"lr": float("inf")}, "lr must be a finite number > 0, got inf"),
         ({"momentum": 1.0}, r"momentum must be a number in \[0, 1\), got 1.0"),
         ({"weight_decay": -1e-4}, "weight_decay must be a finite number >= 0, got -0.0001"),
-        ({"milestones": [5, 3]},
-         r"milestones must be None or a strictly increasing list of positive ints, got \[5, 3\]"),
+        (
+            {"milestones": [5, 3]},
+            r"milestones must be None or a strictly increasing list of positive ints, got \[5, 3\]",
+        ),
         ({"gamma": 0}, r"gamma must be a number in \(0, 1\], got 0"),
     ],
 )

@@ -58,8 +58,15 @@ def test_callback_added_by_flag_with_short_names(tmp_path):
 
 def test_flag_on_top_of_the_config(tmp_path):
     proc = _run(
-        ["fit", "--config", str(ROOT / "configs/digits.yaml"), "--trainer.callbacks+=SylvesterInit",
-         "--trainer.callbacks.samples_per_class=3", "--trainer.logger=false", *FAST],
+        [
+            "fit",
+            "--config",
+            str(ROOT / "configs/digits.yaml"),
+            "--trainer.callbacks+=SylvesterInit",
+            "--trainer.callbacks.samples_per_class=3",
+            "--trainer.logger=false",
+            *FAST,
+        ],
         tmp_path,
     )
     out = proc.stdout + proc.stderr
@@ -70,7 +77,10 @@ def test_flag_on_top_of_the_config(tmp_path):
 def test_python_dash_m_help_lists_every_documented_argument(tmp_path, callback):
     proc = subprocess.run(
         [sys.executable, "-m", "lightning_sylv", "fit", "--trainer.callbacks.help", callback],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     import inspect
@@ -92,9 +102,19 @@ def test_bad_flag_value_is_rejected_with_the_argument_named(tmp_path):
     exe = shutil.which("lightning-sylv")
     cmd = [exe] if exe else [sys.executable, "-m", "lightning_sylv"]
     proc = subprocess.run(
-        [*cmd, "fit", "--config", str(ROOT / "configs/digits.yaml"), "--trainer.callbacks+=SylvesterInit",
-         "--trainer.callbacks.samples_per_class=0", *FAST],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        [
+            *cmd,
+            "fit",
+            "--config",
+            str(ROOT / "configs/digits.yaml"),
+            "--trainer.callbacks+=SylvesterInit",
+            "--trainer.callbacks.samples_per_class=0",
+            *FAST,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode != 0
     assert "samples_per_class" in proc.stderr
@@ -102,12 +122,21 @@ def test_bad_flag_value_is_rejected_with_the_argument_named(tmp_path):
 
 def test_lowrank_config_converts_and_initializes_through_the_cli(tmp_path):
     proc = _run(
-        ["fit", "--config", str(ROOT / "configs/digits_lowrank.yaml"),
-         "--trainer.callbacks.init_args.samples_per_class=5", "--trainer.logger=false", *FAST],
+        [
+            "fit",
+            "--config",
+            str(ROOT / "configs/digits_lowrank.yaml"),
+            "--trainer.callbacks.init_args.samples_per_class=5",
+            "--trainer.logger=false",
+            *FAST,
+        ],
         tmp_path,
     )
     out = proc.stdout + proc.stderr
-    m = re.search(r"LowRankInit: 2 low-rank layer\(s\) initialized \(relu, W: current\) .* from 50 samples; "
-                  r"mean ReLU error (\d+\.\d+) \(spectral (\d+\.\d+)\); validation accuracy (\d+\.\d+)%", out)
+    m = re.search(
+        r"LowRankInit: 2 low-rank layer\(s\) initialized \(relu, W: current\) .* from 50 samples; "
+        r"mean ReLU error (\d+\.\d+) \(spectral (\d+\.\d+)\); validation accuracy (\d+\.\d+)%",
+        out,
+    )
     assert m, out[-2000:]
     assert float(m.group(1)) < float(m.group(2))

@@ -62,8 +62,11 @@ def test_onehot_code():
 
 @pytest.mark.parametrize(
     ("labels", "match"),
-    [(None, "needs class labels"), (torch.tensor([0, 1]), "shape"),
-     (torch.tensor([0, 1, 2, 5, 0]), "one output per class")],
+    [
+        (None, "needs class labels"),
+        (torch.tensor([0, 1]), "shape"),
+        (torch.tensor([0, 1, 2, 5, 0]), "one output per class"),
+    ],
 )
 def test_onehot_rejects_bad_labels(labels, match):
     with pytest.raises(ValueError, match=match):

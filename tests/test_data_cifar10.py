@@ -166,8 +166,10 @@ def test_classes_are_filtered_and_remapped_in_the_given_order(fake):
     expected = [old[c] for c in test_labels if c in old]
     assert dm.test_dataset.targets.tolist() == expected
     first_horse = test_labels.index(7)
-    assert torch.equal(dm.test_dataset.inputs[0 if expected[0] == 0 else expected.index(0)],
-                       torch.from_numpy(test_data[first_horse].reshape(3, 32, 32)))
+    assert torch.equal(
+        dm.test_dataset.inputs[0 if expected[0] == 0 else expected.index(0)],
+        torch.from_numpy(test_data[first_horse].reshape(3, 32, 32)),
+    )
     assert torch.bincount(dm.val_dataset.targets).tolist() == [2, 2, 2]
 
 
@@ -224,8 +226,10 @@ def test_random_crop_flip_shifts_with_zero_padding_and_flips():
     outs = [crop(x) for _ in range(30)]
     assert all(o.shape == x.shape and o.dtype == torch.uint8 for o in outs)
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
-    shifts = [{(dy, dx) for dy in range(5) for dx in range(5) if torch.equal(o, padded[:, dy : dy + 6, dx : dx + 6])}
-              for o in outs]
+    shifts = [
+        {(dy, dx) for dy in range(5) for dx in range(5) if torch.equal(o, padded[:, dy : dy + 6, dx : dx + 6])}
+        for o in outs
+    ]
     assert all(len(s) == 1 for s in shifts), "every output is one zero-padded shift of the input"
     assert len(set.union(*shifts)) > 5
     flip = RandomCropFlip(padding=0, generator=g)

@@ -13,7 +13,10 @@ SCRIPT = Path(__file__).parent / "scripts" / "ddp_init.py"
 def _run(tmp_path: Path, devices: int, *extra: str) -> None:
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), str(tmp_path), str(devices), *extra],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
@@ -66,4 +69,3 @@ def test_ddp_head_only_leaves_the_body_bit_identical(tmp_path):
         after = torch.load(tmp_path / f"world3_rank{rank}.pt")
         changed = {k for k in before if not torch.equal(before[k], after[k])}
         assert changed == {"net.3.weight", "net.3.bias"}, (rank, changed)
-

@@ -11,6 +11,7 @@ import lightning_sylv
 
 PACKAGE = Path(lightning_sylv.__file__).parent
 
+
 def _source(name: str) -> str:
     path = PACKAGE.joinpath(*name.split(".")[1:])
     path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")

@@ -29,16 +29,27 @@ def tiny_mlp() -> nn.Module:
 
 def tiny_cnn() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(6, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
+        nn.Conv2d(1, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(6, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 3),
     )
 
 
 def tiny_resnet() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(1, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(),
-        ResBlock(6), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3),
+        nn.Conv2d(1, 6, 3, padding=1, bias=False),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        ResBlock(6),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 3),
     )
 
 
@@ -55,8 +66,11 @@ def test_every_layer_encodes_better_than_its_random_init(make):
     torch.manual_seed(0)
     model = make()
     x, y = _data()
-    before = {n: (m.weight.detach().clone(), None if m.bias is None else m.bias.detach().clone())
-              for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    before = {
+        n: (m.weight.detach().clone(), None if m.bias is None else m.bias.detach().clone())
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Linear, nn.Conv2d))
+    }
     inputs: dict[str, torch.Tensor] = {}
     for n, m in model.named_modules():
         if n in before:
@@ -73,10 +87,15 @@ def test_every_layer_encodes_better_than_its_random_init(make):
         code = OneHotCode() if r.name == report.head else PCACode()
         s = code.fit(rows, r.out_features, labels=labels, generator=torch.Generator().manual_seed(0))
         w_old, b_old = before[r.name]
-        new = encoding_loss(mod.weight.detach().double().reshape(r.out_features, -1), rows, s,
-                            None if mod.bias is None else mod.bias.detach().double())
-        old = encoding_loss(w_old.double().reshape(r.out_features, -1), rows, s,
-                            None if b_old is None else b_old.double())
+        new = encoding_loss(
+            mod.weight.detach().double().reshape(r.out_features, -1),
+            rows,
+            s,
+            None if mod.bias is None else mod.bias.detach().double(),
+        )
+        old = encoding_loss(
+            w_old.double().reshape(r.out_features, -1), rows, s, None if b_old is None else b_old.double()
+        )
         assert new < old, (r.name, new, old)
         # The report's loss is the same quantity, computed from the statistics.
         assert r.encoding_loss == pytest.approx(new, rel=1e-4, abs=1e-8)
@@ -221,17 +240,25 @@ def test_frozen_and_unused_layers_are_skipped():
 def test_grouped_and_depthwise_convs_are_solved_per_group():
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(4, 8, 3, padding=1, groups=2), nn.ReLU(),
-        nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
+        nn.Conv2d(4, 8, 3, padding=1, groups=2),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, 3),
     )
     x = torch.randn(30, 4, 6, 6)
     report = sylvester_init_(model, x, torch.arange(3).repeat(10), latent="pca", patches_per_image=None, scale="solve")
     assert [(r.groups, r.in_features, r.out_features) for r in report.layers] == [(2, 18, 4), (8, 9, 1), (1, 8, 3)]
     # Group g's filters only see group g's channels: the fit equals a fit on that slice alone.
     rows = layer_rows(model[0], x, None).x
-    fit = fit_layer(rows[:, 2:].reshape(rows.shape[0], -1).double(),
-                    PCACode().fit(rows[:, 2:].reshape(rows.shape[0], -1).double(), 4), 10.0, True)
+    fit = fit_layer(
+        rows[:, 2:].reshape(rows.shape[0], -1).double(),
+        PCACode().fit(rows[:, 2:].reshape(rows.shape[0], -1).double(), 4),
+        10.0,
+        True,
+    )
     torch.testing.assert_close(model[0].weight[4:].reshape(4, -1).double(), fit.weight, rtol=1e-4, atol=1e-5)
 
 
@@ -262,8 +289,15 @@ def test_bad_arguments():
 
 def test_streaming_matches_single_pass_without_batchnorm():
     torch.manual_seed(0)
-    a = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                      nn.Linear(24, 8), nn.ReLU(), nn.Linear(8, 3))
+    a = nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(24, 8),
+        nn.ReLU(),
+        nn.Linear(8, 3),
+    )
     b = nn.Sequential(*[m for m in __import__("copy").deepcopy(a)])
     x, y = _data(20)
     # float64 products: float32 blocks would be cut differently in the two runs (~1e-6 apart)
@@ -293,8 +327,10 @@ def test_statistics_path_matches_rows_path():
     from lightning_sylv.stats import InputStats
 
     g = torch.Generator().manual_seed(0)
-    x = (torch.randn(200, 12, generator=g, dtype=torch.float64)
-         @ torch.randn(12, 12, generator=g, dtype=torch.float64) + 3)
+    x = (
+        torch.randn(200, 12, generator=g, dtype=torch.float64) @ torch.randn(12, 12, generator=g, dtype=torch.float64)
+        + 3
+    )
     y = torch.randint(0, 4, (200,), generator=g)
     for code, out in ((PCACode(), 20), (PCACode(), 5), (OneHotCode(), 4)):
         for bias in (True, False):
@@ -400,8 +436,9 @@ def test_input_stats_blockwise_low_precision_gram():
     low = InputStats.from_rows(x, dtype=torch.float64, gram_dtype=torch.float32)
     assert low.gram_x.dtype == torch.float64 and torch.equal(low.gram_x, low.gram_x.T)
     torch.testing.assert_close(low.gram_x, ref.gram_x, rtol=1e-6, atol=0)
-    torch.testing.assert_close(low.covariance(), ref.covariance(), rtol=2e-5,
-                               atol=2e-5 * float(ref.covariance().abs().max()))
+    torch.testing.assert_close(
+        low.covariance(), ref.covariance(), rtol=2e-5, atol=2e-5 * float(ref.covariance().abs().max())
+    )
     same = InputStats.from_rows(x.double(), gram_dtype=torch.float64)
     torch.testing.assert_close(same.gram_x, ref.gram_x, rtol=0, atol=0)
 
@@ -421,7 +458,7 @@ def test_float32_gram_products_tolerate_rounding_on_singular_inputs():
 
 def test_patch_statistics_in_gather_order_match_unfold():
     """The sums formed in the gather's (K, C) memory order and reordered equal those of F.unfold's (C, K) rows."""
-    from lightning_sylv.layer_init import _gram_stats
+    from lightning_sylv.layer.collect import gram_stats as _gram_stats
     from lightning_sylv.rows import conv_patches
     from lightning_sylv.stats import InputStats
 
@@ -467,8 +504,13 @@ def _rgb_data() -> tuple[torch.Tensor, torch.Tensor]:
 
 def tiny_rgb_resnet() -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(),
-        ResBlock(6), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 3),
+        nn.Conv2d(3, 6, 3, padding=1, bias=False),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        ResBlock(6),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 3),
     )
 
 

@@ -23,15 +23,27 @@ def test_table2_table1_and_report_append_resume_and_write_results(tmp_path):
     _write_fake(tmp_path)  # 150 training / 30 test images of 10 classes
     out_csv = tmp_path / "results" / "runs.csv"
     # --test-limit 20 of the 30 test images: a limit that is not a whole number of evaluation batches.
-    common = ["--data-dir", str(tmp_path), "--csv", str(out_csv), "--val-size", "30", "--seeds", "0",
-              "--test-limit", "20"]
+    common = [
+        "--data-dir",
+        str(tmp_path),
+        "--csv",
+        str(out_csv),
+        "--val-size",
+        "30",
+        "--seeds",
+        "0",
+        "--test-limit",
+        "20",
+    ]
     log = _run("table2", *common, "--spc", "2", "--patches-per-image", "4")
     assert "[table2] sylvester" in log and "[table2] he_uniform" in log
-    log = _run("table1", *common, "--shots", "2", "--epochs", "1", "--samples-per-class", "2",
-               "--patches-per-image", "4")
+    log = _run(
+        "table1", *common, "--shots", "2", "--epochs", "1", "--samples-per-class", "2", "--patches-per-image", "4"
+    )
     rows = list(csv.DictReader(out_csv.open()))
     assert {(r["experiment"], r["initializer"]) for r in rows} == {
-        ("table2", "sylvester"), ("table2", "he_uniform"),
+        ("table2", "sylvester"),
+        ("table2", "he_uniform"),
         *{("table1", i) for i in ("sylvester", "he_uniform", "he_normal", "xavier_uniform", "xavier_normal")},
     }
     for r in rows:
@@ -39,20 +51,36 @@ def test_table2_table1_and_report_append_resume_and_write_results(tmp_path):
     t2 = next(r for r in rows if r["experiment"] == "table2" and r["initializer"] == "sylvester")
     assert float(t2["init_time_s"]) > 0 and float(t2["forward_time_s"]) > 0
     # Resumable: a second call finds every run in the CSV and appends nothing.
-    assert "skip (in CSV)" in _run("table1", *common, "--shots", "2", "--epochs", "1", "--samples-per-class", "2",
-                                   "--patches-per-image", "4")
+    assert "skip (in CSV)" in _run(
+        "table1", *common, "--shots", "2", "--epochs", "1", "--samples-per-class", "2", "--patches-per-image", "4"
+    )
     assert len(list(csv.DictReader(out_csv.open()))) == len(rows)
     # --initializers restricts a table to some initializers (one row: seed 1 of He uniform).
-    seed1 = ["--data-dir", str(tmp_path), "--csv", str(out_csv), "--val-size", "30", "--seeds", "1",
-             "--test-limit", "20"]
+    seed1 = [
+        "--data-dir",
+        str(tmp_path),
+        "--csv",
+        str(out_csv),
+        "--val-size",
+        "30",
+        "--seeds",
+        "1",
+        "--test-limit",
+        "20",
+    ]
     _run("table1", *seed1, "--shots", "2", "--epochs", "1", "--initializers", "he_uniform")
-    added = list(csv.DictReader(out_csv.open()))[len(rows):]
+    added = list(csv.DictReader(out_csv.open()))[len(rows) :]
     assert [(r["initializer"], r["seed"]) for r in added] == [("he_uniform", "1")]
     rows = list(csv.DictReader(out_csv.open()))
 
     # Trial settings never go to the committed CSV (its key cannot tell them from a full run).
-    proc = subprocess.run([sys.executable, str(REPRO), "table1", "--test-limit", "20"], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(REPRO), "table1", "--test-limit", "20"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert proc.returncode == 2 and "give them their own --csv" in proc.stderr
 
     _run("report", "--csv", str(out_csv))
@@ -89,25 +117,117 @@ def _write_rows(path, rows, fields):
 def test_report_builds_the_figure_sections_from_csv_rows(tmp_path):
     """Figures 1-3 from hand-written rows: tables with mean ± std over seeds, PNGs, the settings line."""
     build_report = _build_report()
-    fields = ["experiment", "setup", "initializer", "shots", "seed", "epochs", "samples_per_class", "lam", "latent",
-              "patches_per_image", "initial_acc", "final_acc", "init_time_s", "forward_time_s", "wall_s", "curve",
-              "machine", "date"]
-    base = dict(setup="cifar10", shots="10", epochs="200", samples_per_class="100", patches_per_image="16",
-                forward_time_s="", wall_s="1.0", machine="m", date="2026-11-24", curve="", init_time_s="1.5")
-    rows = [dict(base, experiment="fig2", initializer="sylvester", seed=s, lam=lam, latent="pca",
-                 initial_acc=f"{0.2 + 0.01 * s:.4f}", final_acc="0.3000") for lam in ("0.1", "10.0") for s in (0, 1)]
-    rows += [dict(base, experiment="fig3", initializer="sylvester", seed="0", lam="10.0", latent=lat,
-                  initial_acc="0.2500", final_acc="0.2900") for lat in ("pca", "kmeans")]
-    rows += [dict(base, experiment="fig1", initializer=init, seed="0", lam="", latent="", initial_acc="0.1000",
-                  final_acc="0.2800", curve="10.0:0.2;20.0:0.28", init_time_s="2.0" if init == "sylvester" else "")
-             for init in ("sylvester", "he_uniform")]
-    rows.append(dict(base, experiment="fig1", initializer="sylvester", seed="1", lam="", latent="",
-                     initial_acc="0.1200", final_acc="0.3000", curve="12.0:0.22;24.0:0.30", init_time_s="2.0"))
+    fields = [
+        "experiment",
+        "setup",
+        "initializer",
+        "shots",
+        "seed",
+        "epochs",
+        "samples_per_class",
+        "lam",
+        "latent",
+        "patches_per_image",
+        "initial_acc",
+        "final_acc",
+        "init_time_s",
+        "forward_time_s",
+        "wall_s",
+        "curve",
+        "machine",
+        "date",
+    ]
+    base = dict(
+        setup="cifar10",
+        shots="10",
+        epochs="200",
+        samples_per_class="100",
+        patches_per_image="16",
+        forward_time_s="",
+        wall_s="1.0",
+        machine="m",
+        date="2026-11-24",
+        curve="",
+        init_time_s="1.5",
+    )
+    rows = [
+        dict(
+            base,
+            experiment="fig2",
+            initializer="sylvester",
+            seed=s,
+            lam=lam,
+            latent="pca",
+            initial_acc=f"{0.2 + 0.01 * s:.4f}",
+            final_acc="0.3000",
+        )
+        for lam in ("0.1", "10.0")
+        for s in (0, 1)
+    ]
+    rows += [
+        dict(
+            base,
+            experiment="fig3",
+            initializer="sylvester",
+            seed="0",
+            lam="10.0",
+            latent=lat,
+            initial_acc="0.2500",
+            final_acc="0.2900",
+        )
+        for lat in ("pca", "kmeans")
+    ]
+    rows += [
+        dict(
+            base,
+            experiment="fig1",
+            initializer=init,
+            seed="0",
+            lam="",
+            latent="",
+            initial_acc="0.1000",
+            final_acc="0.2800",
+            curve="10.0:0.2;20.0:0.28",
+            init_time_s="2.0" if init == "sylvester" else "",
+        )
+        for init in ("sylvester", "he_uniform")
+    ]
+    rows.append(
+        dict(
+            base,
+            experiment="fig1",
+            initializer="sylvester",
+            seed="1",
+            lam="",
+            latent="",
+            initial_acc="0.1200",
+            final_acc="0.3000",
+            curve="12.0:0.22;24.0:0.30",
+            init_time_s="2.0",
+        )
+    )
     # Table 1: a shortened 500-shot column (20 epochs) must stay apart from a 200-epoch one of the same shots.
-    rows += [dict(base, experiment="table1", initializer="he_uniform", shots=shots, seed=s, epochs=ep, lam="",
-                  latent="", initial_acc="0.1000", final_acc=acc, init_time_s="")
-             for shots, ep, s, acc in (("50", "200", "0", "0.4000"), ("50", "200", "1", "0.4200"),
-                                       ("500", "20", "0", "0.6000"), ("500", "200", "0", "0.7000"))]
+    rows += [
+        dict(
+            base,
+            experiment="table1",
+            initializer="he_uniform",
+            shots=shots,
+            seed=s,
+            epochs=ep,
+            lam="",
+            latent="",
+            initial_acc="0.1000",
+            final_acc=acc,
+            init_time_s="",
+        )
+        for shots, ep, s, acc in (
+            ("50", "200", "0", "0.4000"),
+            ("50", "200", "1", "0.4200"),
+            ("500", "20", "0", "0.6000"),
+            ("500", "200", "0", "0.7000"),
+        )
+    ]
     out_csv = _write_rows(tmp_path / "results" / "runs.csv", rows, fields)
     md = build_report(out_csv, out_csv.parent).read_text()
     assert "| 0.1 | 20.50 ± 0.71 (n=2) | 30.00 ± 0.00 (n=2) |" in md  # seeds 0 and 1: 20 % and 21 %
@@ -116,13 +236,16 @@ def test_report_builds_the_figure_sections_from_csv_rows(tmp_path):
     assert "| sylvester | 0 | 2.00 | 10.00 | 28.00 | 22 |" in md
     assert "| he_uniform | 0 | 0.00 | 10.00 | 28.00 | 20 |" in md
     assert "| sylvester | 1 | 2.00 | 12.00 | 30.00 | 26 |" in md
-    assert ("| sylvester | mean of 2 | 2.00 ± 0.00 (n=2) | 11.00 ± 1.41 (n=2) | 29.00 ± 1.41 (n=2) "
-            "| 24 ± 3 (n=2) |") in md
+    assert (
+        "| sylvester | mean of 2 | 2.00 ± 0.00 (n=2) | 11.00 ± 1.41 (n=2) | 29.00 ± 1.41 (n=2) | 24 ± 3 (n=2) |"
+    ) in md
     assert "| he_uniform | mean of" not in md  # one seed: no mean row
     assert "| initializer | 50 shots, 200 ep | 500 shots, 200 ep | 500 shots, 20 ep |" in md
-    assert ("| he_uniform | 41.00 ± 1.41 (n=2) (10.0 ± 0.0); paper 40.84 (9.96) "
-            "| 70.00 (n=1) (10.0); paper 75.2 (9.96) "
-            "| 60.00 (n=1) (10.0); paper 75.2 (9.96) |") in md
+    assert (
+        "| he_uniform | 41.00 ± 1.41 (n=2) (10.0 ± 0.0); paper 40.84 (9.96) "
+        "| 70.00 (n=1) (10.0); paper 75.2 (9.96) "
+        "| 60.00 (n=1) (10.0); paper 75.2 (9.96) |"
+    ) in md
     for png in ("fig1_accuracy_vs_time.png", "fig2_lambda.png", "fig3_codes.png"):
         assert (tmp_path / "figures" / png).stat().st_size > 1000
 
@@ -130,16 +253,32 @@ def test_report_builds_the_figure_sections_from_csv_rows(tmp_path):
 def test_report_figure1_averages_seeds_only_within_one_setting(tmp_path):
     """Figure 1 rows of another shots setting get their own rows and curve, not a mean with the others."""
     build_report = _build_report()
-    base = dict(experiment="fig1", setup="cifar10", initializer="he_uniform", epochs="200", samples_per_class="",
-                lam="", latent="", patches_per_image="", forward_time_s="", wall_s="1.0", machine="m",
-                date="2026-11-25", init_time_s="", initial_acc="0.1000")
-    rows = [dict(base, shots="10", seed="0", final_acc="0.2800", curve="10.0:0.2;20.0:0.28"),
-            dict(base, shots="10", seed="1", final_acc="0.3000", curve="12.0:0.22;24.0:0.30"),
-            dict(base, shots="50", seed="0", final_acc="0.4000", curve="30.0:0.3;60.0:0.40")]
+    base = dict(
+        experiment="fig1",
+        setup="cifar10",
+        initializer="he_uniform",
+        epochs="200",
+        samples_per_class="",
+        lam="",
+        latent="",
+        patches_per_image="",
+        forward_time_s="",
+        wall_s="1.0",
+        machine="m",
+        date="2026-11-25",
+        init_time_s="",
+        initial_acc="0.1000",
+    )
+    rows = [
+        dict(base, shots="10", seed="0", final_acc="0.2800", curve="10.0:0.2;20.0:0.28"),
+        dict(base, shots="10", seed="1", final_acc="0.3000", curve="12.0:0.22;24.0:0.30"),
+        dict(base, shots="50", seed="0", final_acc="0.4000", curve="30.0:0.3;60.0:0.40"),
+    ]
     out_csv = _write_rows(tmp_path / "results" / "runs.csv", rows, list(rows[0]))
     md = build_report(out_csv, out_csv.parent).read_text()
-    assert ("| he_uniform, 10 shots, 200 ep | mean of 2 | 0.00 ± 0.00 (n=2) | 10.00 ± 0.00 (n=2) "
-            "| 29.00 ± 1.41 (n=2) |") in md
+    assert (
+        "| he_uniform, 10 shots, 200 ep | mean of 2 | 0.00 ± 0.00 (n=2) | 10.00 ± 0.00 (n=2) | 29.00 ± 1.41 (n=2) |"
+    ) in md
     assert "| he_uniform, 50 shots, 200 ep | 0 | 0.00 | 10.00 | 40.00 | 60 |" in md
     assert "he_uniform, 50 shots, 200 ep | mean of" not in md
 
@@ -147,9 +286,24 @@ def test_report_figure1_averages_seeds_only_within_one_setting(tmp_path):
 def test_speed_benchmark_prints_ratios_and_solver_bounds(tmp_path):
     _write_fake(tmp_path)
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "benchmark_speed.py"), "--data-dir", str(tmp_path), "--spc", "2",
-         "--repeats", "1", "--patches-per-image", "4", "--val-size", "30"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        [
+            sys.executable,
+            str(ROOT / "examples" / "benchmark_speed.py"),
+            "--data-dir",
+            str(tmp_path),
+            "--spc",
+            "2",
+            "--repeats",
+            "1",
+            "--patches-per-image",
+            "4",
+            "--val-size",
+            "30",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
         env={**os.environ, "OMP_NUM_THREADS": "1"},  # no oversubscription next to other test workers
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

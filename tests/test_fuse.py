@@ -147,8 +147,9 @@ def test_mismatched_grid_fails_naming_both_layers_and_restores_the_student():
     student = nn.Sequential(nn.Conv2d(1, 3, 3))  # 8x8 -> 6x6: not the fused k=5 conv
     before = student[0].weight.clone()
     x = torch.randn(10, 1, 8, 8, generator=_gen())
-    with pytest.raises(SylvesterInitError,
-                       match=r"layer '0'.*teacher activation at '2' has shape \(10, 3, 4, 4\).*\(10, 3, 6, 6\)"):
+    with pytest.raises(
+        SylvesterInitError, match=r"layer '0'.*teacher activation at '2' has shape \(10, 3, 4, 4\).*\(10, 3, 6, 6\)"
+    ):
         fuse_init_(student, teacher, x, {"0": "2"})
     assert torch.equal(student[0].weight, before)
     dense_teacher = nn.Sequential(nn.Linear(5, 7))
@@ -164,8 +165,11 @@ def test_unknown_names_and_bad_mappings_fail_clearly():
         fuse_init_(student, teacher, x, {"fc": "2"})
     with pytest.raises(ValueError, match=r"student layers \['1'\]"):  # a ReLU is not a fittable layer
         fuse_init_(student, teacher, x, {"1": "2"}, teacher_lam=math.inf)
-    with pytest.raises(ValueError, match=r"teacher modules \['head'\] do not exist in the teacher; "
-                                         r"its leaf modules are \['0', '1', '2'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"teacher modules \['head'\] do not exist in the teacher; "
+        r"its leaf modules are \['0', '1', '2'\]",
+    ):
         fuse_init_(student, teacher, x, {"0": "head"})
     with pytest.raises(ValueError, match="non-empty mapping"):
         fuse_init_(student, teacher, x, {})
@@ -224,16 +228,21 @@ def teacher_ckpt(tmp_path_factory) -> Path:
             F.cross_entropy(teacher(x), y).backward()
             opt.step()
     # The keys Trainer.save_checkpoint writes that load_from_checkpoint reads.
-    torch.save({"state_dict": teacher.state_dict(), "hyper_parameters": dict(teacher.hparams),
-                "pytorch-lightning_version": lightning.__version__}, path)
+    torch.save(
+        {
+            "state_dict": teacher.state_dict(),
+            "hyper_parameters": dict(teacher.hparams),
+            "pytorch-lightning_version": lightning.__version__,
+        },
+        path,
+    )
     return path
 
 
-
-
 def test_callback_fuses_through_a_trainer_and_logs(tmp_path, teacher_ckpt, make_trainer):
-    cb = FuseInit(mapping=MAPPING, teacher_class="ImageClassifier", teacher_checkpoint=str(teacher_ckpt),
-                  samples_per_class=30)
+    cb = FuseInit(
+        mapping=MAPPING, teacher_class="ImageClassifier", teacher_checkpoint=str(teacher_ckpt), samples_per_class=30
+    )
     student = ImageClassifier(arch="mlp", hidden=STUDENT_HIDDEN)
     trainer = make_trainer(tmp_path, [cb], limit_train_batches=0)
     trainer.fit(student, datamodule=DigitsDataModule(seed=0))
@@ -259,8 +268,9 @@ def test_callback_fuses_through_a_trainer_and_logs(tmp_path, teacher_ckpt, make_
 
 def test_callback_with_a_teacher_instance_and_sylvester_fallback(tmp_path, teacher_ckpt, make_trainer):
     teacher = ImageClassifier.load_from_checkpoint(teacher_ckpt)
-    cb = FuseInit(mapping={"net.features.1": "net.features.3"}, teacher=teacher, unmapped="sylvester",
-                  samples_per_class=20)
+    cb = FuseInit(
+        mapping={"net.features.1": "net.features.3"}, teacher=teacher, unmapped="sylvester", samples_per_class=20
+    )
     make_trainer(tmp_path, [cb], limit_train_batches=0, logger=False).fit(
         ImageClassifier(arch="mlp", hidden=STUDENT_HIDDEN), datamodule=DigitsDataModule(seed=0)
     )
@@ -309,16 +319,23 @@ def test_cli_flags_and_config(tmp_path, teacher_ckpt, monkeypatch):
     cmd = [exe] if exe else [sys.executable, "-m", "lightning_sylv"]
     mapping = "{" + ", ".join(f'"{s}": "{t}"' for s, t in MAPPING.items()) + "}"
     args = [
-        "fit", "--model=ImageClassifier", "--model.arch=mlp", f"--model.hidden={STUDENT_HIDDEN}",
+        "fit",
+        "--model=ImageClassifier",
+        "--model.arch=mlp",
+        f"--model.hidden={STUDENT_HIDDEN}",
         "--data=DigitsDataModule",
         "--trainer.callbacks+=FuseInit",
         "--trainer.callbacks.teacher_class=lightning_sylv.models.ImageClassifier",
         f"--trainer.callbacks.teacher_checkpoint={teacher_ckpt}",
         f"--trainer.callbacks.mapping={mapping}",
         "--trainer.callbacks.samples_per_class=10",
-        "--trainer.logger=false", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
-        "--trainer.limit_val_batches=2", "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false", "--trainer.enable_checkpointing=false",
+        "--trainer.logger=false",
+        "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2",
+        "--trainer.limit_val_batches=2",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        "--trainer.enable_checkpointing=false",
     ]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd + args, cwd=tmp_path, capture_output=True, text=True, timeout=240, env=env)
@@ -331,12 +348,21 @@ def test_cli_flags_and_config(tmp_path, teacher_ckpt, monkeypatch):
     from lightning_sylv.cli import cli
 
     monkeypatch.chdir(tmp_path)
-    run = cli([
-        "fit", "--config", str(ROOT / "configs/digits_fuse.yaml"),
-        f"--trainer.callbacks.teacher_checkpoint={teacher_ckpt}", "--trainer.callbacks.samples_per_class=10",
-        "--trainer.logger=false", "--trainer.max_epochs=1", "--trainer.limit_train_batches=2",
-        "--trainer.limit_val_batches=2", "--trainer.enable_progress_bar=false", "--trainer.enable_checkpointing=false",
-    ])
+    run = cli(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "configs/digits_fuse.yaml"),
+            f"--trainer.callbacks.teacher_checkpoint={teacher_ckpt}",
+            "--trainer.callbacks.samples_per_class=10",
+            "--trainer.logger=false",
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=2",
+            "--trainer.limit_val_batches=2",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.enable_checkpointing=false",
+        ]
+    )
     fuse = next(c for c in run.trainer.callbacks if isinstance(c, FuseInit))
     assert fuse.teacher_checkpoint == str(teacher_ckpt) and fuse.initialized and fuse.subset_size == 100
 
@@ -362,8 +388,13 @@ def test_the_fused_student_trains_with_the_shipped_optimizer(tmp_path, teacher_c
     config = yaml.safe_load((ROOT / "configs/digits_fuse.yaml").read_text())
     callback_args = config["trainer"]["callbacks"][0]["init_args"]
     teacher = ImageClassifier.load_from_checkpoint(teacher_ckpt)
-    cb = FuseInit(mapping=callback_args["mapping"], teacher=teacher, samples_per_class=50,
-                  teacher_lam=callback_args.get("teacher_lam", 1000.0), verbose=False)
+    cb = FuseInit(
+        mapping=callback_args["mapping"],
+        teacher=teacher,
+        samples_per_class=50,
+        teacher_lam=callback_args.get("teacher_lam", 1000.0),
+        verbose=False,
+    )
     dm = DigitsDataModule(seed=0)
     opts = dict(logger=False, limit_train_batches=None, limit_val_batches=None, max_epochs=2)
     torch.manual_seed(0)
@@ -378,4 +409,7 @@ def test_the_fused_student_trains_with_the_shipped_optimizer(tmp_path, teacher_c
     assert student_norm < 3 * teacher_norm, (student_norm, teacher_norm)
     fused_acc, random_acc = _val_acc(trainer, fused, dm), _val_acc(trainer, random_student, dm)
     assert fused_acc >= random_acc - 0.01 and fused_acc >= cb.metrics["fuse/initial_accuracy"] - 0.02, (
-        fused_acc, random_acc, cb.metrics)
+        fused_acc,
+        random_acc,
+        cb.metrics,
+    )

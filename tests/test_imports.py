@@ -4,8 +4,13 @@ import subprocess
 import sys
 
 HEAVY = ("lightning", "lightning.pytorch", "matplotlib", "torchmetrics")
-MATH = ("lightning_sylv", "lightning_sylv.solver", "lightning_sylv.engine", "lightning_sylv.codes",
-        "lightning_sylv.lowrank.factorize")
+MATH = (
+    "lightning_sylv",
+    "lightning_sylv.solver",
+    "lightning_sylv.engine",
+    "lightning_sylv.codes",
+    "lightning_sylv.lowrank.factorize",
+)
 
 
 def _run(code: str) -> str:
@@ -34,8 +39,9 @@ def test_the_callbacks_load_on_first_use():
         "print(type(cb).__module__, 'lightning' in sys.modules)\n"
     )
     assert _run(code) == "lightning_sylv.callbacks.sylvester True"
-    out = subprocess.run([sys.executable, "-c", "import lightning_sylv; lightning_sylv.Nope"], capture_output=True,
-                         text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-c", "import lightning_sylv; lightning_sylv.Nope"], capture_output=True, text=True, timeout=60
+    )
     assert "has no attribute 'Nope'" in out.stderr
 
 

@@ -42,8 +42,9 @@ def _relu_rows(n: int, d: int, latent: int, seed: int, shift: float = 0.0) -> to
     """Correlated, non-negative rows (like post-ReLU activations) with a singular-ish covariance."""
     g = _gen(seed)
     mix = torch.randn(d, latent, generator=g, dtype=D)
-    return torch.relu(torch.randn(n, latent, generator=g, dtype=D) @ mix.T + shift
-                      + 0.05 * torch.randn(n, d, generator=g, dtype=D))
+    return torch.relu(
+        torch.randn(n, latent, generator=g, dtype=D) @ mix.T + shift + 0.05 * torch.randn(n, d, generator=g, dtype=D)
+    )
 
 
 def _lin_obj(w, x, f, b=None) -> float:
@@ -68,8 +69,9 @@ def test_data_aware_never_worse_than_spectral_on_its_objective(seed, with_bias):
         assert _lin_obj(w, x, data, b) <= _lin_obj(w, x, spec, b) * (1 + 1e-9) + 1e-9
         assert linear_error(w, x, data, b) <= linear_error(w, x, spec, b) + 1e-12
     # Strictly better at low rank on correlated data, and exact at full rank.
-    assert (linear_error(w, x, data_factors(w, x, 3, b), b)
-            < 0.8 * linear_error(w, x, factorize(w, 3, "spectral", bias=b), b))
+    assert linear_error(w, x, data_factors(w, x, 3, b), b) < 0.8 * linear_error(
+        w, x, factorize(w, 3, "spectral", bias=b), b
+    )
     assert linear_error(w, x, data_factors(w, x, 30, b), b) < 1e-6
 
 
@@ -338,8 +340,6 @@ def test_engine_restores_the_model_on_failure():
 # ------------------------------------------------------------------------------------------ callback
 
 
-
-
 def test_callback_converts_before_optimizers_and_trains_the_factors(tmp_path, make_trainer):
     model = ImageClassifier(arch="mlp", hidden=[32, 32])
     cb = LowRankInit(ranks=0.25, method="relu", exclude=["net.head"], samples_per_class=10, relu_iters=2)
@@ -359,8 +359,12 @@ def test_callback_converts_before_optimizers_and_trains_the_factors(tmp_path, ma
     assert layer.full_weight is None  # freed after initialization (keep_full=False)
     rows = list(csv.DictReader(next(tmp_path.glob("csv/version_*/metrics.csv")).open()))
     logged = {k: float(v) for row in rows for k, v in row.items() if v and k.startswith("lowrank/")}
-    assert {"lowrank/relu_error", "lowrank/spectral_relu_error", "lowrank/init_time_s",
-            "lowrank/initial_accuracy"} <= set(logged)
+    assert {
+        "lowrank/relu_error",
+        "lowrank/spectral_relu_error",
+        "lowrank/init_time_s",
+        "lowrank/initial_accuracy",
+    } <= set(logged)
     assert logged["lowrank/relu_error"] < logged["lowrank/spectral_relu_error"]
 
 
@@ -377,7 +381,8 @@ def test_callback_skips_on_resume_and_keeps_the_checkpoint(tmp_path, make_traine
     fresh = ImageClassifier(arch="mlp", hidden=[16])  # full-rank again: setup converts before loading
     cb2 = LowRankInit(ranks={"net.features.1": 4}, method="data", samples_per_class=5, evaluate=False, verbose=False)
     make_trainer(tmp_path, [cb2], logger=False, max_epochs=1, limit_train_batches=0).fit(
-        fresh, datamodule=dm, ckpt_path=ckpt)
+        fresh, datamodule=dm, ckpt_path=ckpt
+    )
     assert cb2.report is None and cb2.initialized
     assert torch.equal(fresh.net.features[1].u.weight, saved["net.features.1.u.weight"])
     assert fresh.net.features[1].full_weight is None  # keep_full=False: no full-rank copy kept on resume
@@ -449,8 +454,9 @@ def test_callback_draws_its_subset_from_init_dataset_when_the_datamodule_defines
             x, y = self.train_dataset[:][0][:20], torch.arange(20) % 10  # 2 per class
             return torch.utils.data.TensorDataset(x, y)
 
-    cb = LowRankInit(ranks=0.25, method="data", exclude=["net.head"], samples_per_class=5, evaluate=False,
-                     verbose=False)
+    cb = LowRankInit(
+        ranks=0.25, method="data", exclude=["net.head"], samples_per_class=5, evaluate=False, verbose=False
+    )
     make_trainer(tmp_path, [cb], logger=False, limit_train_batches=1).fit(
         ImageClassifier(arch="mlp", hidden=[16]), datamodule=WithInitData(seed=0)
     )

@@ -17,8 +17,8 @@ from torch import nn
 
 from lightning_sylv import sylvester_init_
 from lightning_sylv.codes import OneHotCode, PCACode
+from lightning_sylv.layer import LayerJob, grouped_rows
 from lightning_sylv.layer_fit import fit_layer
-from lightning_sylv.layer_init import LayerJob, grouped_rows
 from lightning_sylv.row_space import span_basis
 from lightning_sylv.rows import conv_patches
 from lightning_sylv.solver import solve_sylvester_psd, symmetric_eigh
@@ -87,7 +87,9 @@ def test_span_solve_equals_the_exact_solve_of_the_full_problem():
     x = torch.randn(n, d, generator=g, dtype=torch.float64) @ torch.randn(d, d, generator=g, dtype=torch.float64)
     y = _labels(n, classes)
     layer = nn.Linear(d, classes).double()
-    job = LayerJob(layer, "fc", OneHotCode(), lam=lam, patches_per_image=None, generator=_gen(), samples=n)
+    job = LayerJob(
+        module=layer, name="fc", code=OneHotCode(), lam=lam, patches_per_image=None, generator=_gen(), samples=n
+    )
     job.add(x, y)
     report = job.finish()
     assert report.solver.startswith("span/")
@@ -105,8 +107,9 @@ def test_span_solve_equals_the_exact_solve_of_the_full_problem():
 
 def test_span_basis_reconstructs_rank_deficient_rows():
     g = _gen(4)
-    x = (torch.randn(3, 30, 4, generator=g, dtype=torch.float64)
-         @ torch.randn(3, 4, 500, generator=g, dtype=torch.float64))
+    x = torch.randn(3, 30, 4, generator=g, dtype=torch.float64) @ torch.randn(
+        3, 4, 500, generator=g, dtype=torch.float64
+    )
     q, z = span_basis(x)  # rank 4 rows, 30 of them, 500 inputs
     assert q.shape == (3, 500, 30) and z.shape == (3, 30, 30)
     torch.testing.assert_close(z @ q.mT, x, atol=1e-10, rtol=0)
@@ -180,7 +183,9 @@ def test_depthwise_groups_are_solved_in_one_batch_like_one_by_one():
     torch.manual_seed(0)
     conv = nn.Conv2d(12, 24, 3, padding=1, groups=12).double()
     x = torch.randn(20, 12, 6, 6, generator=_gen(7), dtype=torch.float64)
-    job = LayerJob(conv, "dw", PCACode(), lam=10.0, patches_per_image=None, generator=_gen(), samples=20)
+    job = LayerJob(
+        module=conv, name="dw", code=PCACode(), lam=10.0, patches_per_image=None, generator=_gen(), samples=20
+    )
     job.add(x, None)
     report = job.finish()
     assert report.groups == 12 and report.solver.startswith("gram/")
@@ -339,8 +344,9 @@ def test_conv3d_patches_reproduce_the_convolution_and_the_layer_initializes():
     assert rows.out_shape == tuple(out.shape[2:])
     dense = rows.x.reshape(rows.x.shape[0], -1) @ conv.weight.reshape(4, -1).T + conv.bias
     torch.testing.assert_close(dense.reshape(3, -1, 4).transpose(1, 2).reshape(out.shape), out)
-    model = nn.Sequential(nn.Conv3d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(),
-                          nn.Linear(8, 10))
+    model = nn.Sequential(
+        nn.Conv3d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool3d(1), nn.Flatten(), nn.Linear(8, 10)
+    )
     report = sylvester_init_(model, torch.randn(30, 1, 4, 6, 6, generator=_gen(13)), _labels(30, 10))
     assert [r.kind for r in report.layers] == ["Conv3d", "Linear"]
 

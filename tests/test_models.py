@@ -71,8 +71,9 @@ def test_resnet_bad_depth_rejected(depth):
 
 
 def test_build_network_rejects_bad_arguments():
-    with pytest.raises(ValueError,
-                       match=r"arch must be one of \['mlp', 'cnn', 'resnet20', 'resnet32', 'resnet56'\], got 'vgg'"):
+    with pytest.raises(
+        ValueError, match=r"arch must be one of \['mlp', 'cnn', 'resnet20', 'resnet32', 'resnet56'\], got 'vgg'"
+    ):
         build_network("vgg", (1, 8, 8), 10)
     with pytest.raises(ValueError, match="input_shape must be \\(channels, height, width\\) for arch 'cnn'"):
         build_network("cnn", (64,), 10)

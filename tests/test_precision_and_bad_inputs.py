@@ -23,8 +23,11 @@ class Net(LightningModule):
     def __init__(self, classes: int = 4, extra: nn.Module | None = None) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
-            nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+            nn.Conv2d(1, 8, 3, padding=1, bias=False),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
         )
         self.extra = extra
         self.head = nn.Linear(32, classes)
@@ -44,11 +47,19 @@ class Net(LightningModule):
 
 
 def _fit(model, cb, train, val=None, **kwargs):
-    opts = dict(max_epochs=1, limit_train_batches=1, logger=False, enable_checkpointing=False,
-                enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
+    opts = dict(
+        max_epochs=1,
+        limit_train_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     opts.update(kwargs)
     Trainer(callbacks=[cb], **opts).fit(
-        model, train_dataloaders=DataLoader(train, batch_size=8),
+        model,
+        train_dataloaders=DataLoader(train, batch_size=8),
         val_dataloaders=None if val is None else DataLoader(val, batch_size=16),
     )
 
@@ -185,8 +196,9 @@ def test_iterable_dataset_rejected_clearly():
 def test_empty_dataset_rejected_clearly():
     empty = TensorDataset(torch.zeros(0, 1, 6, 6), torch.zeros(0, dtype=torch.long))
     with pytest.raises(ValueError, match="empty"):
-        Trainer(callbacks=[SylvesterInit(verbose=False)], max_epochs=1, logger=False,
-                enable_progress_bar=False).fit(Net(), train_dataloaders=DataLoader(empty, batch_size=4))
+        Trainer(callbacks=[SylvesterInit(verbose=False)], max_epochs=1, logger=False, enable_progress_bar=False).fit(
+            Net(), train_dataloaders=DataLoader(empty, batch_size=4)
+        )
 
 
 def test_forward_failing_on_batch_format_is_explained():

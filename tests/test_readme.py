@@ -18,8 +18,12 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 # Once a command is seen to bound its epochs, one epoch of two batches shows that it runs.
-BOUND = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=2",
-         "--trainer.enable_progress_bar=false"]
+BOUND = [
+    "--trainer.max_epochs=1",
+    "--trainer.limit_train_batches=2",
+    "--trainer.limit_val_batches=2",
+    "--trainer.enable_progress_bar=false",
+]
 
 
 def _blocks(language: str) -> list[str]:
@@ -87,8 +91,15 @@ def test_every_readme_snippet_runs(scratch, monkeypatch):
         def __init__(self, *args, **kwargs):
             assert "max_epochs" in kwargs, "a README snippet builds a Trainer without max_epochs"
             assert kwargs["max_epochs"] <= 30
-            kwargs.update(max_epochs=1, limit_train_batches=2, limit_val_batches=2, logger=False,
-                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+            kwargs.update(
+                max_epochs=1,
+                limit_train_batches=2,
+                limit_val_batches=2,
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+            )
             super().__init__(*args, **kwargs)
 
     monkeypatch.setattr(lightning.pytorch, "Trainer", BoundedTrainer)

@@ -82,9 +82,14 @@ def test_errors():
         layer_rows(nn.LSTM(2, 2), torch.randn(1, 2), None)
 
 
-@pytest.mark.parametrize("kwargs", [dict(kernel_size=4, padding="same"),
-                                    dict(kernel_size=(2, 3), padding="same", dilation=2),
-                                    dict(kernel_size=3, stride=3, padding=2)])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(kernel_size=4, padding="same"),
+        dict(kernel_size=(2, 3), padding="same", dilation=2),
+        dict(kernel_size=3, stride=3, padding=2),
+    ],
+)
 def test_zero_padding_by_mask_reproduces_conv(kwargs):
     """Zero padding (also asymmetric 'same' padding) is a mask on the gathered patches, not a padded copy."""
     torch.manual_seed(0)

@@ -31,8 +31,10 @@ def test_energies_from_rows_and_from_sums_match_numpy(with_bias):
     assert float(energy_from_stats(InputStats.from_rows(x), w, b)) == pytest.approx(want, rel=1e-12)
 
 
-@pytest.mark.parametrize(("own", "solved", "want"), [(4.0, 1.0, 2.0), (0.0, 3.0, 1.0), (1.0, 0.0, 1.0),
-                                                     (float("nan"), 1.0, 1.0), (1.0, float("inf"), 1.0)])
+@pytest.mark.parametrize(
+    ("own", "solved", "want"),
+    [(4.0, 1.0, 2.0), (0.0, 3.0, 1.0), (1.0, 0.0, 1.0), (float("nan"), 1.0, 1.0), (1.0, float("inf"), 1.0)],
+)
 def test_gain_factor(own, solved, want):
     assert gain_factor(own, solved) == want
 

@@ -64,8 +64,9 @@ def test_kmeans_code_is_inner_product_with_centroids(digits):
 @pytest.mark.parametrize("name", ["lda", "ica", "kmeans"])
 def test_codes_run_through_the_engine(name):
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
-                          nn.Linear(24, 3))
+    model = nn.Sequential(
+        nn.Conv2d(1, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(24, 3)
+    )
     y = torch.arange(3).repeat(15)
     x = torch.randn(3, 1, 6, 6)[y] + 0.3 * torch.randn(45, 1, 6, 6)
     report = sylvester_init_(model, x, y, latent=resolve_code(name), patches_per_image=6)

@@ -47,8 +47,9 @@ def test_jointly_singular_raises_clear_error_or_returns_min_norm():
     assert sol.dropped == 2 * 2
     assert torch.isfinite(sol.w).all()
     # Minimum-norm least squares: matches the pseudo-inverse of the Kronecker operator.
-    op = (torch.kron(a, torch.eye(5, dtype=torch.float64))
-          + torch.kron(torch.eye(4, dtype=torch.float64), b.T.contiguous()))
+    op = torch.kron(a, torch.eye(5, dtype=torch.float64)) + torch.kron(
+        torch.eye(4, dtype=torch.float64), b.T.contiguous()
+    )
     ref = torch.linalg.pinv(op, hermitian=True) @ c.reshape(-1)
     torch.testing.assert_close(sol.w.reshape(-1), ref, rtol=1e-7, atol=1e-9)
 

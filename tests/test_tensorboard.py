@@ -34,8 +34,6 @@ from lightning_sylv.subset import balanced_subset
 SAMPLES = 40  # embedding_samples in the shared run: keeps t-SNE well under a second
 
 
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, make_trainer):
     """One real fit with a TensorBoardLogger. No training batch runs (limit_train_batches=0), so the
@@ -258,8 +256,9 @@ _BAR = re.compile(r"SylvesterInit: +\d+%\|")
 @pytest.mark.parametrize(
     ("progress_bar", "verbose", "shown"), [(False, True, False), (True, False, False), (True, True, True)]
 )
-def test_layer_progress_bar_follows_the_trainers_bar_and_verbose(tmp_path, capsys, monkeypatch, progress_bar, verbose,
-                                                                  shown, make_trainer):
+def test_layer_progress_bar_follows_the_trainers_bar_and_verbose(
+    tmp_path, capsys, monkeypatch, progress_bar, verbose, shown, make_trainer
+):
     monkeypatch.setattr(_logging, "PROGRESS_DELAY_S", 0.0)  # show it even for a fast init
     cb = SylvesterInit(samples_per_class=3, verbose=verbose, evaluate=False)
     make_trainer(tmp_path, [cb], logger=False, limit_train_batches=0, enable_progress_bar=progress_bar).fit(

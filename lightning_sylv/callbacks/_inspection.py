@@ -290,4 +290,3 @@ class FeatureInspection:
             for tag, value in self.scores.items():
                 writer.add_scalar(tag, value, global_step=self.step)
             writer.flush()
-

@@ -149,8 +149,10 @@ class FuseInit(DataDrivenInit):
         input_key: str | int | None = None,
         label_key: str | int | None = None,
     ) -> None:
-        if not isinstance(mapping, dict) or not mapping or not all(
-            isinstance(k, str) and k and isinstance(v, str) and v for k, v in mapping.items()
+        if (
+            not isinstance(mapping, dict)
+            or not mapping
+            or not all(isinstance(k, str) and k and isinstance(v, str) and v for k, v in mapping.items())
         ):
             raise ValueError(
                 f"mapping must be a non-empty dict of student layer -> teacher module names, got {mapping!r}"

@@ -289,7 +289,8 @@ class LowRankInit(DataDrivenInit):
             return
         held = {id(p) for opt in trainer.optimizers for group in opt.param_groups for p in group["params"]}
         missing = [
-            n for n, m in pl_module.named_modules()
+            n
+            for n, m in pl_module.named_modules()
             if isinstance(m, LowRankLayer) and any(p.requires_grad and id(p) not in held for p in m.parameters())
         ]
         if missing:

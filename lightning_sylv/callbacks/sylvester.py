@@ -28,6 +28,7 @@ from lightning_sylv.report import InitReport, format_markdown, format_table, lay
 
 __all__ = ["SylvesterInit"]
 
+
 class SylvesterInit(DataDrivenInit):
     r"""Data-driven initialization with Sylvester solvers (Das, Bhalgat & Porikli, 2021).
 

@@ -177,9 +177,7 @@ def few_shot_indices(
     for c in classes:
         members = torch.nonzero(targets == c).flatten()
         if members.numel() < per_class:
-            raise ValueError(
-                f"class {c} has {members.numel()} samples, fewer than the {per_class} per class requested"
-            )
+            raise ValueError(f"class {c} has {members.numel()} samples, fewer than the {per_class} per class requested")
         chosen.append(members[torch.randperm(members.numel(), generator=g)[:per_class]])
     if not chosen:
         return torch.empty(0, dtype=torch.long)

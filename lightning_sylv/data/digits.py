@@ -76,9 +76,7 @@ class DigitsDataModule(LightningDataModule):
         if not _is_fraction(test_fraction):
             raise ValueError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}")
         if val_fraction + test_fraction >= 1:
-            raise ValueError(
-                f"val_fraction + test_fraction must be below 1, got {val_fraction!r} + {test_fraction!r}"
-            )
+            raise ValueError(f"val_fraction + test_fraction must be below 1, got {val_fraction!r} + {test_fraction!r}")
         if not is_int(seed):
             raise ValueError(f"seed must be an int, got {seed!r}")
         if not is_int(num_workers) or num_workers < 0:

@@ -115,9 +115,7 @@ def to_low_rank(
         if isinstance(layers, str) or isinstance(exclude, str):
             raise ValueError(f"layers and exclude must be lists of name patterns, got {layers!r} and {exclude!r}")
         candidates = [n for n, m in modules.items() if _eligible(m) and n and not in_low_rank(n)]
-        chosen = [
-            n for n in candidates if (layers is None or _matches(n, layers)) and not _matches(n, exclude)
-        ]
+        chosen = [n for n in candidates if (layers is None or _matches(n, layers)) and not _matches(n, exclude)]
         if not chosen and not low_rank_names:
             raise ValueError(
                 f"ranks={ranks!r} with layers={layers!r} and exclude={list(exclude)!r} selects no nn.Linear/"

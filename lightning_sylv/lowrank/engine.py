@@ -42,7 +42,7 @@ from lightning_sylv._checks import (
     check_positive_number,
 )
 from lightning_sylv.codes import LatentCode, resolve_code
-from lightning_sylv.layer_init import LayerJob
+from lightning_sylv.layer import LayerJob
 from lightning_sylv.lowrank.factorize import METHODS
 from lightning_sylv.lowrank.init import LowRankFit, init_low_rank_, input_rows
 from lightning_sylv.lowrank.layers import LowRankLayer, LowRankLinear
@@ -58,7 +58,6 @@ __all__ = [
     "format_low_rank_table",
     "low_rank_init_",
 ]
-
 
 
 class LowRankInitError(InitializationError):
@@ -200,8 +199,16 @@ def _dense_proxy(layer: LowRankLayer) -> nn.Module:
     else:
         v: nn.Conv2d = layer.v  # type: ignore[assignment]
         proxy = nn.Conv2d(
-            v.in_channels, layer.out_channels, v.kernel_size, stride=v.stride, padding=v.padding,  # type: ignore[arg-type]
-            dilation=v.dilation, bias=bias, padding_mode=v.padding_mode, device=dev, dtype=torch.float64,
+            v.in_channels,
+            layer.out_channels,
+            v.kernel_size,
+            stride=v.stride,
+            padding=v.padding,  # type: ignore[arg-type]
+            dilation=v.dilation,
+            bias=bias,
+            padding_mode=v.padding_mode,
+            device=dev,
+            dtype=torch.float64,
         )
     return proxy
 
@@ -331,16 +338,21 @@ def low_rank_init_(
         head_code = hidden_code
     generator = torch.Generator().manual_seed(seed)
     fulls = {m: (m.full_weight, m.full_bias) for m in low}
+
     def run_job(name: str, module: nn.Module, x: Tensor) -> None:
         code = head_code if name == head else hidden_code
         if not isinstance(module, LowRankLayer):
-            job = LayerJob(module, name, code, lam=lam, patches_per_image=patches_per_image, generator=generator)
+            job = LayerJob(
+                module=module, name=name, code=code, lam=lam, patches_per_image=patches_per_image, generator=generator
+            )
             job.add(x, labels)
             report.sylvester.append(job.finish())
             return
         if full_weight == "sylvester":
             proxy = _dense_proxy(module)
-            job = LayerJob(proxy, name, code, lam=lam, patches_per_image=patches_per_image, generator=generator)
+            job = LayerJob(
+                module=proxy, name=name, code=code, lam=lam, patches_per_image=patches_per_image, generator=generator
+            )
             job.add(x, labels)
             job.finish()
             w, b = proxy.weight.detach(), None if proxy.bias is None else proxy.bias.detach()
@@ -366,6 +378,7 @@ def low_rank_init_(
             m.full_weight, m.full_bias = fw, fb
 
     ordered = [_LowRankJob(jobs[n], n, run_job) for n in trace.order if n in jobs]
+
     def on_result(job: Job, record: Any) -> None:
         if on_layer is not None:
             on_layer(job, ordered.index(job) + 1, len(ordered))

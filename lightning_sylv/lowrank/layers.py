@@ -53,9 +53,7 @@ def resolve_rank(rank: int | float, full_rank: int, name: str = "rank") -> int:
     """
     if is_int(rank):
         if not 1 <= rank <= full_rank:
-            raise ValueError(
-                f"{name} must be in [1, {full_rank}] (the layer's full rank min(out, in)), got {rank!r}"
-            )
+            raise ValueError(f"{name} must be in [1, {full_rank}] (the layer's full rank min(out, in)), got {rank!r}")
         return int(rank)
     if isinstance(rank, float) and math.isfinite(rank) and 0 < rank <= 1:
         return max(1, min(full_rank, round(rank * full_rank)))
@@ -287,8 +285,16 @@ class LowRankConv2d(LowRankLayer):
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, ks
         self.rank = resolve_rank(rank, min(out_channels, in_channels * ks[0] * ks[1]))
         self.v = nn.Conv2d(
-            in_channels, self.rank, ks, stride=stride, padding=padding, dilation=dilation,
-            bias=False, padding_mode=padding_mode, device=device, dtype=dtype,
+            in_channels,
+            self.rank,
+            ks,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            bias=False,
+            padding_mode=padding_mode,
+            device=device,
+            dtype=dtype,
         )
         self.u = nn.Conv2d(self.rank, out_channels, 1, bias=bias, device=device, dtype=dtype)
         self._init_full()
@@ -315,8 +321,17 @@ class LowRankConv2d(LowRankLayer):
         w = conv.weight
         r = resolve_rank(rank, full_rank_of(conv))
         layer = cls(
-            conv.in_channels, conv.out_channels, conv.kernel_size, r, conv.stride, conv.padding,  # type: ignore[arg-type]
-            conv.dilation, conv.bias is not None, conv.padding_mode, w.device, w.dtype,  # type: ignore[arg-type]
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            r,
+            conv.stride,
+            conv.padding,  # type: ignore[arg-type]
+            conv.dilation,
+            conv.bias is not None,
+            conv.padding_mode,
+            w.device,
+            w.dtype,  # type: ignore[arg-type]
         )
         layer._copy_from(conv, keep_full)
         return layer

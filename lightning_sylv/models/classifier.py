@@ -96,9 +96,7 @@ class ImageClassifier(LightningModule):
             raise ValueError(f"momentum must be a number in [0, 1), got {momentum!r}")
         if not _is_number(weight_decay) or weight_decay < 0:
             raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
-        if milestones is not None and (
-            not _is_int_list(milestones) or any(a >= b for a, b in pairwise(milestones))
-        ):
+        if milestones is not None and (not _is_int_list(milestones) or any(a >= b for a, b in pairwise(milestones))):
             raise ValueError(
                 f"milestones must be None or a strictly increasing list of positive ints, got {milestones!r}"
             )

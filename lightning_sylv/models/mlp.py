@@ -30,8 +30,10 @@ class MLP(nn.Module):
         for name, value in (("in_features", in_features), ("num_classes", num_classes)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence) or any(
-            isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden
+        if (
+            isinstance(hidden, (str, bytes))
+            or not isinstance(hidden, Sequence)
+            or any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden)
         ):
             raise ValueError(f"hidden must be a sequence of positive ints, got {hidden!r}")
         layers: list[nn.Module] = [nn.Flatten()]

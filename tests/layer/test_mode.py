@@ -1,8 +1,8 @@
-"""lightning_sylv.layer_init: the mode a layer is solved in (a pure function of its sizes and code)."""
+"""lightning_sylv.layer.mode: the mode a layer is solved in (a pure function of its sizes and code)."""
 
 import pytest
 
-from lightning_sylv.layer_init import choose_mode
+from lightning_sylv.layer.mode import choose_mode
 
 BASE = dict(solver="exact", uses_stats=True, supervised=False, pooled=True, power_iterations=1)
 
