@@ -34,26 +34,20 @@ This module imports no Lightning.
 
 from __future__ import annotations
 
+import fnmatch
 import time
 import warnings
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from lightning_sylv._batch import batch_len, default_forward, slice_batch
-from lightning_sylv._checks import (
-    check_choice,
-    check_nonnegative_int,
-    check_patterns,
-    check_positive_int,
-    check_positive_number,
-)
 from lightning_sylv.attention import attention_jobs
-from lightning_sylv.codes import CODES, LatentCode, resolve_code
-from lightning_sylv.layer import SOLVERS, LayerJob
+from lightning_sylv.codes import LatentCode, resolve_code
+from lightning_sylv.layer import LayerJob
 from lightning_sylv.modules import NORMS, model_device
 from lightning_sylv.passes import (
     InitializationError,
@@ -65,14 +59,15 @@ from lightning_sylv.passes import (
 )
 from lightning_sylv.report import InitReport, LayerReport
 from lightning_sylv.rows import SUPPORTED_LAYERS
-from lightning_sylv.scale import SCALES, Scale
+from lightning_sylv.settings import SylvesterSettings
 
 __all__ = [
     "InitReport",
     "LayerReport",
     "SylvesterInitError",
-    "check_arguments",
+    "SylvesterSettings",
     "execution_order",
+    "plan",
     "sylvester_init_",
     "units",
 ]
@@ -121,78 +116,23 @@ def _untouched(model: nn.Module, written: set[nn.Module]) -> tuple[dict[str, str
     return layers, params
 
 
-def check_arguments(
-    *,
-    layers: Any,
-    latent: Any,
-    head_latent: Any,
-    lam: Any,
-    patches_per_image: Any,
-    head: Any,
-    batch_size: Any,
-    solver: Any,
-    power_iterations: Any,
-    num_classes: Any,
-    scale: Any,
-    head_scale: Any,
-) -> None:
-    """The checks of :func:`sylvester_init_`'s options, one per argument, shared with
-    :class:`~lightning_sylv.SylvesterInit` (which runs them when it is constructed).
-
-    ``layers`` is ``"all"``, ``"head"`` or a list of non-empty strings (layer names for the function,
-    name patterns for the callback); codes are names in :data:`~lightning_sylv.codes.CODES` or
-    :class:`~lightning_sylv.codes.LatentCode` instances.
-
-    Raises:
-        ValueError: Naming the first invalid argument and its value.
-    """
-    if isinstance(layers, str):
-        check_choice("layers", layers, ("all", "head"))
-    else:
-        check_patterns("layers", layers)
-    for name, code in (("latent", latent), ("head_latent", head_latent)):
-        if not isinstance(code, LatentCode):
-            check_choice(name, code, CODES)
-    check_positive_number("lam", lam)
-    check_positive_int("patches_per_image", patches_per_image, allow_none=True)
-    if head is not None and (not isinstance(head, str) or not head):
-        raise ValueError(f"head must be a module name or None, got {head!r}")
-    check_positive_int("batch_size", batch_size, allow_none=True)
-    check_choice("solver", solver, SOLVERS)
-    check_nonnegative_int("power_iterations", power_iterations)
-    check_positive_int("num_classes", num_classes, allow_none=True)
-    check_choice("scale", scale, SCALES)
-    check_choice("head_scale", head_scale, SCALES)
-
-
 def sylvester_init_(
     model: nn.Module,
     inputs: Any,
     labels: Tensor | None = None,
     *,
-    layers: Literal["all", "head"] | Sequence[str] = "all",
-    latent: str | LatentCode = "rotated_pca",
-    head_latent: str | LatentCode = "onehot",
-    lam: float = 10.0,
-    patches_per_image: int | None = 16,
-    head: str | None = None,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float64,
-    gram_dtype: torch.dtype | None = torch.float32,
-    batch_size: int | None = None,
+    settings: SylvesterSettings | None = None,
     reduce: Callable[[Tensor], Tensor] | None = None,
     gather: Callable[[Tensor], Tensor] | None = None,
-    codes: Mapping[str, str | LatentCode] | None = None,
-    lams: Mapping[str, float] | None = None,
     forward: Callable[[nn.Module, Any], Any] = default_forward,
-    num_classes: int | None = None,
-    solver: Literal["exact", "randomized"] = "exact",
-    power_iterations: int = 1,
-    scale: Scale = "own",
-    head_scale: Scale = "solve",
     on_layer: Callable[[LayerReport, int, int], None] | None = None,
+    **options: Any,
 ) -> InitReport:
     """Initialize ``model``'s layers in place from a data subset (Sylvester initialization).
+
+    Validate (:class:`~lightning_sylv.settings.SylvesterSettings`), probe the forward on two samples
+    (execution order, the head), plan one job per layer (:func:`plan`), run the plan in one pass
+    (:func:`lightning_sylv.passes.run_jobs`).
 
     Args:
         model: Any module; its ``Linear``/``Conv1d``/``Conv2d``/``Conv3d`` layers and
@@ -201,70 +141,29 @@ def sylvester_init_(
             parameters that are not layers (reported as untouched parameters).
         inputs: The subset's inputs, already on the model's device, as ``forward`` expects them.
         labels: Integer class labels ``(N,)``, needed by the head's one-hot code.
-        layers: ``"all"`` (every layer, in execution order, BatchNorm statistics recomputed),
-            ``"head"`` (only the head, from the current body's features; everything else, including
-            BatchNorm buffers, stays bit-identical), or a list of layer names (only those, in
-            execution order; BatchNorm statistics recomputed as for ``"all"``).
-        latent: Code of the hidden layers (name in :data:`lightning_sylv.codes.CODES` or instance).
-            The default, ``"rotated_pca"`` (the principal subspace of each layer's input, randomly
-            rotated; see :class:`~lightning_sylv.codes.PCACode`), was chosen on validation accuracy
-            over torchvision/timm models and ResNet-20 (``examples/RESULTS.md``); on the paper's
-            ResNet-20 with 100 samples per class ``"signed_pca"`` is better.
-        head_latent: Code of the head.
-        lam: λ, the weight of the encoding loss against the decoding loss (paper: 10 or more).
-        patches_per_image: Convolution patches (and token positions of a ``Linear`` on sequences)
-            drawn per sample; ``None`` for all.
-        head: Name of the head module; defaults to the last layer the forward pass executes.
-        seed: Seed of the patch draw and of random code fills.
-        dtype: Precision of the statistics and solves (``torch.float64`` by default); results are
-            cast to each parameter's dtype.
-        gram_dtype: Precision of the row products that form each layer's second moments (the
-            ``O(n d²)`` part of the work, the only one that grows with the data); ``None`` for
-            ``dtype``. The default, ``torch.float32`` with the default ``dtype``, forms them in float32
-            blocks summed in float64 (entries accurate to ~1e-6 relative), while codes, the
-            ``d x d`` decomposition and the solves stay in ``dtype``: the design does not depend on
-            fast float64 (consumer GPUs run it at 1/32-1/64 of float32). Initial accuracy within the
-            seed spread of the float64 products on ResNet-20 and the zoo (``examples/RESULTS.md``);
-            pass ``None`` for float64 products (weights reproducible to ~1e-12 against a reference).
-        batch_size: Stream the subset in mini-batches of this size (statistics codes only); ``None``
-            runs the whole subset as one batch in a single forward pass.
+        settings: What to do (:class:`~lightning_sylv.settings.SylvesterSettings`: layers, codes, λ,
+            precision, scale, ...); ``None``: the defaults.
         reduce: Sum of a tensor across processes (an all-reduce); every layer's statistics go through
             it before solving. ``None`` for a single process.
         gather: Concatenation of a tensor along its first dimension across processes (an
             all-gather). With it, layers with fewer rows than inputs pool their rows and solve in
             their span (``O(n² d)``); without it, under ``reduce`` they sum ``d x d`` Gram matrices.
-        codes: Per-layer code overrides, by layer name (e.g. a teacher's activations for FuseInit).
-        lams: Per-layer λ overrides, by layer name (e.g. ``math.inf`` for FuseInit's teacher targets).
         forward: ``forward(model, inputs)`` runs the model to its logits; defaults to
             ``model(inputs)``. A 4-D floating-point CPU ``inputs`` reaches it as a channels-last copy
             when a two-sample probe shows the forward accepts that layout (about twice as fast
             convolutions on CPUs); the values are the same.
-        num_classes: Classes of the data. With it, a head whose output count differs (a ``forward``
-            that returns features, not logits) is refused before anything is written.
-        solver: ``"exact"``: every layer solved exactly, from ``d x d`` statistics or in the span of
-            fewer rows than inputs. ``"randomized"``: the fast mode for hidden layers with PCA codes
-            whose outputs are far fewer than their inputs and rows: a randomized leading principal
-            subspace (``O(n d k)``, the order of the layer's forward pass, instead of
-            ``O(n d² + d³)``); see :mod:`lightning_sylv.layer.mode`. It keeps the rows of such layers
-            (memory ``n x d``, as their activations) and needs ``gather`` under ``reduce``.
-        power_iterations: Subspace iterations of the randomized mode (``>= 0``).
-        scale: Output scale of the hidden layers: ``"solve"`` keeps the solved weights as they
-            are; ``"own"`` keeps their directions and rescales each layer to the output energy its
-            weights before the call have on the same input rows (the model's own init's gain; see
-            :mod:`lightning_sylv.scale`). A layer followed by a normalization computes the same
-            function either way; residual branches, attention and unnormalized layers keep the
-            gain their architecture was built for.
-        head_scale: Output scale of the head, likewise (``"own"`` shrinks the logits to the own
-            head's size; a zero-initialized head keeps the solve's scale).
         on_layer: Called as ``on_layer(layer_report, done, total)`` after each layer (progress bars).
+        **options: Fields of :class:`~lightning_sylv.settings.SylvesterSettings`, replacing those of
+            ``settings`` (``lam=5.0``, ``layers="head"``, ``gram_dtype=None``, ...).
 
     Returns:
         An :class:`InitReport`.
 
     Raises:
-        ValueError: On invalid arguments, an unknown ``head``, a head that does not match
-            ``num_classes``, ``layers="head"`` with a supervised head code and no ``labels``, or a
-            rows-only code with ``batch_size``/``reduce``.
+        ValueError: On invalid options (naming the option and its value), an unknown ``head``, a head
+            that does not match ``num_classes``, ``layers="head"`` with a supervised head code and no
+            ``labels``, or a rows-only code with ``batch_size``/``reduce``.
+        TypeError: On an option that is not a field of the settings.
         SylvesterInitError: If anything fails during initialization; the model is restored first.
 
     Example:
@@ -280,17 +179,9 @@ def sylvester_init_(
         >>> report.passes
         1
     """
-    check_arguments(
-        layers=layers, latent=latent, head_latent=head_latent, lam=lam, patches_per_image=patches_per_image,
-        head=head, batch_size=batch_size, solver=solver, power_iterations=power_iterations, num_classes=num_classes,
-        scale=scale, head_scale=head_scale,
-    )  # fmt: skip
-    if not all(v > 0 for v in (lams or {}).values()):
-        raise ValueError(f"every value of lams must be > 0, got {lams!r}")
-    hidden_code, head_code = resolve_code(latent), resolve_code(head_latent)
-    overrides = {name: resolve_code(c) for name, c in (codes or {}).items()}
+    settings = settings or SylvesterSettings()
+    settings = settings.replace(**options) if options else settings
     start = time.perf_counter()
-    report = InitReport()
     n_samples = batch_len(inputs)
     if n_samples == 0:
         raise ValueError("inputs hold no samples: nothing to initialize from")
@@ -301,75 +192,12 @@ def sylvester_init_(
         forward, order = probe_forward(model, slice_batch(inputs, 0, 2), forward, targets)
     except InitializationError as err:
         raise SylvesterInitError(str(err)) from err.__cause__
-    modules = {name: m for m, name in targets.items()}
-    head = _resolve_head(modules, order, head, num_classes)
-    explicit = not isinstance(layers, str)
-    named = (("layers", layers if explicit else []), ("codes given for", overrides), ("lams given for", lams or {}))
-    for what, names in named:
-        unknown = [n for n in names if n not in order]
-        if unknown:
-            raise ValueError(f"{what} {unknown} are not layers executed by the forward pass; executed: {order}")
-    head_in_use = layers in ("all", "head") or (explicit and head in layers)
-    if head_code.requires_labels and labels is None and head_in_use and head not in overrides:
-        if layers == "head":
-            raise ValueError(
-                f"layers='head' needs class labels for the {head_code.name!r} head code, but the data "
-                "provides none: use a labelled dataset or layers='all' with an unsupervised code"
-            )
-        warnings.warn(
-            f"no labels: the head {head!r} gets the unsupervised {hidden_code.name!r} code instead of "
-            f"{head_code.name!r}",
-            stacklevel=2,
-        )
-        head_code = hidden_code
-    streaming = batch_size is not None and batch_size < n_samples
-    for code in {hidden_code, head_code, *overrides.values()}:
-        if (streaming or reduce is not None) and not code.from_statistics:
-            raise ValueError(
-                f"the {code.name!r} code needs all rows at once, so it works neither with batch_size "
-                "(streaming) nor across processes; use a statistics code such as 'pca'"
-            )
-    report.head = head
-    selected = None if layers == "all" else [head] if layers == "head" else list(layers)
     count = torch.tensor([float(n_samples)], device=model_device(model))
     total = n_samples if reduce is None else int(reduce(count)[0])
-    generator = torch.Generator().manual_seed(seed)
-
-    def make_job(
-        module: nn.Module, name: str, code: LatentCode | None = None, layer_lam: float | None = None
-    ) -> LayerJob:
-        return LayerJob(
-            module=module, name=name, code=code or hidden_code, lam=lam if layer_lam is None else layer_lam,
-            patches_per_image=patches_per_image, generator=generator, dtype=dtype, gram_dtype=gram_dtype,
-            code_generator=_layer_generator(seed, name), samples=total, gather=gather,
-            distributed=reduce is not None, solver=solver, power_iterations=power_iterations,
-            scale=head_scale if name == head else scale,
-        )  # fmt: skip
-
-    jobs: list[Job] = []
-    written: set[nn.Module] = set()
-    for name in order + [n for n in modules if n not in order]:
-        m = modules[name]
-        why = skip_reason(name, m, order, selected)
-        if why is not None:
-            report.skipped[name] = why if why != "not selected" else f"not selected (layers={layers!r})"
-            continue
-        written.add(m)
-        if isinstance(m, nn.MultiheadAttention):
-            jobs.extend(attention_jobs(m, name, make_job))
-        else:
-            code = overrides.get(name, head_code if name == head else hidden_code)
-            jobs.append(make_job(m, name, code, (lams or {}).get(name)))
-    unsupported, report.untouched = _untouched(model, set(modules.values()))
-    if unsupported:
-        report.skipped.update(unsupported)
-        warnings.warn(
-            "layers the Sylvester initializer does not handle keep their initialization: "
-            + ", ".join(f"{n or '<root>'} ({v.split()[3]})" for n, v in unsupported.items()),
-            stacklevel=2,
-        )
-    report.initialized_parameters = sum(p.numel() for m in written for p in m.parameters())
-    report.total_parameters = sum(p.numel() for p in model.parameters())
+    jobs, report = plan(
+        model, targets, order, settings, has_labels=labels is not None, samples=total, gather=gather,
+        distributed=reduce is not None, streaming=settings.batch_size is not None and settings.batch_size < n_samples,
+    )  # fmt: skip
 
     def on_result(job: Job, record: LayerReport) -> None:
         report.layers.append(record)
@@ -377,12 +205,149 @@ def sylvester_init_(
             on_layer(record, len(report.layers), len(jobs))
 
     report.passes = run_jobs(
-        model, inputs, labels, jobs, n_samples=n_samples, forward=forward, batch_size=batch_size, reduce=reduce,
-        recalibrate_bn=layers != "head", on_result=on_result, error=SylvesterInitError,
+        model, inputs, labels, jobs, n_samples=n_samples, forward=forward, batch_size=settings.batch_size,
+        reduce=reduce, recalibrate_bn=settings.recalibrates_norms, on_result=on_result, error=SylvesterInitError,
         what="Sylvester initialization",
     )  # fmt: skip
     report.seconds = time.perf_counter() - start
     return report
+
+
+def plan(
+    model: nn.Module,
+    targets: Mapping[nn.Module, str],
+    order: Sequence[str],
+    settings: SylvesterSettings,
+    *,
+    has_labels: bool,
+    samples: int,
+    gather: Callable[[Tensor], Tensor] | None,
+    distributed: bool,
+    streaming: bool,
+) -> tuple[list[Job], InitReport]:
+    """The jobs of one Sylvester initialization, in execution order, and its report so far.
+
+    Resolves the head and each layer's code and λ, and records every layer that is not initialized
+    with the reason (not executed, not selected, frozen, unsupported type) and the parameters left as
+    they are.
+
+    Args:
+        model: The model.
+        targets: Its candidate modules by name (:func:`units`).
+        order: The names the forward executed, in order (:func:`~lightning_sylv.passes.probe_forward`).
+        settings: The options.
+        has_labels: Whether the data carries labels.
+        samples: Samples every layer will see in all (over processes).
+        gather: The all-gather across processes, if any.
+        distributed: Whether the statistics are summed across processes.
+        streaming: Whether the subset runs in several batches.
+
+    Raises:
+        ValueError: On an unknown head, layer name or pattern, a head that does not match
+            ``num_classes``, a supervised head alone without labels, or a rows-only code that cannot be
+            streamed or reduced.
+    """
+    modules = {name: m for m, name in targets.items()}
+    head = _resolve_head(modules, order, settings.head, settings.num_classes)
+    selected = _selected(settings, modules, order, head)
+    hidden, head_code, overrides = _codes(settings, head, selected, has_labels)
+    for code in {hidden, head_code, *overrides.values()}:
+        if (streaming or distributed) and not code.from_statistics:
+            raise ValueError(
+                f"the {code.name!r} code needs all rows at once, so it works neither with batch_size "
+                "(streaming) nor across processes; use a statistics code such as 'pca'"
+            )
+    generator = torch.Generator().manual_seed(settings.seed)
+    lams = settings.lams or {}
+
+    def make_job(module: nn.Module, name: str, code: LatentCode | None = None) -> LayerJob:
+        return LayerJob(
+            module=module, name=name, code=code or hidden, lam=lams.get(name, settings.lam),
+            patches_per_image=settings.patches_per_image, generator=generator, dtype=settings.dtype,
+            gram_dtype=settings.gram_dtype, code_generator=_layer_generator(settings.seed, name), samples=samples,
+            gather=gather, distributed=distributed, solver=settings.solver, power_iterations=settings.power_iterations,
+            scale=settings.head_scale if name == head else settings.scale,
+        )  # fmt: skip
+
+    report = InitReport(head=head)
+    jobs: list[Job] = []
+    written: set[nn.Module] = set()
+    for name in list(order) + [n for n in modules if n not in order]:
+        m = modules[name]
+        why = skip_reason(name, m, order, selected)
+        if why is not None:
+            report.skipped[name] = why if why != "not selected" else f"not selected (layers={settings.layers!r})"
+        elif isinstance(m, nn.MultiheadAttention):
+            written.add(m)
+            jobs.extend(attention_jobs(m, name, make_job))
+        else:
+            written.add(m)
+            jobs.append(make_job(m, name, overrides.get(name, head_code if name == head else hidden)))
+    _record_untouched(report, model, set(modules.values()), written)
+    return jobs, report
+
+
+def _selected(
+    settings: SylvesterSettings, modules: Mapping[str, nn.Module], order: Sequence[str], head: str
+) -> list[str] | None:
+    """The names of the layers to initialize (``None``: all), checked against what the forward executes."""
+    if settings.layers == "all":
+        selected = None
+    elif settings.layers == "head":
+        selected = [head]
+    else:
+        patterns = list(settings.layers)
+        selected = [n for n in modules if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+        if not selected:
+            raise ValueError(f"layers={patterns!r} matches none of the model's layers {list(modules)}")
+    named = (
+        ("layers", selected or []),
+        ("codes given for", settings.codes or {}),
+        ("lams given for", settings.lams or {}),
+    )
+    for what, names in named:
+        unknown = [n for n in names if n not in order]
+        if unknown:
+            raise ValueError(f"{what} {unknown} are not layers executed by the forward pass; executed: {list(order)}")
+    return selected
+
+
+def _codes(
+    settings: SylvesterSettings, head: str, selected: list[str] | None, has_labels: bool
+) -> tuple[LatentCode, LatentCode, dict[str, LatentCode]]:
+    """The hidden layers' code, the head's and the per-layer overrides; an unsupervised head code
+    (with a warning) when the data has no labels."""
+    hidden, head_code = resolve_code(settings.latent), resolve_code(settings.head_latent)
+    overrides = {name: resolve_code(c) for name, c in (settings.codes or {}).items()}
+    head_in_use = selected is None or head in selected
+    if head_code.requires_labels and not has_labels and head_in_use and head not in overrides:
+        if settings.layers == "head":
+            raise ValueError(
+                f"layers='head' needs class labels for the {head_code.name!r} head code, but the data "
+                "provides none: use a labelled dataset or layers='all' with an unsupervised code"
+            )
+        warnings.warn(
+            f"no labels: the head {head!r} gets the unsupervised {hidden.name!r} code instead of {head_code.name!r}",
+            stacklevel=4,
+        )
+        head_code = hidden
+    return hidden, head_code, overrides
+
+
+def _record_untouched(
+    report: InitReport, model: nn.Module, candidates: set[nn.Module], written: set[nn.Module]
+) -> None:
+    """Record the unsupported layers (with a warning), the untouched parameters and the parameter counts."""
+    unsupported, report.untouched = _untouched(model, candidates)
+    if unsupported:
+        report.skipped.update(unsupported)
+        warnings.warn(
+            "layers the Sylvester initializer does not handle keep their initialization: "
+            + ", ".join(f"{n or '<root>'} ({v.split()[3]})" for n, v in unsupported.items()),
+            stacklevel=4,
+        )
+    report.initialized_parameters = sum(p.numel() for m in written for p in m.parameters())
+    report.total_parameters = sum(p.numel() for p in model.parameters())
 
 
 def _resolve_head(

@@ -53,14 +53,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_sylv._batch import default_forward, move_batch
-from lightning_sylv._checks import check_choice, check_positive_number
 from lightning_sylv.codes import LatentCode
 from lightning_sylv.engine import InitReport, sylvester_init_
 from lightning_sylv.modules import target_modules
 from lightning_sylv.passes import hooked_pass
 from lightning_sylv.rows import LayerRows
+from lightning_sylv.settings import FuseSettings, SylvesterSettings
 
-__all__ = ["TeacherCode", "check_arguments", "compose_conv", "compose_linear", "fuse_init_", "teacher_activations"]
+__all__ = ["FuseSettings", "TeacherCode", "compose_conv", "compose_linear", "fuse_init_", "teacher_activations"]
 
 
 class TeacherCode(LatentCode):
@@ -227,16 +227,12 @@ def fuse_init_(
     mapping: Mapping[str, str],
     labels: Tensor | None = None,
     *,
-    unmapped: Literal["keep", "sylvester"] = "keep",
-    lam: float = 10.0,
-    teacher_lam: float = 1000.0,
-    patches_per_image: int | None = 16,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float64,
+    settings: FuseSettings | None = None,
     forward: Callable[[nn.Module, Any], Any] = default_forward,
     teacher_forward: Callable[[nn.Module, Any], Any] = default_forward,
     teacher_inputs: Any = None,
     on_layer: Callable[[Any, int, int], None] | None = None,
+    **options: Any,
 ) -> InitReport:
     """Initialize ``student``'s mapped layers in place from a trained ``teacher`` (FuseInit).
 
@@ -251,21 +247,14 @@ def fuse_init_(
         inputs: The subset's inputs, on the student's device, as ``forward`` expects them.
         mapping: Student layer name → teacher module name, e.g. ``{"features.1": "features.3"}``.
         labels: Integer class labels ``(N,)``; used by a one-hot head with ``unmapped="sylvester"``.
-        unmapped: ``"keep"``: student layers without a mapping keep their current weights (their
-            BatchNorm statistics are still recomputed); ``"sylvester"``: they get the Sylvester
-            initialization (PCA code for hidden layers, one-hot for the head, with ``lam``), in the
-            same pass.
-        lam: λ of the Sylvester initialization of unmapped layers (``unmapped="sylvester"``).
-        teacher_lam: λ of the fit of the mapped layers to the teacher (``> 0``; ``math.inf``: plain
-            least squares, which recovers a linear teacher pair exactly but is ill-conditioned).
-        patches_per_image: Output positions drawn per image for convolutions (``None``: all).
-        seed: Seed of the patch draws.
-        dtype: Precision of the statistics and solves.
+        settings: What to do (:class:`~lightning_sylv.settings.FuseSettings`: ``unmapped``, ``lam``,
+            ``teacher_lam``, patch draws, precision); ``None``: the defaults.
         forward: ``forward(student, inputs)``; defaults to ``student(inputs)``.
         teacher_forward: ``teacher_forward(teacher, inputs)``; defaults to ``teacher(inputs)``.
         teacher_inputs: The teacher's inputs if they differ from ``inputs`` (same samples, same
             order); tensors are moved to the teacher's device.
         on_layer: ``on_layer(layer_report, done, total)`` after each layer (a progress bar).
+        **options: Fields of :class:`~lightning_sylv.settings.FuseSettings`, replacing those of ``settings``.
 
     Returns:
         The engine's :class:`~lightning_sylv.engine.InitReport` (mapped layers have code
@@ -283,7 +272,8 @@ def fuse_init_(
     bad = {k: v for k, v in mapping.items() if not isinstance(k, str) or not isinstance(v, str) or not k or not v}
     if bad:
         raise ValueError(f"mapping must map non-empty strings to non-empty strings, got {bad!r}")
-    check_arguments(unmapped=unmapped, teacher_lam=teacher_lam)
+    settings = settings or FuseSettings()
+    settings = settings.replace(**options) if options else settings
     layers = target_modules(student)
     unknown = [n for n in mapping if n not in layers]
     if unknown:
@@ -295,36 +285,26 @@ def fuse_init_(
     acts = teacher_activations(teacher, t_inputs, list(mapping.values()), teacher_forward)
     codes: dict[str, str | LatentCode] = {s: TeacherCode(acts[t], t) for s, t in mapping.items()}
     # "keep": only the mapped layers; "sylvester": every layer, Sylvester with lam except the mapped ones.
-    names: list[str] | Literal["all"] = list(mapping) if unmapped == "keep" else "all"
-    lams = {s: float(teacher_lam) for s in mapping}  # inf: least squares, the MSE-optimal fit
+    names: list[str] | Literal["all"] = list(mapping) if settings.unmapped == "keep" else "all"
+    lams = {s: float(settings.teacher_lam) for s in mapping}  # inf: least squares, the MSE-optimal fit
     return sylvester_init_(
         student,
         inputs,
         labels,
-        layers=names,
-        lam=lam,
-        lams=lams,
-        codes=codes,
-        patches_per_image=patches_per_image,
-        seed=seed,
-        dtype=dtype,
-        gram_dtype=None,
+        settings=SylvesterSettings(
+            layers=names,
+            lam=settings.lam,
+            lams=lams,
+            codes=codes,
+            patches_per_image=settings.patches_per_image,
+            seed=settings.seed,
+            dtype=settings.dtype,
+            gram_dtype=None,
+            scale="solve",  # the mapped layers reproduce the teacher's activations, at the teacher's scale
+        ),
         forward=forward,
         on_layer=on_layer,
-        scale="solve",  # the mapped layers reproduce the teacher's activations, at the teacher's scale
     )
-
-
-def check_arguments(*, unmapped: Any, teacher_lam: Any) -> None:
-    """The checks of :func:`fuse_init_`'s own options, shared with :class:`~lightning_sylv.FuseInit`
-    (which runs them when it is constructed): ``unmapped`` is ``"keep"`` or ``"sylvester"``,
-    ``teacher_lam`` a number ``> 0`` (``math.inf``: least squares).
-
-    Raises:
-        ValueError: Naming the argument and the value.
-    """
-    check_choice("unmapped", unmapped, ("keep", "sylvester"))
-    check_positive_number("teacher_lam", teacher_lam, allow_inf=True)
 
 
 def _bias(layer: nn.Module, device: torch.device) -> Tensor:

@@ -127,6 +127,9 @@ def execution_order(
     inputs: Any,
     forward: Callable[[nn.Module, Any], Any] = default_forward,
     units: Mapping[nn.Module, str] | None = None,
+    *,
+    pre: Mapping[nn.Module, PreHook] | None = None,
+    post: Mapping[nn.Module, PostHook] | None = None,
 ) -> list[str]:
     """Names of ``units`` in the order a forward pass first calls them.
 
@@ -136,6 +139,9 @@ def execution_order(
         forward: ``forward(model, inputs)``.
         units: The modules to track, with their names (default: the layers the Sylvester
             initializer supports, see :data:`lightning_sylv.rows.SUPPORTED_LAYERS`).
+        pre: More forward pre-hooks to run in the same pass, on modules other than ``units`` (what
+            else an initializer wants to learn from the probe).
+        post: Forward hooks to run in the same pass.
 
     Raises:
         InitializationError: If the forward pass fails on ``inputs``.
@@ -152,7 +158,7 @@ def execution_order(
         return hook
 
     try:
-        hooked_pass(model, inputs, forward, pre={m: make(n) for m, n in units.items()})
+        hooked_pass(model, inputs, forward, pre={**(pre or {}), **{m: make(n) for m, n in units.items()}}, post=post)
     except Exception as err:
         raise InitializationError(
             f"the model's forward failed on the initialization batch ({type(err).__name__}: {err}); "

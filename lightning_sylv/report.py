@@ -91,6 +91,14 @@ class InitReport:
         """The per-layer records as plain dicts (for tables, CSV, JSON)."""
         return [asdict(r) for r in self.layers]
 
+    def metrics(self) -> dict[str, float]:
+        """Scalars summarizing the report for the loggers (none beyond the callback's own)."""
+        return {}
+
+    def tensorboard(self, prefix: str, samples: int | None = None) -> tuple[str, dict[str, float]]:
+        """``(Markdown table, per-layer scalars <prefix>/layer/<name>/<field>)`` for TensorBoard."""
+        return format_markdown(self, samples), layer_scalars(self, prefix=f"{prefix}/layer")
+
 
 def _rows_per_sample(r: LayerReport, samples: int | None) -> str:
     if not samples:

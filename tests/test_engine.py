@@ -369,8 +369,10 @@ def test_explicit_layer_list_and_per_layer_codes():
     assert [r.name for r in report.layers] == ["3", "5"]
     assert torch.equal(model[1].weight, w_first)
     assert "not selected" in report.skipped["1"]
-    with pytest.raises(ValueError, match=r"layers \['9'\] are not"):
+    with pytest.raises(ValueError, match=r"layers=\['9'\] matches none of the model's layers"):
         sylvester_init_(model, x, y, layers=["9"])
+    patterned = sylvester_init_(tiny_mlp(), x, y, layers=["[35]"])  # fnmatch patterns, as the callback's
+    assert [r.name for r in patterned.layers] == ["3", "5"]
     with pytest.raises(ValueError, match=r"codes given for \['9'\]"):
         sylvester_init_(model, x, y, codes={"9": "pca"})
 

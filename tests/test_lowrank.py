@@ -444,7 +444,7 @@ def test_cli_builds_the_callback_from_flags(tmp_path, monkeypatch):
         save_config_kwargs={"overwrite": True},
     )
     cb = next(c for c in cli.trainer.callbacks if isinstance(c, LowRankInit))
-    assert cb.ranks == 0.5 and cb.method == "data" and cb.exclude == ["net.head"] and cb.initialized
+    assert cb.ranks == 0.5 and cb.settings.method == "data" and cb.exclude == ["net.head"] and cb.initialized
     assert isinstance(cli.model.net.features[1], LowRankLinear) and cli.model.net.features[1].rank == 32
 
 

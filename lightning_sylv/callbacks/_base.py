@@ -3,9 +3,12 @@
 :class:`DataDrivenInit` owns ``on_fit_start``: whether to run (only a real resume skips), the fit's
 data and precision-aware forward (:class:`FitContext`), the class-balanced subset, the DDP policy,
 the timing, the accuracy, publishing the metrics (loggers, ``trainer.callback_metrics``, TensorBoard
-HParams), the per-layer report and the summary. A subclass declares its :attr:`~DataDrivenInit.prefix`
-and arguments and implements :meth:`~DataDrivenInit._initialize` (one initialize step), optionally
-:meth:`~DataDrivenInit._before` / :meth:`~DataDrivenInit._after` around it.
+HParams), the per-layer report and the summary. A subclass holds its frozen
+:attr:`~DataDrivenInit.settings` (what its function takes), declares its :attr:`~DataDrivenInit.prefix`
+and implements one public hook, :meth:`~DataDrivenInit.initialize`; the optional
+:meth:`~DataDrivenInit.on_init_start` / :meth:`~DataDrivenInit.on_init_end` run around it (and
+:meth:`~DataDrivenInit.on_init_skip` when a resume skips it). The report the function returns
+presents itself (``metrics()``, ``tensorboard()``).
 
 Strategies that restore a checkpoint after ``on_fit_start`` (``ModelParallelStrategy``) would have the
 template initialize a model whose checkpoint is about to be loaded: there the template runs at
@@ -33,7 +36,6 @@ from lightning_sylv._checks import (
     check_int,
     check_key,
     check_positive_int,
-    check_positive_number,
 )
 from lightning_sylv.callbacks._distributed import check_materialized, check_strategy, sync_module
 from lightning_sylv.callbacks._logging import (
@@ -104,15 +106,14 @@ def percent(value: float | None) -> str:
 class DataDrivenInit(Callback):
     """Base class of the callbacks that initialize a model from data at the start of ``fit``.
 
-    Subclasses set :attr:`prefix` (metric and hparam names are ``<prefix>/<name>``),
-    :attr:`hparam_names`, :attr:`shard_subset`, and implement :meth:`_initialize`. The shared
-    arguments are validated here, once.
+    Subclasses set :attr:`settings` (the frozen, validated options their function takes as is),
+    :attr:`prefix` (metric and hparam names are ``<prefix>/<name>``), :attr:`hparam_names`,
+    :attr:`shard_subset`, and implement :meth:`initialize`. The arguments of the template itself are
+    validated here, once; the settings validate themselves.
 
     Args:
         samples_per_class: Training examples drawn per class.
-        lam: λ of the Sylvester solves.
-        patches_per_image: Random patch positions per image for convolutions (``None``: all).
-        seed: Seed of the subset and patch draws.
+        seed: Seed of the subset draw (the settings carry the seed of the patch draws).
         evaluate: Measure validation accuracy.
         eval_batches: Cap on validation batches per evaluation (``None``: all).
         verbose: Print the summary and the per-layer table; show the layer progress bar.
@@ -134,12 +135,13 @@ class DataDrivenInit(Callback):
     #: jobs' writes go through :func:`lightning_sylv.sharding.write_` and the pass runner's commit).
     sharding_refusal: ClassVar[str | None] = "it has not been built for parameters split across processes"
 
+    #: The options of the callback's function, as one frozen object it takes as is.
+    settings: Any = None
+
     def __init__(
         self,
         *,
         samples_per_class: int,
-        lam: float,
-        patches_per_image: int | None,
         seed: int,
         evaluate: bool,
         eval_batches: int | None,
@@ -149,8 +151,6 @@ class DataDrivenInit(Callback):
         label_key: str | int | None,
     ) -> None:
         check_positive_int("samples_per_class", samples_per_class)
-        check_positive_number("lam", lam)
-        check_positive_int("patches_per_image", patches_per_image, allow_none=True)
         check_int("seed", seed)
         check_bool("evaluate", evaluate)
         check_positive_int("eval_batches", eval_batches, allow_none=True)
@@ -159,8 +159,6 @@ class DataDrivenInit(Callback):
         check_key("input_key", input_key)
         check_key("label_key", label_key)
         self.samples_per_class = samples_per_class
-        self.lam = float(lam)
-        self.patches_per_image = patches_per_image
         self.seed = seed
         self.evaluate = evaluate
         self.eval_batches = eval_batches
@@ -185,7 +183,7 @@ class DataDrivenInit(Callback):
 
     # ------------------------------------------------------------------ hooks a subclass implements
 
-    def _initialize(
+    def initialize(
         self,
         trainer: pl.Trainer,
         pl_module: pl.LightningModule,
@@ -193,45 +191,61 @@ class DataDrivenInit(Callback):
         subset: InitSubset,
         on_layer: Callable[[Any, int, int], None] | None,
     ) -> Any:
-        """Initialize ``pl_module`` in place from ``subset``; return the report."""
-        raise NotImplementedError
+        """Initialize ``pl_module`` in place from ``subset`` and return the function's report.
 
-    def _before(self, trainer: pl.Trainer, pl_module: pl.LightningModule, ctx: FitContext) -> dict[str, float]:
-        """Runs before the init timer starts; returns metrics (names without the prefix)."""
+        The one hook every subclass implements: call its function with :attr:`settings` as they are,
+        the subset, the run's ``ctx.forward`` (and, for statistics summed across processes, the
+        strategy's reduce). Timed as ``<prefix>/init_time_s`` with the subset's loading.
+
+        Args:
+            trainer: The trainer.
+            pl_module: The model, initialized in place.
+            ctx: The fit's data, device and precision-aware forward.
+            subset: The class-balanced subset, on the model's device.
+            on_layer: Progress callback ``on_layer(record, done, total)`` for the function (``None``
+                without a progress bar).
+
+        Returns:
+            The report (it provides ``layers``, ``metrics()`` and ``tensorboard(prefix, samples)``).
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement initialize()")
+
+    def on_init_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, ctx: FitContext) -> dict[str, float]:
+        """Runs before the init timer starts (load a teacher, measure what the init will change).
+
+        Returns:
+            Metrics to publish, named without the prefix.
+        """
         return {}
 
-    def _after(
+    def on_init_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, ctx: FitContext, metrics: dict[str, float]
     ) -> dict[str, float]:
-        """Runs after the initial accuracy is measured; returns more metrics (without the prefix)."""
+        """Runs after the initial accuracy is measured, with the metrics so far (named without the prefix).
+
+        Returns:
+            More metrics to publish, named without the prefix.
+        """
         return {}
 
-    def _require_labels(self) -> bool:
-        return False
+    def on_init_skip(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Runs instead of the initialization when it is skipped (a resume, ``fast_dev_run``)."""
 
-    def _recalibrated(self) -> bool:
-        """Whether BatchNorm statistics were recomputed (then averaged across DDP processes)."""
-        return True
-
-    def _report_metrics(self) -> dict[str, float]:
-        """Metrics summarizing the report (without the prefix)."""
-        return {}
-
-    def _report_tensorboard(self) -> tuple[str, dict[str, float]] | None:
-        """``(Markdown table, per-layer scalars)`` for TensorBoard, or ``None``."""
-        return None
-
-    def _on_skip(self, pl_module: pl.LightningModule) -> None:
-        """Runs when the callback skips (resume, ``fast_dev_run``)."""
-
-    def _summary(self) -> str:
-        raise NotImplementedError
+    def summary(self) -> str:
+        """The text printed when ``verbose``: a line of what happened and the per-layer table."""
+        layers = len(self.report.layers) if self.report is not None else 0
+        return f"{type(self).__name__}: {layers} layer(s) initialized from {self.subset_size} samples"
 
     # ------------------------------------------------------------------ the template
 
     def hyperparameters(self) -> dict[str, Any]:
-        """The callback's arguments as hparams ``{"<prefix>/<argument>": value}``."""
-        return {f"{self.prefix}/{n}": getattr(self, n) for n in self.hparam_names}
+        """The callback's arguments as hparams ``{"<prefix>/<argument>": value}`` (read from the
+        callback, else from its settings)."""
+        out: dict[str, Any] = {}
+        for n in self.hparam_names:
+            value = getattr(self, n) if hasattr(self, n) else getattr(self.settings, n)
+            out[f"{self.prefix}/{n}"] = list(value) if isinstance(value, tuple) else value
+        return out
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         check_strategy(trainer.strategy, type(self).__name__, refusal=self.sharding_refusal)
@@ -263,35 +277,33 @@ class DataDrivenInit(Callback):
     def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Initialize ``pl_module`` (or skip on a resume) and publish everything: the template."""
         if not self._should_run(trainer):
-            self._on_skip(pl_module)
+            self.on_init_skip(trainer, pl_module)
             log_callback_hparams(trainer, pl_module, self.hyperparameters())
             return
         check_materialized(pl_module, type(self).__name__)
         self.report = None
         ctx = self._context(trainer, pl_module)
-        metrics = self._before(trainer, pl_module, ctx)
+        metrics = self.on_init_start(trainer, pl_module, ctx)
         start = time.perf_counter()
         subset = self._subset(ctx, trainer)
         with layer_progress(trainer, self.verbose, type(self).__name__) as on_layer:
-            self.report = self._initialize(trainer, pl_module, ctx, subset, on_layer)
+            self.report = self.initialize(trainer, pl_module, ctx, subset, on_layer)
         if trainer.world_size > 1:
-            sync_module(pl_module, trainer.strategy, average_norm_stats=self._recalibrated())
+            sync_module(pl_module, trainer.strategy, average_norm_stats=self.settings.recalibrates_norms)
         self.subset_size = len(subset.indices)
         metrics["init_time_s"] = time.perf_counter() - start  # subset and init, no evaluation
-        metrics.update(self._report_metrics())
+        metrics.update(self.report.metrics())
         post = self._accuracy(ctx, pl_module)
         if post is not None:
             metrics["initial_accuracy"] = post
-        metrics.update(self._after(trainer, pl_module, ctx, metrics))
+        metrics.update(self.on_init_end(trainer, pl_module, ctx, metrics))
         self.initialized = True
         self.metrics = {f"{self.prefix}/{k}": v for k, v in metrics.items()}
         publish_metrics(trainer, self.metrics)
         log_callback_hparams(trainer, pl_module, self.hyperparameters(), self.metrics)
-        tb = self._report_tensorboard()
-        if tb is not None:
-            log_report(trainer, self.prefix, *tb)
+        log_report(trainer, self.prefix, *self.report.tensorboard(self.prefix, self.subset_size))
         if self.verbose:
-            rank_zero_info(self._summary())
+            rank_zero_info(self.summary())
 
     def _should_run(self, trainer: pl.Trainer) -> bool:
         """Only a real resume (``trainer.fit(..., ckpt_path=...)``) skips: a reused callback instance
@@ -354,7 +366,7 @@ class DataDrivenInit(Callback):
             self.samples_per_class,
             self.seed,
             ctx.train_dl.collate_fn,
-            require_labels=self._require_labels(),
+            require_labels=self.settings.requires_labels,
             shard=shard,
             batch_format=ctx.batch_format,
         )

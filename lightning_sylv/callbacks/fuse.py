@@ -1,7 +1,7 @@
 """Lightning glue: the :class:`FuseInit` callback (initialize a shallower net from a trained deeper one).
 
-The callback holds no math: it loads the teacher and measures its accuracy (``_before``), and runs
-:func:`lightning_sylv.fuse.fuse_init_` (``_initialize``); the rest of ``on_fit_start`` is the template
+The callback holds no math: it loads the teacher and measures its accuracy (``on_init_start``), and runs
+:func:`lightning_sylv.fuse.fuse_init_` (``initialize``); the rest of ``on_fit_start`` is the template
 of :class:`~lightning_sylv.callbacks._base.DataDrivenInit`.
 """
 
@@ -15,11 +15,13 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from torch import nn
+from typing_extensions import override
 
 from lightning_sylv._checks import check_choice
 from lightning_sylv.callbacks._base import DTYPES, DataDrivenInit, FitContext, InitSubset, percent
-from lightning_sylv.fuse import check_arguments, fuse_init_
-from lightning_sylv.report import InitReport, format_markdown, format_table, layer_scalars
+from lightning_sylv.fuse import fuse_init_
+from lightning_sylv.report import InitReport, format_table
+from lightning_sylv.settings import FuseSettings
 
 __all__ = ["FuseInit", "resolve_lightning_class"]
 
@@ -176,18 +178,18 @@ class FuseInit(DataDrivenInit):
             if not Path(teacher_checkpoint).is_file():
                 raise FileNotFoundError(f"teacher_checkpoint {str(teacher_checkpoint)!r} is not a file")
         super().__init__(
-            samples_per_class=samples_per_class, lam=lam, patches_per_image=patches_per_image, seed=seed,
-            evaluate=evaluate, eval_batches=eval_batches, verbose=verbose, forward=forward,
-            input_key=input_key, label_key=label_key,
+            samples_per_class=samples_per_class, seed=seed, evaluate=evaluate, eval_batches=eval_batches,
+            verbose=verbose, forward=forward, input_key=input_key, label_key=label_key,
         )  # fmt: skip
-        check_arguments(unmapped=unmapped, teacher_lam=teacher_lam)
         check_choice("precision", precision, ("float64", "float32"))
+        self.settings = FuseSettings(
+            unmapped=unmapped, lam=lam, teacher_lam=teacher_lam, patches_per_image=patches_per_image,
+            seed=seed, dtype=DTYPES[precision][0],
+        )  # fmt: skip
         self.mapping = dict(mapping)
         self.teacher_class = teacher_class
         self.teacher_checkpoint = None if teacher_checkpoint is None else str(teacher_checkpoint)
         self.teacher = teacher
-        self.unmapped = unmapped
-        self.teacher_lam = float(teacher_lam)
         self.precision = precision
         self._teacher: nn.Module | None = None
 
@@ -204,12 +206,15 @@ class FuseInit(DataDrivenInit):
         teacher = cls.load_from_checkpoint(self.teacher_checkpoint, map_location=device)  # type: ignore[arg-type]
         return teacher.eval()
 
-    def _before(self, trainer: pl.Trainer, pl_module: pl.LightningModule, ctx: FitContext) -> dict[str, float]:
+    @override
+    def on_init_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, ctx: FitContext) -> dict[str, float]:
+        """Load the teacher and measure its validation accuracy."""
         self._teacher = self._load_teacher(ctx.device)
         acc = self._accuracy(ctx, self._teacher, precision_aware=False)
         return {} if acc is None else {"teacher_accuracy": acc}
 
-    def _initialize(
+    @override
+    def initialize(
         self,
         trainer: pl.Trainer,
         pl_module: pl.LightningModule,
@@ -217,6 +222,7 @@ class FuseInit(DataDrivenInit):
         subset: InitSubset,
         on_layer: Callable[[Any, int, int], None] | None,
     ) -> InitReport:
+        """:func:`~lightning_sylv.fuse.fuse_init_` with the callback's settings and the loaded teacher."""
         # Every process draws and fits on the whole subset (the teacher code needs all rows at
         # once), so all processes compute the same weights; rank 0's are then broadcast.
         teacher, self._teacher = self._teacher, None
@@ -226,23 +232,14 @@ class FuseInit(DataDrivenInit):
             subset.inputs,
             self.mapping,
             subset.labels,
-            unmapped=self.unmapped,
-            lam=self.lam,
-            teacher_lam=self.teacher_lam,
-            patches_per_image=self.patches_per_image,
-            seed=self.seed,
-            dtype=DTYPES[self.precision][0],
+            settings=self.settings,
             forward=ctx.forward,
             teacher_inputs=subset.raw,
             on_layer=on_layer,
         )
 
-    def _report_tensorboard(self) -> tuple[str, dict[str, float]] | None:
-        if self.report is None:
-            return None
-        return format_markdown(self.report, self.subset_size), layer_scalars(self.report, prefix="fuse/layer")
-
-    def _summary(self) -> str:
+    @override
+    def summary(self) -> str:
         report = self.report or InitReport()
         m = self.metrics
         fused = sum(1 for r in report.layers if r.code == "teacher")

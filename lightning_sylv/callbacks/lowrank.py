@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
 
 from lightning_sylv._checks import (
     check_bool,
@@ -30,12 +31,9 @@ from lightning_sylv.lowrank import (
     low_rank_init_,
     to_low_rank,
 )
-from lightning_sylv.lowrank.engine import check_arguments
+from lightning_sylv.settings import LowRankSettings
 
 __all__ = ["LowRankInit"]
-
-#: Per-layer fields of the low-rank report sent to TensorBoard as ``lowrank/layer/<name>/<field>``.
-_FIT_FIELDS = ("rank", "rows", "linear_error", "relu_error", "spectral_relu_error", "best_iteration", "seconds")
 
 
 def _is_rank(value: object) -> bool:
@@ -166,25 +164,18 @@ class LowRankInit(DataDrivenInit):
             raise ValueError(f"ranks must be a fraction in (0, 1] or a dict of layer ranks, got {ranks!r}")
         check_patterns("layers", layers, allow_none=True)
         check_patterns("exclude", exclude, allow_none=True)
-        check_arguments(
-            method=method, full_weight=full_weight, patches_per_image=patches_per_image, lam=lam, ridge=ridge,
-            relu_iters=relu_iters,
-        )  # fmt: skip
-        check_bool("through_batchnorm", through_batchnorm)
         check_bool("keep_full", keep_full)
         super().__init__(
-            samples_per_class=samples_per_class, lam=lam, patches_per_image=patches_per_image, seed=seed,
-            evaluate=evaluate, eval_batches=eval_batches, verbose=verbose, forward=forward,
-            input_key=input_key, label_key=label_key,
+            samples_per_class=samples_per_class, seed=seed, evaluate=evaluate, eval_batches=eval_batches,
+            verbose=verbose, forward=forward, input_key=input_key, label_key=label_key,
+        )  # fmt: skip
+        self.settings = LowRankSettings(
+            method=method, full_weight=full_weight, patches_per_image=patches_per_image, seed=seed, ridge=ridge,
+            relu_iters=relu_iters, through_batchnorm=through_batchnorm, lam=lam,
         )  # fmt: skip
         self.ranks = dict(ranks) if isinstance(ranks, dict) else float(ranks)
-        self.method = method
         self.layers = None if layers is None else list(layers)
         self.exclude = list(exclude or [])
-        self.full_weight = full_weight
-        self.relu_iters = relu_iters
-        self.ridge = float(ridge)
-        self.through_batchnorm = through_batchnorm
         self.keep_full = keep_full
         self.converted: list[str] = []
         self.report: LowRankReport | None = None
@@ -192,7 +183,7 @@ class LowRankInit(DataDrivenInit):
     @property
     def state_key(self) -> str:
         return self._generate_state_key(
-            ranks=self.ranks, method=self.method, full_weight=self.full_weight, seed=self.seed
+            ranks=self.ranks, method=self.settings.method, full_weight=self.settings.full_weight, seed=self.seed
         )
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -215,15 +206,20 @@ class LowRankInit(DataDrivenInit):
             if isinstance(m, LowRankLayer):
                 m.drop_full()
 
-    def _on_skip(self, pl_module: pl.LightningModule) -> None:
+    @override
+    def on_init_skip(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Drop the full weights ``setup`` kept for an initialization that does not come."""
         if not self.keep_full:  # setup() stored them for an initialization that does not come
             self._drop_full(pl_module)
 
-    def _before(self, trainer: pl.Trainer, pl_module: pl.LightningModule, ctx: FitContext) -> dict[str, float]:
+    @override
+    def on_init_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, ctx: FitContext) -> dict[str, float]:
+        """Warn when the optimizers were built before the conversion."""
         self._check_optimizers(trainer, pl_module)
         return {}
 
-    def _initialize(
+    @override
+    def initialize(
         self,
         trainer: pl.Trainer,
         pl_module: pl.LightningModule,
@@ -231,53 +227,22 @@ class LowRankInit(DataDrivenInit):
         subset: InitSubset,
         on_layer: Callable[[Any, int, int], None] | None,
     ) -> LowRankReport:
+        """:func:`~lightning_sylv.lowrank.low_rank_init_` with the callback's settings."""
         # Every process draws and loads the whole subset, so all compute the same factors.
         report = low_rank_init_(
-            pl_module,
-            subset.inputs,
-            subset.labels,
-            method=self.method,
-            full_weight=self.full_weight,
-            patches_per_image=self.patches_per_image,
-            seed=self.seed,
-            ridge=self.ridge,
-            relu_iters=self.relu_iters,
-            through_batchnorm=self.through_batchnorm,
-            lam=self.lam,
-            forward=ctx.forward,
-            on_layer=on_layer,
+            pl_module, subset.inputs, subset.labels, settings=self.settings, forward=ctx.forward, on_layer=on_layer
         )
         if not self.keep_full:
             self._drop_full(pl_module)
         return report
 
-    def _report_metrics(self) -> dict[str, float]:
-        fits = [r.fit for r in self.report.layers if r.fit.relu_error is not None] if self.report else []
-        if not fits:
-            return {}
-        return {
-            "relu_error": sum(f.relu_error or 0.0 for f in fits) / len(fits),
-            "spectral_relu_error": sum(f.spectral_relu_error or 0.0 for f in fits) / len(fits),
-        }
-
-    def _report_tensorboard(self) -> tuple[str, dict[str, float]] | None:
-        if self.report is None:
-            return None
-        scalars: dict[str, float] = {}
-        for r in self.report.layers:
-            for f in _FIT_FIELDS:
-                value = getattr(r.fit, f, None)
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                    scalars[f"lowrank/layer/{r.name}/{f}"] = float(value)
-        table = "```\n" + format_low_rank_table(self.report) + "\n```"  # fixed-width text in the Text tab
-        return table, scalars
-
-    def _summary(self) -> str:
+    @override
+    def summary(self) -> str:
         m, nan = self.metrics, float("nan")
         return (
             f"LowRankInit: {len(self.report.layers) if self.report else 0} low-rank layer(s) initialized "
-            f"({self.method}, W: {self.full_weight}) in {m['lowrank/init_time_s']:.3f} s from {self.subset_size} "
-            f"samples; mean ReLU error {m.get('lowrank/relu_error', nan):.4f} (spectral "
+            f"({self.settings.method}, W: {self.settings.full_weight}) in {m['lowrank/init_time_s']:.3f} s from "
+            f"{self.subset_size} samples; mean ReLU error {m.get('lowrank/relu_error', nan):.4f} (spectral "
             f"{m.get('lowrank/spectral_relu_error', nan):.4f}); validation accuracy "
             f"{percent(m.get('lowrank/initial_accuracy'))}\n"
             + (format_low_rank_table(self.report) if self.report else "")

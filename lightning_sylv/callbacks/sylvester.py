@@ -15,6 +15,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from typing_extensions import override
 
 from lightning_sylv._batch import slice_batch
 from lightning_sylv._checks import check_bool, check_choice, check_positive_int
@@ -22,9 +23,10 @@ from lightning_sylv.callbacks._base import DTYPES, DataDrivenInit, FitContext, I
 from lightning_sylv.callbacks._distributed import gather_across_processes, sum_across_processes
 from lightning_sylv.callbacks._inspection import FeatureInspection
 from lightning_sylv.codes import CODES
-from lightning_sylv.engine import check_arguments, sylvester_init_
-from lightning_sylv.modules import evaluating, target_modules
-from lightning_sylv.report import InitReport, format_markdown, format_table, layer_scalars
+from lightning_sylv.engine import sylvester_init_
+from lightning_sylv.modules import evaluating
+from lightning_sylv.report import InitReport, format_table
+from lightning_sylv.settings import SylvesterSettings
 
 __all__ = ["SylvesterInit"]
 
@@ -172,46 +174,38 @@ class SylvesterInit(DataDrivenInit):
         label_key: str | int | None = None,
     ) -> None:
         super().__init__(
-            samples_per_class=samples_per_class, lam=lam, patches_per_image=patches_per_image, seed=seed,
-            evaluate=evaluate, eval_batches=eval_batches, verbose=verbose, forward=forward,
-            input_key=input_key, label_key=label_key,
+            samples_per_class=samples_per_class, seed=seed, evaluate=evaluate, eval_batches=eval_batches,
+            verbose=verbose, forward=forward, input_key=input_key, label_key=label_key,
         )  # fmt: skip
         check_choice("precision", precision, DTYPES)
-        check_arguments(
-            layers=layers, latent=latent, head_latent=head_latent, lam=lam, patches_per_image=patches_per_image,
-            head=head, batch_size=batch_size, solver=solver, power_iterations=1, num_classes=num_classes,
+        dtype, gram_dtype = DTYPES[precision]
+        self.settings = SylvesterSettings(
+            layers=list(layers) if isinstance(layers, (list, tuple)) else layers, latent=latent,
+            head_latent=head_latent, lam=lam, patches_per_image=patches_per_image, head=head, seed=seed,
+            dtype=dtype, gram_dtype=gram_dtype, batch_size=batch_size, num_classes=num_classes, solver=solver,
             scale=scale, head_scale=head_scale,
         )  # fmt: skip
-        layers = list(layers) if isinstance(layers, (list, tuple)) else layers
         check_positive_int("embedding_samples", embedding_samples)
         check_bool("log_embeddings", log_embeddings)
         check_bool("log_tsne", log_tsne)
-        self.layers = layers
-        self.latent = latent
-        self.head_latent = head_latent
-        self.batch_size = batch_size
-        self.head = head
         self.precision = precision
-        self.solver = solver
-        self.scale = scale
-        self.head_scale = head_scale
         self.embedding_samples = embedding_samples
         self.log_embeddings = log_embeddings
         self.log_tsne = log_tsne
-        self.num_classes = num_classes
         self._inspection: FeatureInspection | None = None
 
     @property
     def state_key(self) -> str:
+        s = self.settings
         return self._generate_state_key(
             samples_per_class=self.samples_per_class,
-            layers=self.layers,
-            latent=self.latent,
-            head_latent=self.head_latent,
-            lam=self.lam,
-            patches_per_image=self.patches_per_image,
+            layers=list(s.layers) if isinstance(s.layers, tuple) else s.layers,
+            latent=s.latent,
+            head_latent=s.head_latent,
+            lam=s.lam,
+            patches_per_image=s.patches_per_image,
             seed=self.seed,
-            head=self.head,
+            head=s.head,
         )
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -223,23 +217,9 @@ class SylvesterInit(DataDrivenInit):
                 "again in turn. Keep one unless that is intended."
             )
 
-    def _layer_names(self, pl_module: pl.LightningModule) -> str | list[str]:
-        """``"all"``/``"head"``, or the names of the supported layers matching the patterns."""
-        if isinstance(self.layers, str):
-            return self.layers
-        chosen = list(target_modules(pl_module, patterns=self.layers))
-        if not chosen:
-            names = list(target_modules(pl_module))
-            raise ValueError(f"SylvesterInit(layers={self.layers!r}) matches none of the model's layers {names}")
-        return chosen
-
-    def _require_labels(self) -> bool:
-        return self.layers == "head"
-
-    def _recalibrated(self) -> bool:
-        return self.layers != "head"
-
-    def _before(self, trainer: pl.Trainer, pl_module: pl.LightningModule, ctx: FitContext) -> dict[str, float]:
+    @override
+    def on_init_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, ctx: FitContext) -> dict[str, float]:
+        """Validation accuracy before the init, and the features the inspection compares against."""
         out: dict[str, float] = {}
         pre = self._accuracy(ctx, pl_module)
         if pre is not None:
@@ -257,15 +237,15 @@ class SylvesterInit(DataDrivenInit):
             split=ctx.batch_format.split,
         )
         if self._inspection is not None:
-            self._inspection.before(pl_module, self.head)
+            self._inspection.before(pl_module, self.settings.head)
         return out
 
     def _expected_classes(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, labels: torch.Tensor
     ) -> tuple[int, str]:
         """The number of classes the head must output, and where that number comes from."""
-        if self.num_classes is not None:
-            return self.num_classes, "num_classes"
+        if self.settings.num_classes is not None:
+            return self.settings.num_classes, "num_classes"
         owners = ((trainer.datamodule, "the datamodule's num_classes"), (pl_module, "the model's num_classes"))
         for owner, source in owners:
             value = getattr(owner, "num_classes", None) if owner is not None else None
@@ -280,7 +260,7 @@ class SylvesterInit(DataDrivenInit):
     ) -> int | None:
         """Refuse, before anything is written, a model whose output does not have one value per class
         (a ``forward`` that returns features): the head would get a one-hot code of the wrong size."""
-        if subset.labels is None or subset.labels.numel() == 0 or self.head_latent != "onehot":
+        if subset.labels is None or subset.labels.numel() == 0 or self.settings.head_latent != "onehot":
             return None
         classes, source = self._expected_classes(trainer, pl_module, subset.labels)
         declared = source != "the largest label + 1"
@@ -305,7 +285,8 @@ class SylvesterInit(DataDrivenInit):
             )
         return classes if declared else None
 
-    def _initialize(
+    @override
+    def initialize(
         self,
         trainer: pl.Trainer,
         pl_module: pl.LightningModule,
@@ -313,36 +294,27 @@ class SylvesterInit(DataDrivenInit):
         subset: InitSubset,
         on_layer: Callable[[Any, int, int], None] | None,
     ) -> InitReport:
+        """:func:`~lightning_sylv.sylvester_init_` with the callback's settings (the class count found
+        for the logits check added), summed and gathered across processes under DDP/FSDP2."""
         classes = self._check_logits(trainer, pl_module, ctx, subset)
+        settings = self.settings if classes is None else self.settings.replace(num_classes=classes)
         distributed = trainer.world_size > 1
-        dtype, gram_dtype = DTYPES[self.precision]
         return sylvester_init_(
             pl_module,
             subset.inputs,
             subset.labels,
-            layers=self._layer_names(pl_module),
-            latent=self.latent,
-            head_latent=self.head_latent,
-            lam=self.lam,
-            patches_per_image=self.patches_per_image,
-            head=self.head,
-            seed=self.seed,
-            dtype=dtype,
-            gram_dtype=gram_dtype,
-            batch_size=self.batch_size,
+            settings=settings,
             reduce=sum_across_processes(trainer.strategy) if distributed else None,
             gather=gather_across_processes(trainer.strategy) if distributed else None,
             forward=ctx.forward,
-            num_classes=classes,
-            solver=self.solver,
-            scale=self.scale,
-            head_scale=self.head_scale,
             on_layer=on_layer,
         )
 
-    def _after(
+    @override
+    def on_init_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, ctx: FitContext, metrics: dict[str, float]
     ) -> dict[str, float]:
+        """The inspection's after-init features, t-SNE and silhouette (with a TensorBoard logger)."""
         inspection, self._inspection = self._inspection, None
         if inspection is None:
             return {}
@@ -351,16 +323,12 @@ class SylvesterInit(DataDrivenInit):
             self.report.head,
             metrics.get("pre_init_accuracy"),
             metrics.get("initial_accuracy"),
-            f"layers={self.layers}, λ={self.lam:g}",
+            f"layers={self.hyperparameters()['sylvester/layers']}, λ={self.settings.lam:g}",
         )
         return {"inspection_time_s": inspection.seconds}
 
-    def _report_tensorboard(self) -> tuple[str, dict[str, float]] | None:
-        if self.report is None:
-            return None
-        return format_markdown(self.report, self.subset_size), layer_scalars(self.report, prefix="sylvester/layer")
-
-    def _summary(self) -> str:
+    @override
+    def summary(self) -> str:
         report = self.report or InitReport()
         m = self.metrics
         pre, post = m.get("sylvester/pre_init_accuracy"), m.get("sylvester/initial_accuracy")

@@ -24,40 +24,38 @@ error propagates. This module imports no Lightning.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from lightning_sylv._batch import batch_len, default_forward, slice_batch
-from lightning_sylv._checks import (
-    check_choice,
-    check_nonnegative_int,
-    check_nonnegative_number,
-    check_positive_int,
-    check_positive_number,
-)
 from lightning_sylv.codes import LatentCode, resolve_code
 from lightning_sylv.layer import LayerJob
-from lightning_sylv.lowrank.factorize import METHODS
 from lightning_sylv.lowrank.init import LowRankFit, init_low_rank_, input_rows
 from lightning_sylv.lowrank.layers import LowRankLayer, LowRankLinear
 from lightning_sylv.modules import BATCH_NORMS, target_modules
-from lightning_sylv.passes import InitializationError, Job, hooked_pass, run_jobs, skip_reason
+from lightning_sylv.passes import InitializationError, Job, PostHook, execution_order, run_jobs, skip_reason
 from lightning_sylv.report import LayerReport
+from lightning_sylv.settings import LowRankSettings
 
 __all__ = [
     "LowRankInitError",
     "LowRankLayerReport",
     "LowRankReport",
-    "check_arguments",
+    "LowRankSettings",
     "format_low_rank_table",
     "low_rank_init_",
 ]
+
+
+#: Per-layer fit fields reported as TensorBoard scalars.
+_FIT_FIELDS = ("rank", "rows", "linear_error", "relu_error", "spectral_relu_error", "best_iteration", "seconds")
 
 
 class LowRankInitError(InitializationError):
@@ -101,6 +99,26 @@ class LowRankReport:
     passes: int = 0
     seconds: float = 0.0
 
+    def metrics(self) -> dict[str, float]:
+        """Mean ReLU errors of the ReLU-aware fits, and of spectral init on the same rows (none without)."""
+        fits = [r.fit for r in self.layers if r.fit.relu_error is not None]
+        if not fits:
+            return {}
+        return {
+            "relu_error": sum(f.relu_error or 0.0 for f in fits) / len(fits),
+            "spectral_relu_error": sum(f.spectral_relu_error or 0.0 for f in fits) / len(fits),
+        }
+
+    def tensorboard(self, prefix: str, samples: int | None = None) -> tuple[str, dict[str, float]]:
+        """``(the fixed-width table as Markdown code, per-layer scalars <prefix>/layer/<name>/<field>)``."""
+        scalars: dict[str, float] = {}
+        for r in self.layers:
+            for f in _FIT_FIELDS:
+                value = getattr(r.fit, f, None)
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    scalars[f"{prefix}/layer/{r.name}/{f}"] = float(value)
+        return "```\n" + format_low_rank_table(self) + "\n```", scalars
+
 
 def format_low_rank_table(report: LowRankReport) -> str:
     """A fixed-width table of the per-layer records (ReLU errors of the method and of spectral init)."""
@@ -123,61 +141,43 @@ def format_low_rank_table(report: LowRankReport) -> str:
     return "\n".join(lines)
 
 
-@dataclass
-class _Trace:
-    order: list[str] = field(default_factory=list)  # low-rank and (plain) supported layers, first calls
-    followers: dict[str, str] = field(default_factory=dict)  # low-rank layer -> BatchNorm consuming its output
-
-
 def _trace(
-    model: nn.Module,
-    inputs: Any,
-    forward: Callable[[nn.Module, Any], Any],
-    units: dict[nn.Module, str],
-) -> _Trace:
-    """Execution order of ``units``, and which BatchNorm directly consumes each low-rank layer's output."""
-    trace = _Trace()
+    model: nn.Module, probe: Any, forward: Callable[[nn.Module, Any], Any], units: dict[nn.Module, str]
+) -> tuple[list[str], dict[str, str]]:
+    """The execution order of ``units`` (:func:`~lightning_sylv.passes.execution_order`), and which
+    BatchNorm directly consumes each low-rank layer's output, learned in the same probe."""
+    followers: dict[str, str] = {}
     outputs: dict[int, tuple[Tensor, str]] = {}
     names = {m: n for n, m in model.named_modules()}
-    pre: dict[nn.Module, Any] = {}
-    post: dict[nn.Module, Any] = {}
-    for m, name in units.items():
 
-        def first_call(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], name: str = name) -> None:
-            if name not in trace.order:
-                trace.order.append(name)
+    def output_of(name: str) -> PostHook:
+        def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+            if isinstance(out, Tensor):
+                outputs[id(out)] = (out, name)
 
-        pre[m] = first_call
-        if isinstance(m, LowRankLayer):
-
-            def output(module: nn.Module, args: tuple[Any, ...], out: Any, name: str = name) -> None:
-                if isinstance(out, Tensor):
-                    outputs[id(out)] = (out, name)
-
-            post[m] = output
+        return hook
 
     def bn_input(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         hit = outputs.get(id(args[0])) if args else None
-        if hit is not None and hit[0] is args[0] and hit[1] not in trace.followers:
-            trace.followers[hit[1]] = names[module]
+        if hit is not None and hit[0] is args[0] and hit[1] not in followers:
+            followers[hit[1]] = names[module]
 
-    pre.update({m: bn_input for m in model.modules() if isinstance(m, BATCH_NORMS)})
+    post = {m: output_of(n) for m, n in units.items() if isinstance(m, LowRankLayer)}
+    pre = {m: bn_input for m in model.modules() if isinstance(m, BATCH_NORMS)}
     try:
-        hooked_pass(model, inputs, forward, pre=pre, post=post)
-    except Exception as err:
-        raise LowRankInitError(
-            f"the model's forward failed on the initialization batch ({type(err).__name__}: {err})"
-        ) from err
-    return trace
+        order = execution_order(model, probe, forward, units, pre=pre, post=post)
+    except InitializationError as err:
+        raise LowRankInitError(str(err)) from err.__cause__
+    return order, followers
 
 
 class _LowRankJob:
-    """The runner's job for one layer: its input at the first call, then ``fit(name, module, x)``."""
+    """The runner's job for one layer: its input at the first call, then its fit (:func:`_fit_layer`)."""
 
-    def __init__(self, module: nn.Module, name: str, fit: Callable[[str, nn.Module, Tensor], None]) -> None:
+    def __init__(self, module: nn.Module, name: str, plan: _Plan) -> None:
         self.module = module
         self.name = name
-        self._fit = fit
+        self._plan = plan
         self._x: Tensor | None = None
 
     def add_call(self, args: tuple[Any, ...], kwargs: dict[str, Any], labels: Tensor | None) -> None:
@@ -186,7 +186,7 @@ class _LowRankJob:
     def finish(self, reduce: Callable[[Tensor], Tensor] | None = None) -> None:
         if self._x is None:
             raise LowRankInitError(f"layer {self.name!r}: no input was recorded")
-        self._fit(self.name, self.module, self._x)
+        _fit_layer(self._plan, self.name, self.module, self._x)
         self._x = None
 
 
@@ -229,71 +229,39 @@ def _bn_affine(bn: nn.Module, z: Tensor, recalibrated: bool) -> tuple[Tensor, Te
     return scale, beta - scale * mean
 
 
-def check_arguments(
-    *, method: Any, full_weight: Any, patches_per_image: Any, lam: Any, ridge: Any, relu_iters: Any
-) -> None:
-    """The checks of :func:`low_rank_init_`'s options, shared with
-    :class:`~lightning_sylv.LowRankInit` (which runs them when it is constructed), so that a bad value
-    fails before any pass, as ``ValueError`` naming the argument and the value."""
-    check_choice("method", method, METHODS)
-    check_choice("full_weight", full_weight, ("current", "sylvester"))
-    check_positive_int("patches_per_image", patches_per_image, allow_none=True)
-    check_positive_number("lam", lam)
-    check_nonnegative_number("ridge", ridge)
-    check_nonnegative_int("relu_iters", relu_iters)
-
-
 def low_rank_init_(
     model: nn.Module,
     inputs: Any,
     labels: Tensor | None = None,
     *,
-    method: str = "relu",
-    full_weight: Literal["current", "sylvester"] = "current",
-    patches_per_image: int | None = 16,
-    seed: int = 0,
-    ridge: float = 1e-6,
-    relu_iters: int = 5,
-    through_batchnorm: bool = True,
-    recalibrate_bn: bool = True,
-    lam: float = 10.0,
-    latent: str | LatentCode = "pca",
-    head_latent: str | LatentCode = "onehot",
+    settings: LowRankSettings | None = None,
     forward: Callable[[nn.Module, Any], Any] = default_forward,
     on_layer: Callable[[Any, int, int], None] | None = None,
+    **options: Any,
 ) -> LowRankReport:
     """Initialize the model's low-rank layers in place from a data subset.
+
+    Validate (:class:`~lightning_sylv.settings.LowRankSettings`), probe the forward on two samples
+    (execution order, BatchNorm followers, the head), plan one job per layer, run them in one pass.
 
     Args:
         model: A model containing :class:`~lightning_sylv.lowrank.layers.LowRankLinear` /
             ``LowRankConv2d`` layers (see :func:`~lightning_sylv.lowrank.convert.to_low_rank`).
         inputs: The subset's inputs, on the model's device, as ``forward`` expects them.
         labels: Integer labels ``(N,)``; used only by a one-hot head code with ``"sylvester"``.
-        method: ``"spectral"``, ``"data"`` or ``"relu"``.
-        full_weight: ``"current"``: approximate each layer's stored ``full_weight`` (the weight it was
-            converted from; the product ``U V`` if none is stored). ``"sylvester"``: approximate the
-            Sylvester solution for the layer's actual input (``lam``, ``latent``; ``head_latent`` for
-            the last executed layer), and Sylvester-initialize the plain ``Linear``/``Conv`` layers
-            in the same pass — a data-driven initialization of the whole low-rank network.
-        patches_per_image: Random patch positions per image for convolutions (``None``: all).
-        seed: Seed of the patch draws.
-        ridge: Relative ridge on the input covariance (``"data"``, ``"relu"``).
-        relu_iters: Refinement iterations of ``"relu"``.
-        through_batchnorm: Fit (and report) the ReLU error through a BatchNorm that directly consumes
-            the layer's output.
-        recalibrate_bn: Recompute every BatchNorm's running statistics during the pass.
-        lam: λ of the Sylvester solve (``"sylvester"`` only).
-        latent: Code of hidden layers for the Sylvester solve.
-        head_latent: Code of the head for the Sylvester solve.
+        settings: What to do (:class:`~lightning_sylv.settings.LowRankSettings`: method, full weight,
+            ridge, ...); ``None``: the defaults.
         forward: ``forward(model, inputs)`` runs the model.
         on_layer: Called as ``on_layer(job, done, total)`` after each layer (``job.name`` names it;
             progress bars).
+        **options: Fields of :class:`~lightning_sylv.settings.LowRankSettings`, replacing those of
+            ``settings`` (``method="data"``, ``full_weight="sylvester"``, ...).
 
     Returns:
         A :class:`LowRankReport`.
 
     Raises:
-        ValueError: On bad arguments or a model without executed low-rank layers.
+        ValueError: On bad options or a model without executed low-rank layers.
         LowRankInitError: If the initialization fails; the model is restored first.
 
     Example:
@@ -307,86 +275,117 @@ def low_rank_init_(
         >>> [(layer.name, layer.fit.rank) for layer in report.layers]
         [('0', 4)]
     """
-    check_arguments(
-        method=method, full_weight=full_weight, patches_per_image=patches_per_image, lam=lam, ridge=ridge,
-        relu_iters=relu_iters,
-    )  # fmt: skip
+    settings = settings or LowRankSettings()
+    settings = settings.replace(**options) if options else settings
     start = time.perf_counter()
-    report = LowRankReport()
-    modules = dict(model.named_modules())
-    low = {m: n for n, m in modules.items() if isinstance(m, LowRankLayer)}
-    if not low:
-        raise ValueError("the model has no LowRankLinear/LowRankConv2d layer: convert it with to_low_rank first")
-    inner = tuple(n + "." for n in low.values())
-    units: dict[nn.Module, str] = dict(low)
-    if full_weight == "sylvester":
-        units.update({m: n for n, m in target_modules(model).items() if not n.startswith(inner)})
-    trace = _trace(model, slice_batch(inputs, 0, 2), forward, units)
-    jobs: dict[str, nn.Module] = {}
-    for m, name in units.items():
-        why = skip_reason(name, m, trace.order, None)
-        if why is None:
-            jobs[name] = m
-        else:
-            report.skipped[name] = why
-    if not any(isinstance(m, LowRankLayer) for m in jobs.values()):
-        raise ValueError(f"no trainable low-rank layer is executed by the forward pass: {report.skipped}")
-    head = trace.order[-1]
-    hidden_code, head_code = resolve_code(latent), resolve_code(head_latent)
-    if full_weight == "sylvester" and head_code.requires_labels and labels is None:
-        warnings.warn(f"no labels: the head {head!r} gets the {hidden_code.name!r} code", stacklevel=2)
-        head_code = hidden_code
-    generator = torch.Generator().manual_seed(seed)
-    fulls = {m: (m.full_weight, m.full_bias) for m in low}
-
-    def run_job(name: str, module: nn.Module, x: Tensor) -> None:
-        code = head_code if name == head else hidden_code
-        if not isinstance(module, LowRankLayer):
-            job = LayerJob(
-                module=module, name=name, code=code, lam=lam, patches_per_image=patches_per_image, generator=generator
-            )
-            job.add(x, labels)
-            report.sylvester.append(job.finish())
-            return
-        if full_weight == "sylvester":
-            proxy = _dense_proxy(module)
-            job = LayerJob(
-                module=proxy, name=name, code=code, lam=lam, patches_per_image=patches_per_image, generator=generator
-            )
-            job.add(x, labels)
-            job.finish()
-            w, b = proxy.weight.detach(), None if proxy.bias is None else proxy.bias.detach()
-            dtype = module.v.weight.dtype  # type: ignore[union-attr]
-            module.set_full(w.to(dtype), None if b is None else b.to(dtype))
-        elif module.full_weight is not None:
-            w, b = module.full_weight, module.full_bias
-        else:  # no stored full-rank weight: re-fit the current product
-            w, b = module.merged_weight().detach(), None if module.bias is None else module.bias.detach()
-        rows = input_rows(module, x, patches_per_image, generator)
-        bn_name = trace.followers.get(name) if through_batchnorm else None
-        affine = None
-        if bn_name is not None:
-            z = rows.double() @ w.reshape(w.shape[0], -1).double().T
-            if b is not None:
-                z = z + b.double()
-            affine = _bn_affine(modules[bn_name], z, recalibrate_bn)
-        fit = init_low_rank_(module, w, b, rows, method, ridge=ridge, relu_iters=relu_iters, affine=affine)
-        report.layers.append(LowRankLayerReport(name, type(module).__name__, full_weight, bn_name, fit))
+    jobs, state = _plan(model, slice_batch(inputs, 0, 2), labels, forward, settings)
+    fulls = {m: (m.full_weight, m.full_bias) for m in model.modules() if isinstance(m, LowRankLayer)}
 
     def restore_fulls() -> None:
         for m, (fw, fb) in fulls.items():
             m.full_weight, m.full_bias = fw, fb
 
-    ordered = [_LowRankJob(jobs[n], n, run_job) for n in trace.order if n in jobs]
-
     def on_result(job: Job, record: Any) -> None:
         if on_layer is not None:
-            on_layer(job, ordered.index(job) + 1, len(ordered))
+            on_layer(job, jobs.index(job) + 1, len(jobs))  # type: ignore[arg-type]
 
+    report = state.report
     report.passes = run_jobs(
-        model, inputs, labels, ordered, n_samples=batch_len(inputs), forward=forward,
-        recalibrate_bn=recalibrate_bn, on_result=on_result, on_failure=restore_fulls, error=LowRankInitError,
+        model, inputs, labels, jobs, n_samples=batch_len(inputs), forward=forward,
+        recalibrate_bn=settings.recalibrate_bn, on_result=on_result, on_failure=restore_fulls, error=LowRankInitError,
         what="low-rank initialization",
     )  # fmt: skip
     report.seconds = time.perf_counter() - start
     return report
+
+
+@dataclass
+class _Plan:
+    """What every layer's fit needs: the options, the head and codes, BatchNorm followers, the report."""
+
+    settings: LowRankSettings
+    head: str
+    hidden: LatentCode
+    head_code: LatentCode
+    followers: dict[str, str]
+    modules: dict[str, nn.Module]
+    labels: Tensor | None
+    generator: torch.Generator
+    report: LowRankReport
+
+    def code(self, name: str) -> LatentCode:
+        return self.head_code if name == self.head else self.hidden
+
+
+def _plan(
+    model: nn.Module, probe: Any, labels: Tensor | None, forward: Callable[[nn.Module, Any], Any], s: LowRankSettings
+) -> tuple[list[_LowRankJob], _Plan]:
+    """The jobs in execution order (low-rank layers, and plain layers with ``full_weight="sylvester"``)."""
+    low = {m: n for n, m in model.named_modules() if isinstance(m, LowRankLayer)}
+    if not low:
+        raise ValueError("the model has no LowRankLinear/LowRankConv2d layer: convert it with to_low_rank first")
+    inner = tuple(n + "." for n in low.values())
+    units: dict[nn.Module, str] = dict(low)
+    if s.full_weight == "sylvester":
+        units.update({m: n for n, m in target_modules(model).items() if not n.startswith(inner)})
+    order, followers = _trace(model, probe, forward, units)
+    report = LowRankReport()
+    chosen: dict[str, nn.Module] = {}
+    for m, name in units.items():
+        why = skip_reason(name, m, order, None)
+        if why is None:
+            chosen[name] = m
+        else:
+            report.skipped[name] = why
+    if not any(isinstance(m, LowRankLayer) for m in chosen.values()):
+        raise ValueError(f"no trainable low-rank layer is executed by the forward pass: {report.skipped}")
+    head = order[-1]
+    hidden, head_code = resolve_code(s.latent), resolve_code(s.head_latent)
+    if s.full_weight == "sylvester" and head_code.requires_labels and labels is None:
+        warnings.warn(f"no labels: the head {head!r} gets the {hidden.name!r} code", stacklevel=4)
+        head_code = hidden
+    state = _Plan(
+        settings=s, head=head, hidden=hidden, head_code=head_code, followers=followers,
+        modules=dict(model.named_modules()), labels=labels, generator=torch.Generator().manual_seed(s.seed),
+        report=report,
+    )  # fmt: skip
+    return [_LowRankJob(chosen[n], n, state) for n in order if n in chosen], state
+
+
+def _fit_layer(plan: _Plan, name: str, module: nn.Module, x: Tensor) -> None:
+    """One layer, at its first call: a plain layer gets the Sylvester solve; a low-rank one its factors
+    of ``W`` (stored, current or solved on ``x``), through its BatchNorm when one follows."""
+    s = plan.settings
+    if not isinstance(module, LowRankLayer):
+        plan.report.sylvester.append(_sylvester_solve(plan, name, module, x))
+        return
+    if s.full_weight == "sylvester":
+        proxy = _dense_proxy(module)
+        _sylvester_solve(plan, name, proxy, x)
+        w, b = proxy.weight.detach(), None if proxy.bias is None else proxy.bias.detach()
+        dtype = module.v.weight.dtype  # type: ignore[union-attr]
+        module.set_full(w.to(dtype), None if b is None else b.to(dtype))
+    elif module.full_weight is not None:
+        w, b = module.full_weight, module.full_bias
+    else:  # no stored full-rank weight: re-fit the current product
+        w, b = module.merged_weight().detach(), None if module.bias is None else module.bias.detach()
+    rows = input_rows(module, x, s.patches_per_image, plan.generator)
+    bn_name = plan.followers.get(name) if s.through_batchnorm else None
+    affine = None
+    if bn_name is not None:
+        z = rows.double() @ w.reshape(w.shape[0], -1).double().T
+        if b is not None:
+            z = z + b.double()
+        affine = _bn_affine(plan.modules[bn_name], z, s.recalibrate_bn)
+    fit = init_low_rank_(module, w, b, rows, s.method, ridge=s.ridge, relu_iters=s.relu_iters, affine=affine)
+    plan.report.layers.append(LowRankLayerReport(name, type(module).__name__, s.full_weight, bn_name, fit))
+
+
+def _sylvester_solve(plan: _Plan, name: str, module: nn.Module, x: Tensor) -> LayerReport:
+    s = plan.settings
+    job = LayerJob(
+        module=module, name=name, code=plan.code(name), lam=s.lam, patches_per_image=s.patches_per_image,
+        generator=plan.generator,
+    )  # fmt: skip
+    job.add(x, plan.labels)
+    return job.finish()
