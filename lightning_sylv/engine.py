@@ -189,9 +189,10 @@ def sylvester_init_(
         raise ValueError(f"labels must have shape ({n_samples},) to match the inputs, got {tuple(labels.shape)}")
     targets = units(model)
     try:
-        forward, order = probe_forward(model, slice_batch(inputs, 0, 2), forward, targets)
+        forward, order, logits = probe_forward(model, slice_batch(inputs, 0, 2), forward, targets)
     except InitializationError as err:
         raise SylvesterInitError(str(err)) from err.__cause__
+    _check_logits(logits, settings, labels)
     count = torch.tensor([float(n_samples)], device=model_device(model))
     total = n_samples if reduce is None else int(reduce(count)[0])
     jobs, report = plan(
@@ -348,6 +349,37 @@ def _record_untouched(
         )
     report.initialized_parameters = sum(p.numel() for m in written for p in m.parameters())
     report.total_parameters = sum(p.numel() for p in model.parameters())
+
+
+def _check_logits(logits: Any, settings: SylvesterSettings, labels: Tensor | None) -> None:
+    """Refuse, before anything is written, logits that cannot take the head's one-hot code.
+
+    A ``forward`` that returns features (512 values per sample for 10 classes) would have its last
+    layer fitted to a one-hot code of the wrong size. With ``num_classes`` the width must match; without
+    it the class count is guessed as the largest label + 1 (some classes may be absent from a small
+    subset): fewer outputs, or more than twice as many, are refused. Checked on the probe's output,
+    when the head is the default (last executed layer) and its code is one-hot.
+
+    Raises:
+        ValueError: Naming the width, the class count and the ways out.
+    """
+    if labels is None or labels.numel() == 0 or settings.head_latent != "onehot" or settings.head is not None:
+        return
+    if not isinstance(logits, Tensor) or logits.ndim != 2:
+        return  # e.g. a dict of outputs; a declared class count is still checked against the head
+    width = logits.shape[1]
+    declared = settings.num_classes is not None
+    classes = settings.num_classes if declared else int(labels.max()) + 1
+    if width != classes and (declared or width < classes or width > 2 * classes):
+        source = f"num_classes={classes}" if declared else "the largest label + 1"
+        raise ValueError(
+            f"the model's forward returns {width} values per sample, but there are {classes} classes ({source}), "
+            "so the head (the last layer it runs) cannot be given a one-hot code. If forward returns features "
+            "and another module maps them to logits, pass a forward that returns logits "
+            "(SylvesterInit(forward='logits') names a LightningModule method; from the CLI: "
+            "--trainer.callbacks.forward logits), or name the classifier layer with head=. If the class count "
+            "is wrong, pass num_classes=. Nothing was changed."
+        )
 
 
 def _resolve_head(

@@ -1,4 +1,5 @@
-"""Each initializer's callback writes the weights its function writes on the same subset.
+"""Each initializer's callback writes the weights its function writes on the same subset, and both
+refuse a bad option with the same message (one validator: the settings object).
 
 The callback adds the Lightning lifecycle (subset from the datamodule, metrics, logging); the math is
 the function's. A fit without training steps (``max_steps=0``) leaves the callback's weights in place.
@@ -9,8 +10,9 @@ import copy
 import pytest
 import torch
 
-from lightning_sylv import LowRankInit, SylvesterInit, sylvester_init_
+from lightning_sylv import FuseInit, LowRankInit, SylvesterInit, sylvester_init_
 from lightning_sylv.data import DigitsDataModule
+from lightning_sylv.fuse import fuse_init_
 from lightning_sylv.lowrank import low_rank_init_, to_low_rank
 from lightning_sylv.models import ImageClassifier
 from lightning_sylv.subset import balanced_subset
@@ -26,12 +28,36 @@ def _lowrank(model, x, y, _):
     low_rank_init_(model, x, y, method="data")
 
 
+def _teacher() -> ImageClassifier:
+    torch.manual_seed(1)  # a fixed, untrained deeper MLP: the fit only needs its activations
+    return ImageClassifier(arch="mlp", hidden=[32, 32, 16])
+
+
+FUSE_MAPPING = {"net.features.1": "net.features.3", "net.head": "net.head"}
+
+
+def _fuse(model, x, y, _):
+    fuse_init_(model, _teacher(), x, FUSE_MAPPING, y, unmapped="sylvester")
+
+
 CASES = {
     "sylvester-all": (lambda: SylvesterInit(samples_per_class=SPC, verbose=False, evaluate=False), _sylvester, "all"),
     "sylvester-head": (
         lambda: SylvesterInit(samples_per_class=SPC, layers="head", verbose=False, evaluate=False),
         _sylvester,
         "head",
+    ),
+    "fuse-sylvester": (
+        lambda: FuseInit(
+            mapping=FUSE_MAPPING,
+            teacher=_teacher(),
+            unmapped="sylvester",
+            samples_per_class=SPC,
+            verbose=False,
+            evaluate=False,
+        ),
+        _fuse,
+        None,
     ),
     "lowrank-data": (
         lambda: LowRankInit(ranks=0.5, method="data", samples_per_class=SPC, verbose=False, evaluate=False),
@@ -84,7 +110,7 @@ def test_callback_and_function_write_the_same_weights(tmp_path, make_trainer, ca
     ids=lambda d: next(iter(d)),
 )
 def test_the_callback_and_the_function_refuse_an_argument_with_the_same_message(bad):
-    """One validator (engine.check_arguments) serves both: the callback at construction, the function
+    """One validator (SylvesterSettings) serves both: the callback at construction, the function
     before it touches the model."""
     from torch import nn
 

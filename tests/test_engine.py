@@ -283,8 +283,29 @@ def test_bad_arguments():
         sylvester_init_(model, torch.randn(6, 5), y)
     with pytest.raises(SylvesterInitError, match="NaN/Inf"):
         sylvester_init_(model, torch.full((6, 1, 4, 4), float("nan")), y)
-    with pytest.raises(SylvesterInitError, match="one output per class"):
-        sylvester_init_(model, x, torch.tensor([0, 1, 2, 3, 4, 5]))
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="returns 3 values per sample, but there are 6 classes"):
+        sylvester_init_(model, x, torch.tensor([0, 1, 2, 3, 4, 5]))  # refused at the probe
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+    head = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)][-1]
+    with pytest.raises(SylvesterInitError, match="one output per class"):  # a named head: its own check
+        sylvester_init_(model, x, torch.tensor([0, 1, 2, 3, 4, 5]), head=head)
+
+
+@pytest.mark.parametrize(
+    ("width", "labels", "num_classes", "refused"),
+    [(3, 3, None, False), (5, 3, None, False), (7, 3, None, True), (2, 3, None, True), (5, 3, 3, True)],
+)
+def test_logits_that_cannot_take_the_one_hot_code_are_refused_at_the_probe(width, labels, num_classes, refused):
+    """Without num_classes the class count is the largest label + 1 (up to twice as many outputs pass);
+    with it the width must match."""
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, width))
+    x, y = torch.randn(12, 4), torch.arange(labels).repeat(12 // labels)
+    if refused:
+        with pytest.raises(ValueError, match=f"returns {width} values per sample"):
+            sylvester_init_(model, x, y, num_classes=num_classes)
+    else:
+        sylvester_init_(model, x, y, num_classes=num_classes)
 
 
 def test_streaming_matches_single_pass_without_batchnorm():

@@ -358,14 +358,14 @@ def test_label_span_error_names_the_real_span_once():
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 10))
     y = torch.arange(5, 15).repeat(3)  # labels 5..14 for a 10-output head
     with pytest.raises(Exception, match=r"labels span \[5, 14\]") as err:
-        sylvester_init_(model, torch.randn(30, 4, generator=_gen(14)), y)
+        sylvester_init_(model, torch.randn(30, 4, generator=_gen(14)), y, head="2")  # named: no probe check
     assert str(err.value).count("layer '2'") == 1
 
 
 def test_a_head_that_does_not_match_the_classes_is_refused_with_the_fix():
     """A forward that returns features: its last layer is not the classifier."""
     model = nn.Sequential(nn.Linear(4, 64), nn.ReLU(), nn.Linear(64, 64))
-    with pytest.raises(ValueError, match=r"64 outputs but the data has 10 classes.*forward"):
+    with pytest.raises(ValueError, match=r"returns 64 values per sample, but there are 10 classes.*forward"):
         sylvester_init_(model, torch.randn(30, 4, generator=_gen(15)), _labels(30, 10), num_classes=10)
 
 

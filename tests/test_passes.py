@@ -97,8 +97,8 @@ def test_execution_order_follows_the_forward_not_the_definition():
 
 
 def test_the_callback_runs_the_subset_through_the_model_once(tmp_path, make_trainer):
-    """Besides probes of at most two samples (the logits check, the trace), the Sylvester callback
-    runs its subset through the model in one forward pass."""
+    """One probe of two samples (execution order, logits width, layout), then one forward pass over
+    the subset: nothing else runs the model (evaluation and inspection are off)."""
     from lightning_sylv import SylvesterInit
     from lightning_sylv.data import DigitsDataModule
     from lightning_sylv.models import ImageClassifier
@@ -110,4 +110,18 @@ def test_the_callback_runs_the_subset_through_the_model_once(tmp_path, make_trai
     trainer = make_trainer(tmp_path, [cb], logger=False, max_steps=0)
     trainer.fit(model, datamodule=DigitsDataModule())
     assert cb.report is not None and cb.report.passes == 1
-    assert [n for n in sizes if n > 2] == [50], sizes  # 10 classes x 5 samples, once
+    assert sizes == [2, 50], sizes  # the probe, then 10 classes x 5 samples once
+
+
+@pytest.mark.parametrize("layers", ["all", "head"])
+def test_the_function_probes_once_and_passes_once(layers):
+    """A CNN that accepts the channels-last layout: one two-sample probe, one pass, for every layer
+    or the head alone."""
+    from lightning_sylv import sylvester_init_
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 3))
+    sizes: list[int] = []
+    net.register_forward_pre_hook(lambda m, args: sizes.append(args[0].shape[0]))
+    sylvester_init_(net, torch.randn(30, 3, 6, 6), torch.arange(3).repeat(10), layers=layers)
+    assert sizes == [2, 30], sizes

@@ -13,18 +13,15 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from lightning_sylv._batch import slice_batch
 from lightning_sylv._checks import check_bool, check_choice, check_positive_int
 from lightning_sylv.callbacks._base import DTYPES, DataDrivenInit, FitContext, InitSubset, percent
 from lightning_sylv.callbacks._distributed import gather_across_processes, sum_across_processes
 from lightning_sylv.callbacks._inspection import FeatureInspection
 from lightning_sylv.codes import CODES
 from lightning_sylv.engine import sylvester_init_
-from lightning_sylv.modules import evaluating
 from lightning_sylv.report import InitReport, format_table
 from lightning_sylv.settings import SylvesterSettings
 
@@ -240,50 +237,19 @@ class SylvesterInit(DataDrivenInit):
             self._inspection.before(pl_module, self.settings.head)
         return out
 
-    def _expected_classes(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, labels: torch.Tensor
-    ) -> tuple[int, str]:
-        """The number of classes the head must output, and where that number comes from."""
+    def _declared_classes(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> int | None:
+        """The class count the head must output, when something declares it: ``num_classes``, else the
+        datamodule's or the LightningModule's ``num_classes`` attribute or hparam. ``None``: the
+        function guesses it from the labels."""
         if self.settings.num_classes is not None:
-            return self.settings.num_classes, "num_classes"
-        owners = ((trainer.datamodule, "the datamodule's num_classes"), (pl_module, "the model's num_classes"))
-        for owner, source in owners:
+            return self.settings.num_classes
+        for owner in (trainer.datamodule, pl_module):
             value = getattr(owner, "num_classes", None) if owner is not None else None
             if value is None and owner is not None:
                 value = getattr(owner, "hparams", {}).get("num_classes")
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                return value, source
-        return int(labels.max()) + 1, "the largest label + 1"
-
-    def _check_logits(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, ctx: FitContext, subset: InitSubset
-    ) -> int | None:
-        """Refuse, before anything is written, a model whose output does not have one value per class
-        (a ``forward`` that returns features): the head would get a one-hot code of the wrong size."""
-        if subset.labels is None or subset.labels.numel() == 0 or self.settings.head_latent != "onehot":
-            return None
-        classes, source = self._expected_classes(trainer, pl_module, subset.labels)
-        declared = source != "the largest label + 1"
-        try:
-            with evaluating(pl_module), torch.random.fork_rng(devices=[]):
-                out = ctx.forward(pl_module, slice_batch(subset.inputs, 0, 2))
-        except Exception:  # the engine's own pass reports a failing forward, with context
-            return None
-        if not isinstance(out, torch.Tensor) or out.ndim != 2:
-            return classes if declared else None
-        # Declared: the width must match. Guessed from the labels (some classes may be absent from
-        # the data): refuse fewer outputs, or so many more that most units would get no class.
-        if out.shape[1] != classes and (declared or out.shape[1] < classes or out.shape[1] > 2 * classes):
-            how = "forward" if self.forward is None else f"{self.forward}()"
-            raise ValueError(
-                f"SylvesterInit: the model's {how} returns {out.shape[1]} values per sample, but there are "
-                f"{classes} classes ({source}), so the head (the last layer it runs) cannot be given a one-hot "
-                "code. If forward returns features and another module maps them to logits, add a "
-                "LightningModule method that returns logits and name it: SylvesterInit(forward='logits') "
-                "(from the CLI: --trainer.callbacks.forward logits). If the class count is wrong, pass "
-                "num_classes=. Nothing was changed."
-            )
-        return classes if declared else None
+                return value
+        return None
 
     @override
     def initialize(
@@ -294,9 +260,9 @@ class SylvesterInit(DataDrivenInit):
         subset: InitSubset,
         on_layer: Callable[[Any, int, int], None] | None,
     ) -> InitReport:
-        """:func:`~lightning_sylv.sylvester_init_` with the callback's settings (the class count found
-        for the logits check added), summed and gathered across processes under DDP/FSDP2."""
-        classes = self._check_logits(trainer, pl_module, ctx, subset)
+        """:func:`~lightning_sylv.sylvester_init_` with the callback's settings (a class count the
+        datamodule or the model declares added), summed and gathered across processes under DDP/FSDP2."""
+        classes = self._declared_classes(trainer, pl_module)
         settings = self.settings if classes is None else self.settings.replace(num_classes=classes)
         distributed = trainer.world_size > 1
         return sylvester_init_(
