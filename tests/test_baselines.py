@@ -115,9 +115,9 @@ def test_lsuv_callback_uses_the_balanced_subset_in_fit(ex):
 
 def test_reproduce_table1_runs_lsuv_when_named(tmp_path):
     pytest.importorskip("lsuv")
-    from test_data_cifar10 import _write_fake
+    from fakes import write_fake_cifar10
 
-    _write_fake(tmp_path)
+    write_fake_cifar10(tmp_path)
     out_csv = tmp_path / "results" / "runs.csv"
     cmd = [
         sys.executable,

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_data_cifar10 import _write_fake
+from fakes import write_fake_cifar10
 
 ROOT = Path(__file__).resolve().parents[1]
 REPRO = ROOT / "examples" / "reproduce.py"
@@ -20,7 +20,7 @@ def _run(*args: str) -> str:
 
 
 def test_table2_table1_and_report_append_resume_and_write_results(tmp_path):
-    _write_fake(tmp_path)  # 150 training / 30 test images of 10 classes
+    write_fake_cifar10(tmp_path)  # 150 training / 30 test images of 10 classes
     out_csv = tmp_path / "results" / "runs.csv"
     # --test-limit 20 of the 30 test images: a limit that is not a whole number of evaluation batches.
     common = [
@@ -284,7 +284,7 @@ def test_report_figure1_averages_seeds_only_within_one_setting(tmp_path):
 
 
 def test_speed_benchmark_prints_ratios_and_solver_bounds(tmp_path):
-    _write_fake(tmp_path)
+    write_fake_cifar10(tmp_path)
     proc = subprocess.run(
         [
             sys.executable,

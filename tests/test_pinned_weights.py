@@ -2,7 +2,7 @@
 
 A restructuring of the inside must not change a single bit of what the initializers write. Each case
 below initializes a small model from a seeded batch (one thread, so the products sum in one order) and
-compares a SHA-256 of every parameter and buffer against ``tests/data/pinned_weights.json``. A change
+compares a SHA-256 of every parameter and buffer against ``tests/pinned_weights.json``. A change
 that is *meant* to change weights (a new default, a new algorithm) regenerates the file and says so
 in its commit::
 
@@ -25,7 +25,7 @@ import pytest
 import torch
 from torch import nn
 
-PINS = Path(__file__).parent / "data" / "pinned_weights.json"
+PINS = Path(__file__).parent / "pinned_weights.json"
 
 
 def _batch(n: int, shape: tuple[int, ...], classes: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-SCRIPT = Path(__file__).parent / "scripts" / "ddp_init.py"
+SCRIPT = Path(__file__).parents[1] / "scripts" / "ddp_init.py"
 
 
 def _run(tmp_path: Path, devices: int, *extra: str) -> None:

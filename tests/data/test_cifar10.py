@@ -9,34 +9,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fakes import write_fake_cifar10
 
 from lightning_sylv.data import CIFAR10DataModule
 from lightning_sylv.data import cifar10 as cifar
 from lightning_sylv.data.transforms import Compose, Normalize, RandomCropFlip
 
-PER_CLASS = 3  # per class and per batch file: 5 x 30 training images, 30 test images
-
-
-def _write_fake(root: Path, seed: int = 0) -> dict[str, tuple[np.ndarray, list[int]]]:
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    written = {}
-    for name in (*cifar.TRAIN_FILES, cifar.TEST_FILE):
-        labels = [c for c in range(10) for _ in range(PER_CLASS)]
-        rng.shuffle(labels)
-        data = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
-        with (folder / name).open("wb") as f:
-            pickle.dump({b"batch_label": name.encode(), b"labels": labels, b"data": data}, f)
-        written[name] = (data, labels)
-    with (folder / "batches.meta").open("wb") as f:
-        pickle.dump({b"label_names": [n.encode() for n in cifar.CIFAR10_CLASSES]}, f)
-    return written
-
 
 @pytest.fixture
 def fake(tmp_path):
-    return tmp_path, _write_fake(tmp_path)
+    return tmp_path, write_fake_cifar10(tmp_path)
 
 
 def _tar_gz(src_root: Path, out: Path) -> str:
@@ -86,7 +68,7 @@ def test_a_file_that_is_not_a_batch_is_rejected(fake):
 
 def test_download_from_a_file_url_verifies_and_extracts(tmp_path):
     src = tmp_path / "src"
-    written = _write_fake(src)
+    written = write_fake_cifar10(src)
     md5 = _tar_gz(src, tmp_path / "c.tar.gz")
     dest = tmp_path / "dest"
     folder = cifar.download_cifar10(dest, url=(tmp_path / "c.tar.gz").as_uri(), md5=md5)
@@ -97,7 +79,7 @@ def test_download_from_a_file_url_verifies_and_extracts(tmp_path):
 
 def test_datamodule_download_true_uses_the_module_url(tmp_path, monkeypatch):
     src = tmp_path / "src"
-    _write_fake(src)
+    write_fake_cifar10(src)
     md5 = _tar_gz(src, tmp_path / "c.tar.gz")
     monkeypatch.setattr(cifar, "CIFAR10_URL", (tmp_path / "c.tar.gz").as_uri())
     monkeypatch.setattr(cifar, "CIFAR10_MD5", md5)
@@ -107,7 +89,7 @@ def test_datamodule_download_true_uses_the_module_url(tmp_path, monkeypatch):
 
 def test_corrupted_download_is_rejected_and_removed(tmp_path):
     src = tmp_path / "src"
-    _write_fake(src)
+    write_fake_cifar10(src)
     _tar_gz(src, tmp_path / "c.tar.gz")
     dest = tmp_path / "dest"
     with pytest.raises(RuntimeError, match=r"MD5 mismatch.*expected 0{32}"):
