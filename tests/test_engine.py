@@ -553,7 +553,7 @@ def test_init_pass_runs_channels_last_on_cpu_with_the_same_result(monkeypatch):
     assert all(p.is_contiguous() for p in model.parameters())  # the weights keep their layout
     assert x.is_contiguous()  # the caller's inputs are untouched
 
-    monkeypatch.setattr("lightning_sylv.passes.channels_last", lambda t: t)
+    monkeypatch.setattr("lightning_sylv.passes.hooks.channels_last", lambda t: t)
     ref = sylvester_init_(plain, x, y, dtype=torch.float64)
     # The first layer sees the same values gathered in the same order: bit-identical weights. Later
     # layers see activations that differ by float rounding only.
@@ -571,7 +571,7 @@ def test_forward_that_needs_the_default_layout_runs_as_given(monkeypatch):
     plain = ViewFlattenCNN()
     plain.load_state_dict(model.state_dict())
     sylvester_init_(model, x, y)  # probes channels-last on two samples, then falls back
-    monkeypatch.setattr("lightning_sylv.passes.channels_last", lambda t: t)
+    monkeypatch.setattr("lightning_sylv.passes.hooks.channels_last", lambda t: t)
     sylvester_init_(plain, x, y)
     for (name, p), q in zip(model.state_dict().items(), plain.state_dict().values()):
         assert torch.equal(p, q), name
