@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from lightning_sylv import sylvester_init_
-from lightning_sylv.settings import FuseSettings, LowRankSettings, SylvesterSettings
+from lightning_sylv.lowrank import LowRankSettings
+from lightning_sylv.settings import FuseSettings, SylvesterSettings
 
 BAD = [
     (SylvesterSettings, {"layers": "body"}, "layers must be"),

@@ -27,11 +27,11 @@ from lightning_sylv.callbacks.sylvester import SylvesterInit
 from lightning_sylv.lowrank import (
     LowRankLayer,
     LowRankReport,
+    LowRankSettings,
     format_low_rank_table,
     low_rank_init_,
     to_low_rank,
 )
-from lightning_sylv.settings import LowRankSettings
 
 __all__ = ["LowRankInit"]
 

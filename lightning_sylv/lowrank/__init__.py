@@ -40,6 +40,7 @@ from lightning_sylv.lowrank.layers import (
     full_rank_of,
     resolve_rank,
 )
+from lightning_sylv.lowrank.settings import LowRankSettings
 
 __all__ = [
     "METHODS",
@@ -51,6 +52,7 @@ __all__ = [
     "LowRankLayerReport",
     "LowRankLinear",
     "LowRankReport",
+    "LowRankSettings",
     "data_factors",
     "factorize",
     "format_low_rank_table",

@@ -39,16 +39,15 @@ from lightning_sylv.codes import LatentCode, resolve_code
 from lightning_sylv.layer import LayerJob
 from lightning_sylv.lowrank.init import LowRankFit, init_low_rank_, input_rows
 from lightning_sylv.lowrank.layers import LowRankLayer, LowRankLinear
+from lightning_sylv.lowrank.settings import LowRankSettings
 from lightning_sylv.modules import BATCH_NORMS, target_modules
 from lightning_sylv.passes import InitializationError, Job, PostHook, execution_order, run_jobs, skip_reason
 from lightning_sylv.report import LayerReport
-from lightning_sylv.settings import LowRankSettings
 
 __all__ = [
     "LowRankInitError",
     "LowRankLayerReport",
     "LowRankReport",
-    "LowRankSettings",
     "format_low_rank_table",
     "low_rank_init_",
 ]
