@@ -277,7 +277,8 @@ def plan(
         m = modules[name]
         why = skip_reason(name, m, order, selected)
         if why is not None:
-            report.skipped[name] = why if why != "not selected" else f"not selected (layers={settings.layers!r})"
+            layers = list(settings.layers) if isinstance(settings.layers, tuple) else settings.layers
+            report.skipped[name] = why if why != "not selected" else f"not selected (layers={layers!r})"
         elif isinstance(m, nn.MultiheadAttention):
             written.add(m)
             jobs.extend(attention_jobs(m, name, make_job))

@@ -6,10 +6,19 @@ This module imports no Lightning.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["SCALAR_FIELDS", "InitReport", "LayerReport", "format_markdown", "format_table", "layer_scalars"]
+__all__ = [
+    "SCALAR_FIELDS",
+    "InitReport",
+    "LayerReport",
+    "fixed_width",
+    "format_markdown",
+    "format_table",
+    "layer_scalars",
+]
 
 
 @dataclass
@@ -110,6 +119,36 @@ def _sci(value: float) -> str:
     return "-" if value != value else f"{value:.1e}"  # NaN (not defined, e.g. cond_a for lam=inf)
 
 
+def fixed_width(
+    columns: Sequence[tuple[str, str, int]], rows: Iterable[Sequence[str]], notes: Iterable[str] = ()
+) -> str:
+    """A fixed-width text table (the one of every report): a header, one line per row, then ``notes``.
+
+    Args:
+        columns: ``(title, align, width)`` per column: ``"<"`` for text (cut to the width), ``">"`` for numbers.
+        rows: Each row's cells, already formatted as strings.
+        notes: Lines after the table (skipped layers and why).
+
+    Example:
+        >>> print(fixed_width([("layer", "<", 6), ("rows", ">", 5)], [["conv1.weight", "200"]], ["skipped fc: frozen"]))
+          layer   rows
+          conv1.   200
+          skipped fc: frozen
+    """
+
+    def line(cells: Sequence[str]) -> str:
+        return "  " + " ".join(f"{c[:w] if a == '<' else c:{a}{w}}" for c, (_, a, w) in zip(cells, columns))
+
+    return "\n".join([line([title for title, _, _ in columns]), *map(line, rows), *(f"  {n}" for n in notes)])
+
+
+_TABLE = (
+    ("layer", "<", 28), ("type", "<", 7), ("in", ">", 6), ("out", ">", 5), ("grp", ">", 4), ("rows", ">", 7),
+    ("rows/smp", ">", 8), ("code", "<", 7), ("enc.loss", ">", 9), ("dec.loss", ">", 9), ("residual", ">", 9),
+    ("cond A", ">", 8), ("cond B", ">", 8), ("drop", ">", 5), ("gain", ">", 7), ("time s", ">", 7),
+)  # fmt: skip
+
+
 def format_table(report: InitReport, samples: int | None = None) -> str:
     """A compact fixed-width table of the per-layer records and the skipped layers.
 
@@ -118,21 +157,28 @@ def format_table(report: InitReport, samples: int | None = None) -> str:
         samples: Size of the initialization subset (all processes). With it a ``rows/smp`` column
             shows the rows per sample: patches per image for convolutions, 1 for a plain ``Linear``.
     """
-    lines = [
-        f"  {'layer':<28} {'type':<7} {'in':>6} {'out':>5} {'grp':>4} {'rows':>7} {'rows/smp':>8} {'code':<7} "
-        f"{'enc.loss':>9} {'dec.loss':>9} {'residual':>9} {'cond A':>8} {'cond B':>8} {'drop':>5} {'gain':>7} "
-        f"{'time s':>7}"
+    rows = [
+        [
+            r.name,
+            r.kind,
+            str(r.in_features),
+            str(r.out_features),
+            str(r.groups),
+            str(r.rows),
+            _rows_per_sample(r, samples),
+            r.code,
+            f"{r.encoding_loss:.4f}",
+            f"{r.decoding_loss:.4f}",
+            f"{r.residual:.1e}",
+            _sci(r.cond_a),
+            _sci(r.cond_b),
+            str(r.dropped),
+            f"{r.gain:.3g}",
+            f"{r.seconds:.3f}",
+        ]
+        for r in report.layers
     ]
-    for r in report.layers:
-        lines.append(
-            f"  {r.name[:28]:<28} {r.kind[:7]:<7} {r.in_features:>6} {r.out_features:>5} {r.groups:>4} {r.rows:>7} "
-            f"{_rows_per_sample(r, samples):>8} {r.code[:7]:<7} {r.encoding_loss:>9.4f} {r.decoding_loss:>9.4f} "
-            f"{r.residual:>9.1e} {_sci(r.cond_a):>8} {_sci(r.cond_b):>8} {r.dropped:>5} {r.gain:>7.3g} "
-            f"{r.seconds:>7.3f}"
-        )
-    for name, why in report.skipped.items():
-        lines.append(f"  skipped {name}: {why}")
-    return "\n".join(lines)
+    return fixed_width(_TABLE, rows, [f"skipped {name}: {why}" for name, why in report.skipped.items()])
 
 
 def _md(text: str) -> str:

@@ -42,7 +42,7 @@ from lightning_sylv.lowrank.layers import LowRankLayer, LowRankLinear
 from lightning_sylv.lowrank.settings import LowRankSettings
 from lightning_sylv.modules import BATCH_NORMS, target_modules
 from lightning_sylv.passes import InitializationError, Job, PostHook, execution_order, run_jobs, skip_reason
-from lightning_sylv.report import LayerReport
+from lightning_sylv.report import LayerReport, fixed_width
 
 __all__ = [
     "LowRankInitError",
@@ -119,25 +119,33 @@ class LowRankReport:
         return "```\n" + format_low_rank_table(self) + "\n```", scalars
 
 
+_TABLE = (
+    ("layer", "<", 30), ("method", "<", 8), ("rank", ">", 4), ("in", ">", 5), ("out", ">", 5), ("rows", ">", 7),
+    ("relu err", ">", 9), ("spectral", ">", 9), ("lin err", ">", 8),
+)  # fmt: skip
+
+
 def format_low_rank_table(report: LowRankReport) -> str:
     """A fixed-width table of the per-layer records (ReLU errors of the method and of spectral init)."""
-    lines = [
-        f"  {'layer':<30} {'method':<8} {'rank':>4} {'in':>5} {'out':>5} {'rows':>7} "
-        f"{'relu err':>9} {'spectral':>9} {'lin err':>8}"
+
+    def num(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.4f}"
+
+    rows = [
+        [
+            r.name,
+            r.fit.method,
+            str(r.fit.rank),
+            str(r.fit.in_features),
+            str(r.fit.out_features),
+            str(r.fit.rows),
+            num(r.fit.relu_error),
+            num(r.fit.spectral_relu_error),
+            num(r.fit.linear_error),
+        ]
+        for r in report.layers
     ]
-    for r in report.layers:
-        f = r.fit
-
-        def num(v: float | None) -> str:
-            return "n/a" if v is None else f"{v:.4f}"
-
-        lines.append(
-            f"  {r.name[:30]:<30} {f.method:<8} {f.rank:>4} {f.in_features:>5} {f.out_features:>5} {f.rows:>7} "
-            f"{num(f.relu_error):>9} {num(f.spectral_relu_error):>9} {num(f.linear_error):>8}"
-        )
-    for name, why in report.skipped.items():
-        lines.append(f"  skipped {name}: {why}")
-    return "\n".join(lines)
+    return fixed_width(_TABLE, rows, [f"skipped {name}: {why}" for name, why in report.skipped.items()])
 
 
 def _trace(
