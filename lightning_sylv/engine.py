@@ -192,9 +192,13 @@ def sylvester_init_(
         forward, order, logits = probe_forward(model, slice_batch(inputs, 0, 2), forward, targets)
     except InitializationError as err:
         raise SylvesterInitError(str(err)) from err.__cause__
-    _check_logits(logits, settings, labels)
-    count = torch.tensor([float(n_samples)], device=model_device(model))
-    total = n_samples if reduce is None else int(reduce(count)[0])
+    problem = _logits_problem(logits, settings, labels)
+    # Every process learns the total row count and whether any refuses its logits (their labels differ).
+    counts = torch.tensor([float(n_samples), float(problem is not None)], device=model_device(model))
+    counts = counts if reduce is None else reduce(counts)
+    total, refused = int(counts[0]), bool(counts[1] > 0)
+    if refused:
+        raise ValueError(problem or "another process refused the model's logits (its message is in its output)")
     jobs, report = plan(
         model, targets, order, settings, has_labels=labels is not None, samples=total, gather=gather,
         distributed=reduce is not None, streaming=settings.batch_size is not None and settings.batch_size < n_samples,
@@ -352,8 +356,8 @@ def _record_untouched(
     report.total_parameters = sum(p.numel() for p in model.parameters())
 
 
-def _check_logits(logits: Any, settings: SylvesterSettings, labels: Tensor | None) -> None:
-    """Refuse, before anything is written, logits that cannot take the head's one-hot code.
+def _logits_problem(logits: Any, settings: SylvesterSettings, labels: Tensor | None) -> str | None:
+    """Why the logits cannot take the head's one-hot code (``None``: they can), before anything is written.
 
     A ``forward`` that returns features (512 values per sample for 10 classes) would have its last
     layer fitted to a one-hot code of the wrong size. With ``num_classes`` the width must match; without
@@ -361,19 +365,19 @@ def _check_logits(logits: Any, settings: SylvesterSettings, labels: Tensor | Non
     subset): fewer outputs, or more than twice as many, are refused. Checked on the probe's output,
     when the head is the default (last executed layer) and its code is one-hot.
 
-    Raises:
-        ValueError: Naming the width, the class count and the ways out.
+    Returns:
+        A message naming the width, the class count and the ways out, or ``None``.
     """
     if labels is None or labels.numel() == 0 or settings.head_latent != "onehot" or settings.head is not None:
-        return
+        return None
     if not isinstance(logits, Tensor) or logits.ndim != 2:
-        return  # e.g. a dict of outputs; a declared class count is still checked against the head
+        return None  # e.g. a dict of outputs; a declared class count is still checked against the head
     width = logits.shape[1]
     declared = settings.num_classes is not None
     classes = settings.num_classes if declared else int(labels.max()) + 1
     if width != classes and (declared or width < classes or width > 2 * classes):
         source = f"num_classes={classes}" if declared else "the largest label + 1"
-        raise ValueError(
+        return (
             f"the model's forward returns {width} values per sample, but there are {classes} classes ({source}), "
             "so the head (the last layer it runs) cannot be given a one-hot code. If forward returns features "
             "and another module maps them to logits, pass a forward that returns logits "
@@ -381,6 +385,7 @@ def _check_logits(logits: Any, settings: SylvesterSettings, labels: Tensor | Non
             "--trainer.callbacks.forward logits), or name the classifier layer with head=. If the class count "
             "is wrong, pass num_classes=. Nothing was changed."
         )
+    return None
 
 
 def _resolve_head(

@@ -659,3 +659,33 @@ def test_a_failure_on_one_process_fails_every_process_instead_of_hanging():
     assert isinstance(errors.get(0), SylvesterInitError) and "another process" in str(errors[0])
     for m in models:  # all or nothing: restored on both
         assert torch.equal(m[0].weight, base[0].weight)
+
+
+def test_a_refusal_of_the_logits_on_one_process_is_raised_on_every_process():
+    """Labels differ between processes: one sees a class the head has no output for. Every process must
+    raise (none may wait in the next all-reduce); the one that refused says why."""
+    import threading
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    models = [model, copy.deepcopy(model)]
+    shards = [(torch.randn(6, 4), torch.tensor([0, 1, 2, 0, 1, 2])), (torch.randn(6, 4), torch.tensor([0, 1, 3] * 2))]
+    comm = _ThreadAllReduce(2)
+    errors: dict[int, BaseException] = {}
+
+    def work(rank: int) -> None:
+        try:
+            sylvester_init_(models[rank], *shards[rank], reduce=comm.for_rank(rank))
+        except BaseException as err:  # surfaced below
+            errors[rank] = err
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a process is still waiting in an all-reduce"
+    assert isinstance(errors[0], ValueError) and "another process refused" in str(errors[0])
+    assert isinstance(errors[1], ValueError) and "returns 3 values per sample, but there are 4 classes" in str(
+        errors[1]
+    )
