@@ -48,7 +48,7 @@ from lightning_sylv._batch import batch_len, default_forward, slice_batch
 from lightning_sylv.attention import attention_jobs
 from lightning_sylv.codes import LatentCode, resolve_code
 from lightning_sylv.layer import LayerJob
-from lightning_sylv.modules import NORMS, model_device
+from lightning_sylv.modules import NORMS, model_device, target_modules
 from lightning_sylv.passes import (
     InitializationError,
     Job,
@@ -81,16 +81,10 @@ def units(model: nn.Module) -> dict[nn.Module, str]:
     """The modules the Sylvester initializer writes, by name: the layers of
     :data:`~lightning_sylv.rows.SUPPORTED_LAYERS` and ``nn.MultiheadAttention`` (whose
     ``out_proj`` belongs to it, not to the list of layers)."""
-    out: dict[nn.Module, str] = {}
-    owned: set[nn.Module] = set()
-    for name, m in model.named_modules():
-        if isinstance(m, nn.MultiheadAttention):
-            out[m] = name
-            owned.add(m.out_proj)
-    for name, m in model.named_modules():
-        if isinstance(m, SUPPORTED_LAYERS) and m not in owned:
-            out[m] = name
-    return out
+    attention = target_modules(model, (nn.MultiheadAttention,))
+    owned = {m.out_proj for m in attention.values()}
+    layers = {n: m for n, m in target_modules(model).items() if m not in owned}
+    return {m: n for n, m in (*attention.items(), *layers.items())}
 
 
 def _untouched(model: nn.Module, written: set[nn.Module]) -> tuple[dict[str, str], dict[str, str]]:
