@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import lightning.pytorch as pl
 import torch
@@ -98,6 +98,21 @@ class InitSubset:
     indices: Tensor
 
 
+class InitSettings(Protocol):
+    """What the template reads from a callback's settings (:class:`~lightning_sylv.settings.SylvesterSettings`,
+    :class:`~lightning_sylv.settings.FuseSettings`, :class:`~lightning_sylv.lowrank.LowRankSettings`)."""
+
+    @property
+    def requires_labels(self) -> bool:
+        """Whether the subset must carry labels."""
+        ...
+
+    @property
+    def recalibrates_norms(self) -> bool:
+        """Whether BatchNorm statistics are recomputed (then averaged across DDP processes)."""
+        ...
+
+
 def percent(value: float | None) -> str:
     """``0.1234 -> "12.34%"``, ``None -> "n/a"``."""
     return "n/a" if value is None else f"{100 * value:.2f}%"
@@ -136,7 +151,7 @@ class DataDrivenInit(Callback):
     sharding_refusal: ClassVar[str | None] = "it has not been built for parameters split across processes"
 
     #: The options of the callback's function, as one frozen object it takes as is.
-    settings: Any = None
+    settings: InitSettings
 
     def __init__(
         self,
