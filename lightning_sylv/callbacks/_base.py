@@ -98,7 +98,7 @@ class InitSubset:
     indices: Tensor
 
 
-class InitSettings(Protocol):
+class _Settings(Protocol):
     """What the template reads from a callback's settings (:class:`~lightning_sylv.settings.SylvesterSettings`,
     :class:`~lightning_sylv.settings.FuseSettings`, :class:`~lightning_sylv.lowrank.LowRankSettings`)."""
 
@@ -151,7 +151,7 @@ class DataDrivenInit(Callback):
     sharding_refusal: ClassVar[str | None] = "it has not been built for parameters split across processes"
 
     #: The options of the callback's function, as one frozen object it takes as is.
-    settings: InitSettings
+    settings: _Settings
 
     def __init__(
         self,
