@@ -61,11 +61,13 @@ def test_finish_without_input_names_the_layer():
 
 
 def test_under_autocast_the_statistics_keep_their_precision():
+    """A mixed-precision trainer runs the pass under autocast: the float32 row products (the default
+    precision) must not silently run in bfloat16."""
     x = torch.randn(40, 6)
     plain, mixed = nn.Linear(6, 3), nn.Linear(6, 3)
     mixed.load_state_dict(plain.state_dict())
     for module, ctx in ((plain, torch.autocast("cpu", enabled=False)), (mixed, torch.autocast("cpu", torch.bfloat16))):
-        job = _job(module)
+        job = _job(module, gram_dtype=torch.float32)
         with ctx:
             job.add(x, None)
             job.finish()
