@@ -33,6 +33,7 @@ _LAZY = {
     "InitReport": "lightning_sylv.engine",
     "LayerReport": "lightning_sylv.engine",
     "SylvesterInitError": "lightning_sylv.engine",
+    "SylvesterSettings": "lightning_sylv.settings",
     "sylvester_init_": "lightning_sylv.engine",
     "SylvesterSingularError": "lightning_sylv.solver",
     "solve_sylvester": "lightning_sylv.solver",
@@ -52,6 +53,7 @@ __all__ = [
     "PCACode",
     "SylvesterInit",
     "SylvesterInitError",
+    "SylvesterSettings",
     "SylvesterSingularError",
     "solve_sylvester",
     "solve_sylvester_psd",
@@ -64,6 +66,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from lightning_sylv.callbacks.sylvester import SylvesterInit
     from lightning_sylv.codes import CODES, LatentCode, OneHotCode, PCACode
     from lightning_sylv.engine import InitReport, LayerReport, SylvesterInitError, sylvester_init_
+    from lightning_sylv.settings import SylvesterSettings
     from lightning_sylv.solver import SylvesterSingularError, solve_sylvester, solve_sylvester_psd
 
 
