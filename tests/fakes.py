@@ -11,6 +11,12 @@ from lightning_sylv.data import cifar10 as cifar
 
 #: Images per class and per batch file of the fake CIFAR-10: 5 x 30 training images, 30 test images.
 PER_CLASS = 3
+#: The columns of ``examples/results/runs.csv`` (``examples/reproduce.py`` ``FIELDS``; a test checks they agree).
+RUN_FIELDS = (
+    "experiment", "setup", "initializer", "shots", "seed", "epochs", "samples_per_class", "lam", "latent",
+    "patches_per_image", "initial_acc", "final_acc", "init_time_s", "forward_time_s", "wall_s", "curve", "machine",
+    "date",
+)  # fmt: skip
 
 
 def write_fake_cifar10(root: Path, seed: int = 0) -> dict[str, tuple[np.ndarray, list[int]]]:

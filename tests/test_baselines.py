@@ -150,6 +150,12 @@ def test_reproduce_table1_runs_lsuv_when_named(tmp_path):
     assert rows[0]["machine"].startswith(tuple("xa"))  # "x86_64 ..."/"aarch64 ..."
 
 
+def test_the_tests_write_the_columns_reproduce_writes(ex):
+    from fakes import RUN_FIELDS
+
+    assert list(RUN_FIELDS) == ex["reproduce"].FIELDS
+
+
 def test_lsuv_runs_only_when_named_and_never_in_finetune(ex):
     rep = ex["reproduce"]
     args = type("A", (), {"initializers": None})()
@@ -161,26 +167,9 @@ def test_lsuv_runs_only_when_named_and_never_in_finetune(ex):
 
 
 def test_report_adds_lsuv_rows_and_the_paired_comparison(ex, tmp_path):
-    fields = [
-        "experiment",
-        "setup",
-        "initializer",
-        "shots",
-        "seed",
-        "epochs",
-        "samples_per_class",
-        "lam",
-        "latent",
-        "patches_per_image",
-        "initial_acc",
-        "final_acc",
-        "init_time_s",
-        "forward_time_s",
-        "wall_s",
-        "curve",
-        "machine",
-        "date",
-    ]
+    from fakes import RUN_FIELDS
+
+    fields = list(RUN_FIELDS)
     base = dict(
         experiment="table1",
         setup="cifar10",

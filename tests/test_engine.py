@@ -41,9 +41,9 @@ def tiny_cnn() -> nn.Module:
     )
 
 
-def tiny_resnet() -> nn.Module:
+def tiny_resnet(in_channels: int = 1) -> nn.Module:
     return nn.Sequential(
-        nn.Conv2d(1, 6, 3, padding=1, bias=False),
+        nn.Conv2d(in_channels, 6, 3, padding=1, bias=False),
         nn.BatchNorm2d(6),
         nn.ReLU(),
         ResBlock(6),
@@ -525,23 +525,11 @@ def _rgb_data() -> tuple[torch.Tensor, torch.Tensor]:
     return x.repeat(1, 3, 1, 1) + 0.3 * torch.randn(len(y), 3, 4, 4, generator=g), y
 
 
-def tiny_rgb_resnet() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1, bias=False),
-        nn.BatchNorm2d(6),
-        nn.ReLU(),
-        ResBlock(6),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(6, 3),
-    )
-
-
 def test_init_pass_runs_channels_last_on_cpu_with_the_same_result(monkeypatch):
     x, y = _rgb_data()
     torch.manual_seed(0)
-    model = tiny_rgb_resnet()
-    plain = tiny_rgb_resnet()
+    model = tiny_resnet(3)
+    plain = tiny_resnet(3)
     plain.load_state_dict(model.state_dict())
     seen: list[bool] = []
     handle = model[3].conv2.register_forward_pre_hook(

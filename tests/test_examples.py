@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from fakes import write_fake_cifar10
+from fakes import RUN_FIELDS, write_fake_cifar10
 
 ROOT = Path(__file__).resolve().parents[1]
 REPRO = ROOT / "examples" / "reproduce.py"
@@ -19,22 +19,17 @@ def _run(*args: str) -> str:
     return proc.stdout
 
 
+def _trial_args(data_dir, out_csv, seed: int) -> list[str]:
+    """A trial run's arguments: the fake data, its own CSV, 30 validation images, 20 test images."""
+    args = {"--data-dir": data_dir, "--csv": out_csv, "--val-size": 30, "--seeds": seed, "--test-limit": 20}
+    return [str(v) for kv in args.items() for v in kv]
+
+
 def test_table2_table1_and_report_append_resume_and_write_results(tmp_path):
     write_fake_cifar10(tmp_path)  # 150 training / 30 test images of 10 classes
     out_csv = tmp_path / "results" / "runs.csv"
     # --test-limit 20 of the 30 test images: a limit that is not a whole number of evaluation batches.
-    common = [
-        "--data-dir",
-        str(tmp_path),
-        "--csv",
-        str(out_csv),
-        "--val-size",
-        "30",
-        "--seeds",
-        "0",
-        "--test-limit",
-        "20",
-    ]
+    common = _trial_args(tmp_path, out_csv, seed=0)
     log = _run("table2", *common, "--spc", "2", "--patches-per-image", "4")
     assert "[table2] sylvester" in log and "[table2] he_uniform" in log
     log = _run(
@@ -56,18 +51,7 @@ def test_table2_table1_and_report_append_resume_and_write_results(tmp_path):
     )
     assert len(list(csv.DictReader(out_csv.open()))) == len(rows)
     # --initializers restricts a table to some initializers (one row: seed 1 of He uniform).
-    seed1 = [
-        "--data-dir",
-        str(tmp_path),
-        "--csv",
-        str(out_csv),
-        "--val-size",
-        "30",
-        "--seeds",
-        "1",
-        "--test-limit",
-        "20",
-    ]
+    seed1 = _trial_args(tmp_path, out_csv, seed=1)
     _run("table1", *seed1, "--shots", "2", "--epochs", "1", "--initializers", "he_uniform")
     added = list(csv.DictReader(out_csv.open()))[len(rows) :]
     assert [(r["initializer"], r["seed"]) for r in added] == [("he_uniform", "1")]
@@ -117,26 +101,7 @@ def _write_rows(path, rows, fields):
 def test_report_builds_the_figure_sections_from_csv_rows(tmp_path):
     """Figures 1-3 from hand-written rows: tables with mean ± std over seeds, PNGs, the settings line."""
     build_report = _build_report()
-    fields = [
-        "experiment",
-        "setup",
-        "initializer",
-        "shots",
-        "seed",
-        "epochs",
-        "samples_per_class",
-        "lam",
-        "latent",
-        "patches_per_image",
-        "initial_acc",
-        "final_acc",
-        "init_time_s",
-        "forward_time_s",
-        "wall_s",
-        "curve",
-        "machine",
-        "date",
-    ]
+    fields = list(RUN_FIELDS)
     base = dict(
         setup="cifar10",
         shots="10",
