@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_sylv.solver import EIGH_PATHS, relative_residual, solve_sylvester_psd, symmetric_eigh
+from lightning_sylv.solver import EIGH_PATHS, solve_sylvester_psd, symmetric_eigh
 
 __all__ = [
     "LayerFit",
@@ -80,12 +80,25 @@ def _trace(m: Tensor) -> Tensor:
     return m.diagonal(dim1=-2, dim2=-1).sum(-1)
 
 
-def _losses(m: Moments, w: Tensor) -> tuple[float, float]:
-    """Relative encoding and decoding losses from the moments alone (no pass over the rows)."""
+def _losses(m: Moments, w: Tensor, wx: Tensor, sw: Tensor) -> tuple[float, float]:
+    """Relative encoding and decoding losses from the moments alone (no pass over the rows), given the
+    products ``wx = W gram_x`` and ``sw = gram_s W`` (shared with the residual)."""
     cross_term = 2 * (w * m.cross).sum((-2, -1))
-    enc = ((w @ m.gram_x) * w).sum((-2, -1)) - cross_term + _trace(m.gram_s)
-    dec = _trace(m.gram_x) - cross_term + (w * (m.gram_s @ w)).sum((-2, -1))
+    enc = (wx * w).sum((-2, -1)) - cross_term + _trace(m.gram_s)
+    dec = _trace(m.gram_x) - cross_term + (w * sw).sum((-2, -1))
     return _ratio(enc.clamp_min(0), _trace(m.gram_s)), _ratio(dec.clamp_min(0), _trace(m.gram_x))
+
+
+def _diagnostics(m: Moments, w: Tensor, lam: float) -> tuple[float, float, float]:
+    """``(encoding loss, decoding loss, relative residual of the Sylvester equation)`` at ``w``: one
+    ``W gram_x`` product (the largest, ``d_out d_in²``) and one ``gram_s W`` serve all three."""
+    wx, sw = w @ m.gram_x, m.gram_s @ w
+    enc, dec = _losses(m, w, wx, sw)
+    c = (1.0 + lam) * m.cross
+    res = torch.linalg.matrix_norm(sw + lam * wx - c)
+    norm_c = torch.linalg.matrix_norm(c)
+    ratio = torch.where(norm_c > 0, res / torch.where(norm_c > 0, norm_c, 1.0), res)
+    return enc, dec, float(ratio.max())
 
 
 def _bias(m: Moments, w: Tensor) -> Tensor | None:
@@ -212,7 +225,9 @@ def stack_fits(fits: Sequence[LayerFit]) -> LayerFit:
     )
 
 
-def solve_moments(m: Moments, lam: float, rcond: float | None = None) -> LayerFit:
+def solve_moments(
+    m: Moments, lam: float, rcond: float | None = None, precision: torch.dtype | None = None
+) -> LayerFit:
     """Solve ``(SᵀS) W + W (λ XᵀX) = (1 + λ) SᵀX`` from the moments, with bias and losses.
 
     Args:
@@ -223,6 +238,8 @@ def solve_moments(m: Moments, lam: float, rcond: float | None = None) -> LayerFi
             zero count as zero (tiny negative ones from rounding included). ``None``: the solver's
             default for the moments' dtype. Moments formed from lower-precision products (see
             :meth:`lightning_sylv.stats.InputStats.from_rows`) need that precision's tolerance.
+        precision: The precision the moments are accurate to, when lower than their dtype: the
+            decompositions the solve still needs run in it (:func:`~lightning_sylv.solver.symmetric_eigh`).
 
     Raises:
         ValueError: If ``lam <= 0``.
@@ -230,7 +247,7 @@ def solve_moments(m: Moments, lam: float, rcond: float | None = None) -> LayerFi
     if not lam > 0:
         raise ValueError(f"lam must be > 0, got {lam!r}")
     if math.isinf(lam):
-        return _least_squares(m, rcond)
+        return _least_squares(m, rcond, precision)
     a, b, c = m.gram_s, lam * m.gram_x, (1.0 + lam) * m.cross
     # B = λ gram_x: its eigenbasis is the code's (PCA), exactly or up to a rank-one mean update.
     eig_b = None if m.eig_x is None else (lam * m.eig_x[0], m.eig_x[1])
@@ -238,21 +255,23 @@ def solve_moments(m: Moments, lam: float, rcond: float | None = None) -> LayerFi
     q = m.basis_s
     if q is not None:  # left side in the code's own subspace: r x r instead of d_out x d_out
         sol = solve_sylvester_psd(
-            q.mT @ a @ q, b, q.mT @ c, allow_singular=True, eig_b=eig_b, b_update=b_update, rcond=rcond
-        )
+            q.mT @ a @ q, b, q.mT @ c, allow_singular=True, eig_b=eig_b, b_update=b_update, rcond=rcond,
+            precision=precision,
+        )  # fmt: skip
         w = q @ sol.w
     else:
         sol = solve_sylvester_psd(
-            a, b, c, allow_singular=True, eig_a=m.eig_s, eig_b=eig_b, b_update=b_update, rcond=rcond
-        )
+            a, b, c, allow_singular=True, eig_a=m.eig_s, eig_b=eig_b, b_update=b_update, rcond=rcond,
+            precision=precision,
+        )  # fmt: skip
         w = sol.w
-    enc, dec = _losses(m, w)
+    enc, dec, residual = _diagnostics(m, w, lam)
     return LayerFit(
         weight=w,
         bias=_bias(m, w),
         encoding_loss=enc,
         decoding_loss=dec,
-        residual=relative_residual(a, b, c, w),
+        residual=residual,
         cond_a=sol.cond_a,
         cond_b=sol.cond_b,
         dropped=sol.dropped,
@@ -260,17 +279,18 @@ def solve_moments(m: Moments, lam: float, rcond: float | None = None) -> LayerFi
     )
 
 
-def _least_squares(m: Moments, rcond: float | None = None) -> LayerFit:
+def _least_squares(m: Moments, rcond: float | None = None, precision: torch.dtype | None = None) -> LayerFit:
     """``lam = inf``: the encoding loss alone, ``W (XᵀX) = SᵀX``, minimum-norm solution."""
-    evals, evecs, path = symmetric_eigh(m.gram_x)
+    evals, evecs, path = symmetric_eigh(m.gram_x, precision)
     if rcond is None:
         rcond = m.gram_x.shape[-1] * torch.finfo(evals.dtype).eps
     tol = rcond * evals.abs().amax(-1, keepdim=True)
     keep = evals > tol
     inv = torch.where(keep, 1.0 / torch.where(keep, evals, 1.0), torch.zeros_like(evals))
     w = ((m.cross @ evecs) * inv[..., None, :]) @ evecs.mT
-    enc, dec = _losses(m, w)
-    res = torch.linalg.matrix_norm(w @ m.gram_x - m.cross) / torch.linalg.matrix_norm(m.cross).clamp_min(1e-300)
+    wx = w @ m.gram_x
+    enc, dec = _losses(m, w, wx, m.gram_s @ w)
+    res = torch.linalg.matrix_norm(wx - m.cross) / torch.linalg.matrix_norm(m.cross).clamp_min(1e-300)
     low = evals.clamp_min(0).amin(-1)
     cond_b = float("inf") if bool((low == 0).any()) else float((evals.amax(-1) / low).max())
     return LayerFit(

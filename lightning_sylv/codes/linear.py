@@ -38,13 +38,15 @@ def _linear_code_moments(
     if fit_bias:
         cov = stats.covariance(center=True)
         mean_s = ((mu - offset)[..., None, :] @ proj).squeeze(-2)
-        return Moments(gram_x=cov, gram_s=pt @ cov @ proj, cross=pt @ cov, mean_x=mu, mean_s=mean_s)
+        cross = pt @ cov  # the one (k x d) @ (d x d) product; SᵀS/n = cross @ P
+        return Moments(gram_x=cov, gram_s=cross @ proj, cross=cross, mean_x=mu, mean_s=mean_s)
     raw = stats.covariance(center=False)
     e_cx = raw - offset[..., :, None] * mu[..., None, :]  # E[(x - c) xᵀ]
+    cross = pt @ e_cx
     if centered:  # c = μ: E[(x - c)(x - c)ᵀ] = E[(x - c) xᵀ], the covariance (one d x d fewer)
-        return Moments(gram_x=raw, gram_s=pt @ e_cx @ proj, cross=pt @ e_cx)
+        return Moments(gram_x=raw, gram_s=cross @ proj, cross=cross)
     e_cc = e_cx - mu[..., :, None] * offset[..., None, :] + offset[..., :, None] * offset[..., None, :]
-    return Moments(gram_x=raw, gram_s=pt @ e_cc @ proj, cross=pt @ e_cx)
+    return Moments(gram_x=raw, gram_s=pt @ e_cc @ proj, cross=cross)
 
 
 def random_rotation(k: int, generator: torch.Generator | None = None) -> Tensor:
@@ -133,7 +135,8 @@ class PCACode(LatentCode):
         return stats.mean if self.center else torch.zeros_like(stats.sum_x)
 
     def _eig(self, stats: InputStats, k: int, full: list[tuple[Tensor, Tensor]] | None = None) -> tuple[Tensor, Tensor]:
-        evals, evecs, _ = symmetric_eigh(stats.covariance(center=self.center))
+        # Sums of float32 products are float32-accurate: decomposed in float32 (twice as fast), the rest in float64.
+        evals, evecs, _ = symmetric_eigh(stats.covariance(center=self.center), stats.precision)
         if full is not None:
             full.append((evals, evecs))
         # eigh sorts ascending: the k largest are the last k, reversed (batched alike).
