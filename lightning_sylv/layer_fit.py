@@ -225,9 +225,7 @@ def stack_fits(fits: Sequence[LayerFit]) -> LayerFit:
     )
 
 
-def solve_moments(
-    m: Moments, lam: float, rcond: float | None = None, precision: torch.dtype | None = None
-) -> LayerFit:
+def solve_moments(m: Moments, lam: float, rcond: float | None = None, precision: torch.dtype | None = None) -> LayerFit:
     """Solve ``(SᵀS) W + W (λ XᵀX) = (1 + λ) SᵀX`` from the moments, with bias and losses.
 
     Args:

@@ -147,7 +147,9 @@ class InputStats:
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> InputStats:
         """Apply ``fn`` to every tensor (e.g. an all-reduce sum across processes)."""
-        return replace(self, **{name: None if getattr(self, name) is None else fn(getattr(self, name)) for name in _TENSORS})
+        return replace(
+            self, **{name: None if getattr(self, name) is None else fn(getattr(self, name)) for name in _TENSORS}
+        )
 
     def take(self, index: Tensor) -> InputStats:
         """Statistics of the rows with their entries reordered as ``x[:, index]``.
