@@ -39,12 +39,15 @@ class LayerRows:
         out_shape: Spatial shape of the layer's output (``(H_out, W_out)``, ``(1, L_out)`` for 1-D
             convolutions, ``(D_out, H_out, W_out)`` for 3-D ones, ``(T,)`` for a ``Linear`` on
             ``(N, T, d)``, ``()`` for plain rows).
+        taps: The flat kernel offsets (into ``K = k_1 ... k_D``, increasing) that ``x`` holds when
+            taps that never see the input were dropped (see :func:`conv_patches`); ``None``: all.
     """
 
     x: Tensor
     per_sample: int
     positions: Tensor | None = None
     out_shape: tuple[int, ...] = ()
+    taps: Tensor | None = None
 
 
 def _sample_positions(n: int, total: int, k: int | None, generator: torch.Generator | None) -> Tensor:
@@ -72,11 +75,30 @@ def _pads(conv: nn.modules.conv._ConvNd, spatial: int) -> list[int]:
     return pads
 
 
+def _seen_offsets(size: list[int], out: list[int], kernel: list[int], stride: list[int], dilation: list[int],
+                  lo: list[int]) -> list[Tensor]:  # fmt: skip
+    """Per dimension, the kernel offsets that fall inside the (unpadded) input at some output position."""
+    seen = []
+    for i in range(len(size)):
+        at = (torch.arange(out[i]) * stride[i] - lo[i])[:, None] + dilation[i] * torch.arange(kernel[i])
+        seen.append(torch.nonzero(((at >= 0) & (at < size[i])).any(0)).flatten())
+    return seen
+
+
+def _flat_taps(offsets: list[Tensor], kernel: list[int]) -> Tensor:
+    """Flat indices (row-major over ``kernel``) of the product grid of per-dimension ``offsets``."""
+    flat = torch.zeros(1, dtype=torch.long)
+    for off, k in zip(offsets, kernel, strict=True):
+        flat = (flat[:, None] * k + off[None, :]).flatten()
+    return flat
+
+
 def conv_patches(
     x: Tensor,
     conv: nn.Conv1d | nn.Conv2d | nn.Conv3d,
     patches_per_image: int | None,
     generator: torch.Generator | None = None,
+    drop_unseen: bool = False,
 ) -> LayerRows:
     """Gather randomly chosen patches of a convolution's input.
 
@@ -84,6 +106,13 @@ def conv_patches(
     offsets (stride, padding, dilation), and gather the ``C_in x k_1 x ... x k_D`` patches with one
     advanced-indexing call; positions in the zero padding are masked, so the activation itself is
     never padded or unfolded. Memory: ``N p C_in K`` values.
+
+    With ``drop_unseen``, kernel taps that lie in the zero padding at *every* output position (a
+    ``7 x 7`` depthwise kernel on a ``2 x 2`` map sees the input with its central ``3 x 3`` taps only,
+    a ``3 x 3`` kernel on a ``1 x 1`` map with its centre only) are left out of the rows: their
+    columns would be zero in every row, whatever the draw. It is decided by the geometry alone (input
+    size, kernel, stride, padding, dilation), so every batch and process of the same input size drops
+    the same taps (:attr:`LayerRows.taps`).
 
     Args:
         x: The convolution's input, shape ``(N, C_in, L)`` (1-D), ``(N, C_in, H, W)`` (2-D) or
@@ -93,9 +122,11 @@ def conv_patches(
         patches_per_image: Output positions drawn per image, without replacement; ``None`` or a
             number above the output size takes every position.
         generator: CPU generator for the position draw.
+        drop_unseen: Leave out the taps that never see the input (see above).
 
     Returns:
-        :class:`LayerRows` with ``x`` of shape ``(N * p, C_in, K)``, ``K = k_1 ... k_D``.
+        :class:`LayerRows` with ``x`` of shape ``(N * p, C_in, K)``, ``K = k_1 ... k_D`` (or the
+        number of taps kept, listed in ``taps``).
 
     Raises:
         ValueError: If ``x`` does not have the convolution's expected rank, or the padded input is
@@ -127,6 +158,12 @@ def conv_patches(
         total *= o
     pos = _sample_positions(n, total, patches_per_image, generator).to(x.device)
     p = pos.shape[1]
+    offsets = [torch.arange(k) for k in kernel]
+    taps = None
+    if drop_unseen and any(lo + hi):
+        offsets = _seen_offsets(size, out, kernel, stride, dilation, lo)
+        if any(len(o) < k for o, k in zip(offsets, kernel, strict=True)):
+            taps = _flat_taps(offsets, kernel)
     index: list[Tensor] = []
     inside: Tensor | None = None
     rest = pos
@@ -134,10 +171,10 @@ def conv_patches(
         coord = rest % out[i]
         rest = rest // out[i]
         shape = [1] * dims
-        shape[i] = kernel[i]
-        idx = (coord * stride[i] - lo[i]).reshape(n, p, *([1] * dims)) + dilation[i] * torch.arange(
-            kernel[i], device=x.device
-        ).reshape(shape)
+        shape[i] = len(offsets[i])
+        idx = (coord * stride[i] - lo[i]).reshape(n, p, *([1] * dims)) + dilation[i] * offsets[i].to(x.device).reshape(
+            shape
+        )
         if lo[i] or hi[i]:
             ok = (idx >= 0) & (idx < size[i])
             inside = ok if inside is None else inside & ok
@@ -149,7 +186,7 @@ def conv_patches(
         patches.mul_(inside[..., None].to(patches.dtype))  # a fresh tensor from the gather
     order = [0, 1, dims + 2, *range(2, dims + 2)]
     patches = patches.permute(*order).reshape(n * p, c, -1)
-    return LayerRows(x=patches, per_sample=p, positions=pos, out_shape=tuple(out))
+    return LayerRows(x=patches, per_sample=p, positions=pos, out_shape=tuple(out), taps=taps)
 
 
 def layer_rows(
@@ -157,6 +194,7 @@ def layer_rows(
     x: Tensor,
     patches_per_image: int | None,
     generator: torch.Generator | None = None,
+    drop_unseen: bool = False,
 ) -> LayerRows:
     """Rows of the dense problem for ``module`` given its input ``x``.
 
@@ -168,6 +206,8 @@ def layer_rows(
         x: The module's input.
         patches_per_image: Positions drawn per sample (see :func:`conv_patches`).
         generator: CPU generator for the draw.
+        drop_unseen: Convolutions: leave out the kernel taps that never see the input (see
+            :func:`conv_patches`).
 
     Raises:
         TypeError: If ``module`` is not supported.
@@ -182,7 +222,7 @@ def layer_rows(
             x=rows.reshape(-1, module.in_features), per_sample=pos.shape[1], positions=pos, out_shape=shape
         )
     if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        return conv_patches(x, module, patches_per_image, generator)
+        return conv_patches(x, module, patches_per_image, generator, drop_unseen)
     raise TypeError(
         f"unsupported layer type {type(module).__name__}; supported: {[t.__name__ for t in SUPPORTED_LAYERS]}"
     )

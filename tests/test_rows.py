@@ -100,3 +100,40 @@ def test_zero_padding_by_mask_reproduces_conv(kwargs):
     y = conv(x)
     torch.testing.assert_close(out.reshape(2, -1, 3), y.flatten(2).transpose(1, 2), rtol=1e-5, atol=1e-5)
     assert rows.out_shape == tuple(y.shape[2:])
+
+
+@pytest.mark.parametrize(
+    ("conv", "size"),
+    [
+        (nn.Conv2d(3, 3, 7, padding=3, groups=3), (2, 2)),  # ConvNeXt's depthwise kernel on a 2 x 2 map
+        (nn.Conv2d(4, 5, 3, padding=1), (1, 1)),  # a ResNet stage-4 convolution at 32 px
+        (nn.Conv2d(4, 5, (3, 5), stride=2, padding=(1, 2), dilation=(1, 2)), (3, 6)),
+        (nn.Conv2d(4, 5, 5, padding="same"), (2, 6)),
+        (nn.Conv1d(4, 5, 7, padding=3), (1,)),
+        (nn.Conv3d(2, 3, 3, padding=1), (1, 2, 3)),
+        (nn.Conv2d(4, 5, 3, padding=1), (5, 5)),  # every tap sees the input: nothing dropped
+    ],
+)
+def test_drop_unseen_leaves_out_exactly_the_taps_that_only_ever_see_padding(conv, size):
+    x = torch.randn(6, conv.in_channels, *size)
+    full = conv_patches(x, conv, None)
+    kept = conv_patches(x, conv, None, drop_unseen=True)
+    if kept.taps is None:
+        assert torch.equal(kept.x, full.x) and bool((full.x != 0).any(0).any(0).all())
+        return
+    torch.testing.assert_close(kept.x, full.x[:, :, kept.taps], rtol=0, atol=0)
+    dropped = torch.ones(full.x.shape[-1], dtype=torch.bool)
+    dropped[kept.taps] = False
+    assert bool(dropped.any())
+    assert float(full.x[:, :, dropped].abs().max()) == 0.0  # zero in every row: nothing lost
+    assert bool((kept.x != 0).any(0).any(0).all())  # each kept tap sees the input somewhere
+    # Kept in the (n, K, C) memory order the Gram sums take without a copy.
+    assert kept.x.transpose(1, 2).is_contiguous()
+
+
+def test_drop_unseen_does_not_change_the_draw_of_positions():
+    conv = nn.Conv2d(2, 2, 7, padding=3)
+    x = torch.randn(4, 2, 2, 2)
+    a = conv_patches(x, conv, 3, torch.Generator().manual_seed(5))
+    b = conv_patches(x, conv, 3, torch.Generator().manual_seed(5), drop_unseen=True)
+    assert torch.equal(a.positions, b.positions) and torch.equal(a.x[:, :, b.taps], b.x)

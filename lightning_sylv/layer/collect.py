@@ -92,6 +92,11 @@ class LayerInput:
 
     Attributes:
         mode: ``"gram"``, ``"span"`` or ``"randomized"``, decided at the first batch; ``None`` before.
+        columns: For a convolution with kernel taps that never see the input (statistics codes only,
+            :func:`~lightning_sylv.rows.conv_patches` ``drop_unseen``): the indices, within a group's
+            ``in_per_group`` weight columns, of the columns the kept rows hold; ``None``: all. The
+            dropped columns are zero in every row, so the solve leaves them out and the weights get
+            zeros there (what the full solve gives them: no data reaches those taps).
         stats: The summed statistics (Gram mode with a statistics code), else ``None``.
         energy: Output energy of the current weights on the rows seen so far.
     """
@@ -122,6 +127,8 @@ class LayerInput:
         self.out_per_group: int = module.weight.shape[0] // self.groups
         self.in_per_group: int = math.prod(module.weight.shape[1:])  # no indexing: may be a DTensor
         self.uses_stats: bool = code.from_statistics
+        self.columns: Tensor | None = None
+        self._taps: Tensor | None = None
         self.mode: Mode | None = None
         self.stats: InputStats | None = None
         self.energy = 0.0
@@ -145,16 +152,18 @@ class LayerInput:
             LayerInitError: If the rows cannot be gathered, contain NaN/Inf, or the labels do not fit.
         """
         try:
-            rows = layer_rows(self.module, x, self.patches_per_image, self.generator)
+            # Statistics codes see the rows as sums: columns that are zero in every row carry nothing.
+            rows = layer_rows(self.module, x, self.patches_per_image, self.generator, drop_unseen=self.uses_stats)
         except (TypeError, ValueError) as err:
             raise self.error(f"could not gather its input rows: {err}") from err
+        self._check_taps(rows.taps)
         row_labels = self._row_labels(rows, labels)
         if self.own_energy:
             self.energy += float(self._energy_of_current(rows.x))
         if self.mode is None:
             self.mode = choose_mode(
                 rows=rows.x.shape[0] if self.samples is None else self.samples * rows.per_sample,
-                in_features=self.in_per_group,
+                in_features=self.in_per_group if self.columns is None else len(self.columns),
                 directions=directions(self.code, self.out_per_group),
                 solver=self.solver,
                 uses_stats=self.uses_stats,
@@ -166,6 +175,20 @@ class LayerInput:
             self._add_stats(rows.x, row_labels)
         else:
             self._add_rows(rows, row_labels)
+
+    def _check_taps(self, taps: Tensor | None) -> None:
+        """Keep the first batch's kernel taps (and the weight columns they hold); later batches must agree."""
+        if self.mode is None:
+            self._taps = taps
+            if taps is not None:
+                k = math.prod(self.module.weight.shape[2:])
+                channels = torch.arange(self.in_per_group // k)
+                self.columns = (channels[:, None] * k + taps[None, :]).flatten()
+        elif (taps is None) != (self._taps is None) or (taps is not None and not torch.equal(taps, self._taps)):
+            raise self.error(
+                "its input changed spatial size between batches, so different kernel taps see it; give "
+                "every batch of the init subset the same size"
+            )
 
     def _row_labels(self, rows: LayerRows, labels: Tensor | None) -> Tensor | None:
         """One label per row (``None`` where the code needs none), after checking the labels."""
@@ -220,6 +243,8 @@ class LayerInput:
         """Output energy of the layer's current (own) weights on the rows ``x`` of one batch."""
         block = _widened(grouped_rows(x, self.groups))
         weight = self.module.weight.detach().reshape(self.groups, self.out_per_group, -1)
+        if self.columns is not None:
+            weight = weight[..., self.columns.to(weight.device)]
         b = self.module.bias
         bias = None if b is None else b.detach().reshape(self.groups, self.out_per_group)
         return energy_from_rows(block, weight, bias)

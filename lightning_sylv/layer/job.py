@@ -178,7 +178,7 @@ class LayerJob:
             fit = solution.fit
             if self.scale == "own":
                 fit, self.gain = rescale(fit, solution.data, self.input.energy)
-            write_layer(self.module, fit.weight, fit.bias, solution.basis)
+            write_layer(self.module, fit.weight, fit.bias, solution.basis, self.input.columns)
             self.input.clear()
         self.seconds += time.perf_counter() - t0
         return layer_report(

@@ -20,12 +20,30 @@ from lightning_sylv.sharding import write_, write_product_
 __all__ = ["layer_report", "write_layer"]
 
 
-def write_layer(module: nn.Module, weight: Tensor, bias: Tensor | None, basis: Tensor | None = None) -> None:
+def write_layer(
+    module: nn.Module,
+    weight: Tensor,
+    bias: Tensor | None,
+    basis: Tensor | None = None,
+    columns: Tensor | None = None,
+) -> None:
     """Write ``weight`` ``(groups, out, d)`` and ``bias`` ``(groups, out)`` into ``module`` in place.
 
     With a ``basis`` ``(groups, d, r)`` the weight given is ``(groups, out, r)`` and ``weight @ basisᵀ``
-    is written, a block of rows at a time (:func:`~lightning_sylv.sharding.write_product_`).
+    is written, a block of rows at a time (:func:`~lightning_sylv.sharding.write_product_`). With
+    ``columns`` (``(c,)`` indices into each group's ``d`` weight columns) the solve saw only those
+    columns (``d`` above is ``c``): they are written and the other columns set to zero.
     """
+    if columns is not None:
+        full = module.weight.shape[1:].numel()
+        if basis is None:
+            wide = weight.new_zeros(*weight.shape[:-1], full)
+            wide[..., columns.to(weight.device)] = weight
+            weight = wide
+        else:
+            wide = basis.new_zeros(basis.shape[0], full, basis.shape[-1])
+            wide[:, columns.to(basis.device)] = basis
+            basis = wide
     if basis is None:
         write_(module.weight, weight)
     else:

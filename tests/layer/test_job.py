@@ -72,3 +72,37 @@ def test_under_autocast_the_statistics_keep_their_precision():
             job.add(x, None)
             job.finish()
     torch.testing.assert_close(mixed.weight, plain.weight)
+
+
+@pytest.mark.parametrize("gram_dtype", [None, torch.float32])
+def test_taps_that_never_see_the_input_are_left_out_of_the_solve_and_written_as_zeros(gram_dtype):
+    """A 7 x 7 depthwise kernel on 2 x 2 maps (ConvNeXt at 32 px): the solve sees the 9 taps that reach
+    the input (49 -> 9 inputs per group) and writes what the full solve writes, zeros elsewhere. The
+    full solve is the same layer without padding on the input padded beforehand (its padding taps
+    are then ordinary zero inputs)."""
+    torch.manual_seed(0)
+    x = torch.randn(40, 4, 2, 2, dtype=torch.float64)
+    pruned = nn.Conv2d(4, 4, 7, padding=3, groups=4).double()
+    full = nn.Conv2d(4, 4, 7, padding=0, groups=4).double()
+    for layer, inp in ((pruned, x), (full, nn.functional.pad(x, (3, 3, 3, 3)))):
+        job = _job(layer, code=resolve_code("rotated_pca"), gram_dtype=gram_dtype)
+        job.add(inp, None)
+        job.finish()
+        if layer is pruned:
+            assert job.input.columns is not None and len(job.input.columns) == 9
+            assert job.input.mode == "gram"  # 160 rows, 9 inputs (49 without the pruning: still Gram)
+    # float32 products: each solve decomposes a differently sized float32 matrix, so rounding differs.
+    tol = 1e-12 if gram_dtype is None else 1e-4
+    torch.testing.assert_close(pruned.weight, full.weight, rtol=0, atol=tol * float(full.weight.detach().abs().max()))
+    torch.testing.assert_close(pruned.bias, full.bias, rtol=0, atol=tol * float(full.bias.detach().abs().max()))
+    centre = torch.zeros(7, 7, dtype=torch.bool)
+    centre[2:5, 2:5] = True
+    assert float(pruned.weight.detach()[..., ~centre].abs().max()) == 0.0
+
+
+def test_an_input_that_changes_size_between_batches_is_refused_when_the_taps_would_differ():
+    job = _job(nn.Conv2d(2, 2, 7, padding=3))
+    job.add(torch.randn(20, 2, 2, 2), None)
+    with pytest.raises(LayerInitError, match="changed spatial size"):
+        job.add(torch.randn(20, 2, 5, 5), None)
+        job.finish()

@@ -62,3 +62,48 @@ def test_the_eigenvalue_tolerance_follows_the_precision_of_the_products():
     assert _problem().rcond(64) is None
     assert _problem(gram_dtype=torch.float64).rcond(64) is None
     assert _problem(gram_dtype=torch.float32).rcond(64) == 64 * torch.finfo(torch.float32).eps
+
+
+def _recorded_eighs(monkeypatch) -> list[tuple[tuple[int, ...], torch.dtype]]:
+    calls: list[tuple[tuple[int, ...], torch.dtype]] = []
+    eigh = torch.linalg.eigh
+
+    def recording(a, *args, **kwargs):
+        calls.append((tuple(a.shape), a.dtype))
+        return eigh(a, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "eigh", recording)
+    return calls
+
+
+def _hidden_layer_rows(n: int, d: int, seed: int = 0) -> torch.Tensor:
+    """ReLU rows with a decaying spectrum and a large mean, like a hidden layer's input."""
+    g = torch.Generator().manual_seed(seed)
+    scales = torch.logspace(0, -2, d, dtype=torch.float64)
+    return torch.relu(torch.randn(n, d, generator=g, dtype=torch.float64) * scales + 0.3)[None]
+
+
+def test_mixed_precision_decomposes_in_float32_and_stays_close_to_the_float64_solve(monkeypatch):
+    """precision="mixed" (float32 products): the code's covariance is decomposed in float32, the solve
+    in float64; the weights stay within float32-level error of the all-float64 solve, in Gram mode and
+    in span mode, for a layer with and without a bias."""
+    for n, d, fit_bias in ((400, 24, True), (400, 24, False), (30, 64, False)):
+        x = _hidden_layer_rows(n, d)
+        outs = {}
+        for gram_dtype in (None, torch.float32):
+            problem = _problem(outputs=8, fit_bias=fit_bias, gram_dtype=gram_dtype)
+            calls = _recorded_eighs(monkeypatch)
+            if n >= d:
+                solution = solve_gram(InputStats.from_rows(x, None, None, torch.float64, gram_dtype), problem)
+            else:
+                solution = solve_rows(x, None, problem, mode="span", directions=8, power_iterations=1,
+                                      layer_rows=None)  # fmt: skip
+            monkeypatch.undo()
+            assert solution.fit.weight.dtype == torch.float64
+            # The code's covariance: float32 under mixed products, float64 otherwise.
+            assert calls[0][1] == (torch.float32 if gram_dtype else torch.float64), calls
+            weight = solution.fit.weight if solution.basis is None else solution.fit.weight @ solution.basis.mT
+            outs[gram_dtype] = x[0] @ weight[0].T
+        # PCA directions are defined up to sign: compare the outputs' magnitudes.
+        error = (outs[torch.float32].abs() - outs[None].abs()).norm() / outs[None].norm()
+        assert error < 1e-4, (n, d, fit_bias, float(error))
