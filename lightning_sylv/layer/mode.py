@@ -1,6 +1,9 @@
 """How a layer keeps its input and is solved: Gram, span or randomized mode (a pure decision).
 
-With ``n`` rows of ``d`` inputs (per group):
+With ``n`` rows of ``d`` inputs (per group; ``d`` counts only the inputs that can be non-zero: a
+convolution's kernel taps that lie in the zero padding at every output position, such as a ``7 x 7``
+depthwise kernel's outer taps on a ``2 x 2`` map, are left out of the rows and written as zeros, what
+the full solve gives them; see :func:`lightning_sylv.rows.conv_patches`, statistics codes only):
 
 * ``n >= d`` — *Gram mode*: sums ``Σx``, ``Σxxᵀ`` (``d x d``) and per-class sums. Memory does not
   grow with the number of batches, and the sums all-reduce across processes. Cost ``O(n d² + d³)``.
@@ -13,7 +16,9 @@ With ``n`` rows of ``d`` inputs (per group):
   encoding term only see the span, so the minimum-norm solution lies in it, and PCA, one-hot and the
   losses are invariant under the rotation. Cost ``O(n² d)``; no ``d x d`` matrix is ever formed.
   Across processes the rows are gathered (all-gather), not summed; without a gather the layer uses
-  Gram mode. The bases come from :mod:`lightning_sylv.row_space`.
+  Gram mode. The bases come from :mod:`lightning_sylv.row_space`. With float32 products
+  (``gram_dtype``, the ``"mixed"`` default) the QR and the coordinates' sums are formed in float32,
+  exact to that precision, like the Gram mode's sums.
 * ``solver="randomized"`` — the fast mode, for unsupervised codes (PCA) when the layer needs far
   fewer directions ``k`` (its outputs) than it has inputs (``(4 + 4 q)(k + 11) <= d``, where the
   range finder is cheaper than the Gram matrix) and at least ``2 (k + 11)`` rows: the rows
