@@ -225,7 +225,7 @@ def stack_fits(fits: Sequence[LayerFit]) -> LayerFit:
     )
 
 
-def solve_moments(m: Moments, lam: float, rcond: float | None = None, precision: torch.dtype | None = None) -> LayerFit:
+def solve_moments(m: Moments, lam: float, rcond: float | None = None) -> LayerFit:
     """Solve ``(SᵀS) W + W (λ XᵀX) = (1 + λ) SᵀX`` from the moments, with bias and losses.
 
     Args:
@@ -236,8 +236,6 @@ def solve_moments(m: Moments, lam: float, rcond: float | None = None, precision:
             zero count as zero (tiny negative ones from rounding included). ``None``: the solver's
             default for the moments' dtype. Moments formed from lower-precision products (see
             :meth:`lightning_sylv.stats.InputStats.from_rows`) need that precision's tolerance.
-        precision: The precision the moments are accurate to, when lower than their dtype: the
-            decompositions the solve still needs run in it (:func:`~lightning_sylv.solver.symmetric_eigh`).
 
     Raises:
         ValueError: If ``lam <= 0``.
@@ -245,7 +243,7 @@ def solve_moments(m: Moments, lam: float, rcond: float | None = None, precision:
     if not lam > 0:
         raise ValueError(f"lam must be > 0, got {lam!r}")
     if math.isinf(lam):
-        return _least_squares(m, rcond, precision)
+        return _least_squares(m, rcond)
     a, b, c = m.gram_s, lam * m.gram_x, (1.0 + lam) * m.cross
     # B = λ gram_x: its eigenbasis is the code's (PCA), exactly or up to a rank-one mean update.
     eig_b = None if m.eig_x is None else (lam * m.eig_x[0], m.eig_x[1])
@@ -253,15 +251,13 @@ def solve_moments(m: Moments, lam: float, rcond: float | None = None, precision:
     q = m.basis_s
     if q is not None:  # left side in the code's own subspace: r x r instead of d_out x d_out
         sol = solve_sylvester_psd(
-            q.mT @ a @ q, b, q.mT @ c, allow_singular=True, eig_b=eig_b, b_update=b_update, rcond=rcond,
-            precision=precision,
-        )  # fmt: skip
+            q.mT @ a @ q, b, q.mT @ c, allow_singular=True, eig_b=eig_b, b_update=b_update, rcond=rcond
+        )
         w = q @ sol.w
     else:
         sol = solve_sylvester_psd(
-            a, b, c, allow_singular=True, eig_a=m.eig_s, eig_b=eig_b, b_update=b_update, rcond=rcond,
-            precision=precision,
-        )  # fmt: skip
+            a, b, c, allow_singular=True, eig_a=m.eig_s, eig_b=eig_b, b_update=b_update, rcond=rcond
+        )
         w = sol.w
     enc, dec, residual = _diagnostics(m, w, lam)
     return LayerFit(
@@ -277,9 +273,9 @@ def solve_moments(m: Moments, lam: float, rcond: float | None = None, precision:
     )
 
 
-def _least_squares(m: Moments, rcond: float | None = None, precision: torch.dtype | None = None) -> LayerFit:
+def _least_squares(m: Moments, rcond: float | None = None) -> LayerFit:
     """``lam = inf``: the encoding loss alone, ``W (XᵀX) = SᵀX``, minimum-norm solution."""
-    evals, evecs, path = symmetric_eigh(m.gram_x, precision)
+    evals, evecs, path = symmetric_eigh(m.gram_x)
     if rcond is None:
         rcond = m.gram_x.shape[-1] * torch.finfo(evals.dtype).eps
     tol = rcond * evals.abs().amax(-1, keepdim=True)

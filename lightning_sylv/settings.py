@@ -63,12 +63,9 @@ class SylvesterSettings:
         gram_dtype: Precision of the row products that form each layer's second moments (the
             ``O(n d²)`` part of the work, the only one that grows with the data); ``None`` for
             ``dtype``. The default, ``torch.float32`` with the default ``dtype``, forms them in float32
-            blocks summed in float64 (entries accurate to ~1e-6 relative). Sums that accurate gain
-            nothing from a float64 decomposition, so the decompositions of them (the PCA code's
-            ``d x d`` covariance, the span mode's QR, what the solver still decomposes) run in float32
-            too, about twice as fast on a CPU, while the solves themselves (the elementwise and
-            rank-one steps, ``k x k`` matrices, the bias) stay in ``dtype``: the design does not depend
-            on fast float64 (consumer GPUs run it at 1/32-1/64 of float32). Initial accuracy within the
+            blocks summed in float64 (entries accurate to ~1e-6 relative), while codes, the
+            ``d x d`` decomposition and the solves stay in ``dtype``: the design does not depend on
+            fast float64 (consumer GPUs run it at 1/32-1/64 of float32). Initial accuracy within the
             seed spread of the float64 products on ResNet-20 and the zoo (``examples/RESULTS.md``);
             ``None`` gives float64 products (weights reproducible to ~1e-12 against a reference).
         batch_size: Stream the subset in mini-batches of this size (statistics codes only); ``None``

@@ -44,9 +44,7 @@ Every function here accepts a stack of problems (leading batch dimensions), so t
 or depthwise convolution are solved in one batched call. :func:`symmetric_eigh` is the one place that
 eigendecomposes: LAPACK's divide-and-conquer driver (``torch.linalg.eigh``) can fail to converge on
 rank-deficient matrices with many repeated eigenvalues; the fallback is scipy's MRRR driver
-(``evr``) and, as a last resort, a tiny ridge. The path taken is reported. Matrices accurate only to
-a lower precision than their dtype (sums of float32 products) may be decomposed in that precision
-(``precision=``), which halves the time on a CPU and matters more on GPUs with slow float64.
+(``evr``) and, as a last resort, a tiny ridge. The path taken is reported.
 
 This module imports no Lightning.
 """
@@ -124,7 +122,7 @@ def _check_shapes(a: Tensor, b: Tensor, c: Tensor) -> None:
             raise ValueError(f"{name} contains NaN or Inf values")
 
 
-def symmetric_eigh(a: Tensor, precision: torch.dtype | None = None) -> tuple[Tensor, Tensor, str]:
+def symmetric_eigh(a: Tensor) -> tuple[Tensor, Tensor, str]:
     """Eigendecomposition of symmetric matrices that does not give up on rank-deficient input.
 
     Algorithm: ``torch.linalg.eigh`` (LAPACK ``syevd``, divide and conquer, on ``a``'s device). When
@@ -135,30 +133,14 @@ def symmetric_eigh(a: Tensor, precision: torch.dtype | None = None) -> tuple[Ten
 
     Args:
         a: Symmetric matrices, shape ``(*batch, d, d)``.
-        precision: Decompose in this dtype when it is lower than ``a``'s (``torch.float32`` for a
-            float64 ``a`` whose entries are only float32-accurate, e.g. sums of float32 products):
-            about twice as fast on a CPU, far more on GPUs with slow float64. The eigenvalues then
-            carry absolute errors of order ``eps(precision) · ‖a‖`` and the eigenvectors are
-            orthonormal to that order, the same order as the error already in such an ``a``.
-            ``None``: ``a``'s dtype.
 
     Returns:
-        ``(eigenvalues (*batch, d) ascending, eigenvectors (*batch, d, d) as columns, path)`` in
-        ``a``'s dtype, where ``path`` is one of :data:`EIGH_PATHS`.
+        ``(eigenvalues (*batch, d) ascending, eigenvectors (*batch, d, d) as columns, path)`` where
+        ``path`` is one of :data:`EIGH_PATHS`.
 
     Raises:
         torch.linalg.LinAlgError: If every path fails (not seen on finite input).
-
-    Example:
-        >>> import torch
-        >>> x = torch.randn(100, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-        >>> evals, evecs, path = symmetric_eigh(x.T @ x / 100, precision=torch.float32)
-        >>> evals.dtype, path, torch.allclose(evals, torch.linalg.eigvalsh(x.T @ x / 100), atol=1e-5)
-        (torch.float64, 'eigh', True)
     """
-    if precision is not None and torch.finfo(precision).bits < torch.finfo(a.dtype).bits:
-        evals, evecs, path = symmetric_eigh(a.to(precision))
-        return evals.to(a.dtype), evecs.to(a.dtype), path
     try:
         evals, evecs = torch.linalg.eigh(a)
         return evals, evecs, "eigh"
@@ -210,7 +192,6 @@ def solve_sylvester_psd(
     eig_a: tuple[Tensor, Tensor] | None = None,
     eig_b: tuple[Tensor, Tensor] | None = None,
     b_update: Tensor | None = None,
-    precision: torch.dtype | None = None,
 ) -> SylvesterSolution:
     """Solve ``A W + W B = C`` for symmetric positive semi-definite ``A`` and ``B``.
 
@@ -241,9 +222,6 @@ def solve_sylvester_psd(
         eig_b: Likewise for ``b``; with ``b_update``, of ``b − u uᵀ`` instead.
         b_update: ``u`` ``(*batch, n)`` with ``b = Qb diag(β) Qbᵀ + u uᵀ`` for ``eig_b = (β, Qb)``: the
             rank-one path of the module docstring (Sherman-Morrison, no decomposition of ``b``).
-        precision: Decompose ``a`` and ``b`` (where they are not given) in this lower dtype, for
-            coefficients only that accurate (see :func:`symmetric_eigh`); the solve itself stays in
-            the inputs' dtype. Pair it with an ``rcond`` of that precision.
 
     Returns:
         A :class:`SylvesterSolution` with ``w`` of shape ``(*batch, m, n)``.
@@ -286,9 +264,7 @@ def solve_sylvester_psd(
         raise ValueError("b_update needs eig_b, the eigendecomposition of b - b_update b_updateᵀ")
     if rcond is None:
         rcond = max(a.shape[-1], b.shape[-1]) * eps
-    alpha, qa, path_a = (
-        symmetric_eigh(a, precision) if eig_a is None else (eig_a[0].to(dtype), eig_a[1].to(dtype), "eigh")
-    )
+    alpha, qa, path_a = symmetric_eigh(a) if eig_a is None else (eig_a[0].to(dtype), eig_a[1].to(dtype), "eigh")
     if b_update is not None and eig_b is not None:
         beta, qb = eig_b[0].to(dtype).clamp_min(0), eig_b[1].to(dtype)
         nu = (qb.mT @ b_update.to(dtype)[..., :, None]).squeeze(-1)
@@ -303,7 +279,7 @@ def solve_sylvester_psd(
             return _solve_rank_one(alpha, qa, beta, qb, nu, c, path_a)
         eig_b = None  # a (numerically) singular pair: decompose b and drop the pairs, as below
     if eig_b is None:
-        beta, qb, path_b = symmetric_eigh(b, precision)
+        beta, qb, path_b = symmetric_eigh(b)
     else:
         beta, qb, path_b = eig_b[0].to(dtype), eig_b[1].to(dtype), "eigh"
     top = alpha.abs().amax(-1) + beta.abs().amax(-1)  # (*batch,)

@@ -11,7 +11,7 @@ This module imports no Lightning.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor
@@ -52,10 +52,6 @@ def _sum_and_gram(x: Tensor, dtype: torch.dtype, gram_dtype: torch.dtype) -> tup
     return total, (out + out.mT) / 2
 
 
-#: The tensor fields of :class:`InputStats` (what merges and all-reduces).
-_TENSORS = ("n", "sum_x", "gram_x", "counts", "class_sums")
-
-
 @dataclass(frozen=True)
 class InputStats:
     """Sums over rows ``x_i`` (shape ``(d,)``) with optional integer labels ``y_i``.
@@ -69,10 +65,6 @@ class InputStats:
         gram_x: ``Σ x_i x_iᵀ``, shape ``(*batch, d, d)``.
         counts: Rows per class, shape ``(C,)``, or ``None`` without labels.
         class_sums: ``Σ_{y_i = c} x_i``, shape ``(*batch, C, d)``, or ``None`` without labels.
-        precision: The precision the row products were formed in when it is lower than the sums'
-            dtype (``torch.float32`` under ``gram_dtype=torch.float32``), else ``None``. The sums are
-            accurate to that precision only, so what decomposes them (the PCA code's covariance) may
-            work in it too. Not a tensor: merging and :meth:`map` keep it.
     """
 
     n: Tensor
@@ -80,7 +72,6 @@ class InputStats:
     gram_x: Tensor
     counts: Tensor | None = None
     class_sums: Tensor | None = None
-    precision: torch.dtype | None = None
 
     @classmethod
     def from_rows(
@@ -123,32 +114,28 @@ class InputStats:
             counts = torch.bincount(labels, minlength=c).to(dtype)
             zeros = torch.zeros(*x.shape[:-2], c, x.shape[-1], dtype=dtype, device=x.device)
             class_sums = zeros.index_add_(-2, labels, x.to(dtype))
-        lower = gram_dtype is not None and torch.finfo(gram_dtype).bits < torch.finfo(dtype).bits
         return cls(
             n=torch.tensor(float(rows), dtype=dtype, device=x.device),
             sum_x=sum_x,
             gram_x=gram,
             counts=counts,
             class_sums=class_sums,
-            precision=gram_dtype if lower else None,
         )
 
     def __add__(self, other: InputStats) -> InputStats:
-        out: dict[str, Tensor | None] = {}
-        for name in _TENSORS:
-            a, b = getattr(self, name), getattr(other, name)
+        out = {}
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
             if (a is None) != (b is None):
-                raise ValueError(f"cannot merge statistics with and without {name}")
-            out[name] = None if a is None else a + b
-        # The merged sums are as accurate as the less accurate of the two.
-        precisions = [p for p in (self.precision, other.precision) if p is not None]
-        low = min(precisions, key=lambda p: torch.finfo(p).bits) if precisions else None
-        return InputStats(**out, precision=low)  # type: ignore[arg-type]
+                raise ValueError(f"cannot merge statistics with and without {f.name}")
+            out[f.name] = None if a is None else a + b
+        return InputStats(**out)
 
     def map(self, fn: Callable[[Tensor], Tensor]) -> InputStats:
         """Apply ``fn`` to every tensor (e.g. an all-reduce sum across processes)."""
         return replace(
-            self, **{name: None if getattr(self, name) is None else fn(getattr(self, name)) for name in _TENSORS}
+            self,
+            **{f.name: None if getattr(self, f.name) is None else fn(getattr(self, f.name)) for f in fields(self)},
         )
 
     def take(self, index: Tensor) -> InputStats:

@@ -8,7 +8,6 @@ from lightning_sylv.solver import (
     relative_residual,
     solve_sylvester,
     solve_sylvester_psd,
-    symmetric_eigh,
 )
 
 
@@ -176,16 +175,3 @@ def test_b_update_needs_eig_b():
     with pytest.raises(ValueError, match="b_update needs eig_b"):
         solve_sylvester_psd(a, b, c, b_update=u)
 
-
-def test_a_lower_precision_eigendecomposition_is_returned_in_the_input_dtype():
-    """symmetric_eigh(a, precision=float32) on a float64 matrix: float64 results within float32 error."""
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(300, 40, generator=g, dtype=torch.float64)
-    a = x.T @ x / 300
-    evals, evecs, path = symmetric_eigh(a, torch.float32)
-    ref = torch.linalg.eigvalsh(a)
-    assert evals.dtype == evecs.dtype == torch.float64 and path == "eigh"
-    assert float((evals - ref).abs().max()) < 1e-5 * float(ref.max())
-    torch.testing.assert_close(evecs @ torch.diag(evals) @ evecs.T, a, rtol=0, atol=1e-5 * float(ref.max()))
-    # A precision no lower than the input's changes nothing.
-    torch.testing.assert_close(symmetric_eigh(a, torch.float64)[0], symmetric_eigh(a)[0], rtol=0, atol=0)

@@ -44,19 +44,6 @@ def test_lower_precision_products_stay_within_float32_rounding():
     torch.testing.assert_close(mixed.gram_x, exact.gram_x, rtol=1e-5, atol=0)
 
 
-def test_the_precision_of_the_products_travels_with_the_sums():
-    """Sums of float32 products say so (what decomposes them may work in float32); merging, an
-    all-reduce and a reordering keep it; float64 products leave it unset."""
-    x, y = _rows(40)
-    assert InputStats.from_rows(x).precision is None
-    assert InputStats.from_rows(x, gram_dtype=torch.float64).precision is None
-    mixed = InputStats.from_rows(x[:20], y[:20], 3, gram_dtype=torch.float32)
-    assert mixed.precision == torch.float32
-    assert (mixed + InputStats.from_rows(x[20:], y[20:], 3)).precision == torch.float32
-    assert mixed.map(lambda t: 2 * t).precision == torch.float32
-    assert mixed.take(torch.tensor([3, 2, 1, 0])).precision == torch.float32
-
-
 def test_stacks_of_row_sets_and_reordering():
     g = torch.Generator().manual_seed(1)
     x = torch.randn(3, 40, 5, generator=g, dtype=torch.float64)  # 3 groups sharing nothing but n

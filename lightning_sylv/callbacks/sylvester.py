@@ -85,11 +85,10 @@ class SylvesterInit(DataDrivenInit):
         seed: Seed of the subset draw and the patch draw.
         head: Qualified name of the head module (default: the last ``Linear``/``Conv`` executed).
         precision: ``"mixed"`` (default): the row products behind each layer's second moments (the
-            ``O(n d²)`` part, the one that grows with the data) in float32, summed in float64 (entries
-            accurate to ~1e-6 relative), decomposed in float32 (the sums hold no more accuracy) and
-            solved in float64, with initial accuracy within the seed spread of ``"float64"``
-            (statistics, codes and solves all in float64); ``"float32"``: everything in float32.
-            Results are cast to each parameter's dtype either way.
+            ``O(n d²)`` part, the one that grows with the data) in float32, summed, factorized and
+            solved in float64, with entries accurate to ~1e-6 relative and initial accuracy within the
+            seed spread of ``"float64"`` (statistics, codes and solves all in float64); ``"float32"``:
+            everything in float32. Results are cast to each parameter's dtype either way.
         solver: ``"exact"`` (default): every layer solved exactly; ``"randomized"``: hidden layers
             with PCA codes whose outputs are far fewer than their inputs use a randomized principal
             subspace, ``O(n d k)`` instead of ``O(n d² + d³)`` (ResNet-18: 2.7 s instead of 4.9 s,

@@ -135,8 +135,7 @@ class PCACode(LatentCode):
         return stats.mean if self.center else torch.zeros_like(stats.sum_x)
 
     def _eig(self, stats: InputStats, k: int, full: list[tuple[Tensor, Tensor]] | None = None) -> tuple[Tensor, Tensor]:
-        # Sums of float32 products are float32-accurate: decomposed in float32 (twice as fast), the rest in float64.
-        evals, evecs, _ = symmetric_eigh(stats.covariance(center=self.center), stats.precision)
+        evals, evecs, _ = symmetric_eigh(stats.covariance(center=self.center))
         if full is not None:
             full.append((evals, evecs))
         # eigh sorts ascending: the k largest are the last k, reversed (batched alike).

@@ -16,9 +16,7 @@ the full solve gives them; see :func:`lightning_sylv.rows.conv_patches`, statist
   encoding term only see the span, so the minimum-norm solution lies in it, and PCA, one-hot and the
   losses are invariant under the rotation. Cost ``O(n² d)``; no ``d x d`` matrix is ever formed.
   Across processes the rows are gathered (all-gather), not summed; without a gather the layer uses
-  Gram mode. The bases come from :mod:`lightning_sylv.row_space`. With float32 products
-  (``gram_dtype``, the ``"mixed"`` default) the QR and the coordinates' sums are formed in float32,
-  exact to that precision, like the Gram mode's sums.
+  Gram mode. The bases come from :mod:`lightning_sylv.row_space`.
 * ``solver="randomized"`` — the fast mode, for unsupervised codes (PCA) when the layer needs far
   fewer directions ``k`` (its outputs) than it has inputs (``(4 + 4 q)(k + 11) <= d``, where the
   range finder is cheaper than the Gram matrix) and at least ``2 (k + 11)`` rows: the rows

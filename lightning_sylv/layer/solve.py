@@ -45,9 +45,7 @@ class LayerProblem:
         fit_bias: Whether the layer has a bias to solve for.
         lam: λ.
         dtype: Precision of the statistics and solves.
-        gram_dtype: Precision of the products with the rows (``None``: ``dtype``): the Gram-mode sums,
-            the span mode's QR and its coordinates' sums. A lower one than ``dtype`` (``"mixed"``)
-            leaves the statistics accurate to it, and the solve's tolerance (:meth:`rcond`) follows.
+        gram_dtype: Precision the Gram-mode row products were formed in (``None``: ``dtype``).
         generator: CPU generator of the code's random fills and of the randomized range finder.
     """
 
@@ -60,18 +58,11 @@ class LayerProblem:
     gram_dtype: torch.dtype | None
     generator: torch.Generator
 
-    @property
-    def products(self) -> torch.dtype:
-        """The dtype the products with the rows are formed in (``gram_dtype`` when lower, else ``dtype``)."""
-        if self.gram_dtype is None or torch.finfo(self.gram_dtype).bits >= torch.finfo(self.dtype).bits:
-            return self.dtype
-        return self.gram_dtype
-
     def rcond(self, d_in: int) -> float | None:
         """Eigenvalue tolerance matching the precision of the row products (``None``: the default)."""
-        if self.products == self.dtype:
+        if self.gram_dtype is None or torch.finfo(self.gram_dtype).bits >= torch.finfo(self.dtype).bits:
             return None
-        return max(d_in, self.outputs) * torch.finfo(self.products).eps
+        return max(d_in, self.outputs) * torch.finfo(self.gram_dtype).eps
 
     def warn_missing(self, counts: Tensor | None) -> None:
         """Warn about classes with no rows (their outputs get zero weights)."""
@@ -108,7 +99,7 @@ def solve_gram(stats: InputStats, problem: LayerProblem) -> Solution:
     """Gram mode: the summed statistics -> the code's moments -> the solve."""
     problem.warn_missing(stats.counts)
     m = problem.code.moments(stats, problem.outputs, problem.fit_bias, problem.generator)
-    fit = solve_moments(m, problem.lam, problem.rcond(m.gram_x.shape[-1]), stats.precision)
+    fit = solve_moments(m, problem.lam, problem.rcond(m.gram_x.shape[-1]))
     return Solution(fit, None, int(stats.n), "gram", stats)
 
 
@@ -152,19 +143,18 @@ def _randomized_coordinates(
 
 
 def _span_coordinates(x: Tensor, problem: LayerProblem) -> tuple[Tensor, Tensor, str]:
-    """The span of fewer rows than inputs (exact, to the precision of the products) and the rows'
-    coordinates in it."""
-    basis, coords = span_basis(x.to(problem.products))
-    return basis.to(problem.dtype), coords.to(problem.dtype), "span"
+    """The span of fewer rows than inputs (exact) and the rows' coordinates in it."""
+    basis, coords = span_basis(x.to(problem.dtype))
+    return basis, coords, "span"
 
 
 def _fit_from_statistics(x: Tensor, labels: Tensor | None, problem: LayerProblem) -> LayerFit:
     """Statistics codes: the rows' sums -> the code's moments -> the solve."""
     classes = None if labels is None else problem.outputs
-    stats = InputStats.from_rows(x, labels, classes, problem.dtype, problem.products)
+    stats = InputStats.from_rows(x, labels, classes, problem.dtype)
     problem.warn_missing(stats.counts)
     m = problem.code.moments(stats, problem.outputs, problem.fit_bias, problem.generator)
-    return solve_moments(m, problem.lam, problem.rcond(x.shape[-1]), stats.precision)
+    return solve_moments(m, problem.lam)
 
 
 def _fit_from_rows(x: Tensor, labels: Tensor | None, problem: LayerProblem, layer_rows: LayerRows | None) -> LayerFit:

@@ -83,10 +83,11 @@ def _hidden_layer_rows(n: int, d: int, seed: int = 0) -> torch.Tensor:
     return torch.relu(torch.randn(n, d, generator=g, dtype=torch.float64) * scales + 0.3)[None]
 
 
-def test_mixed_precision_decomposes_in_float32_and_stays_close_to_the_float64_solve(monkeypatch):
-    """precision="mixed" (float32 products): the code's covariance is decomposed in float32, the solve
-    in float64; the weights stay within float32-level error of the all-float64 solve, in Gram mode and
-    in span mode, for a layer with and without a bias."""
+def test_mixed_precision_forms_products_in_float32_but_decomposes_in_float64(monkeypatch):
+    """precision="mixed" (float32 products): every decomposition stays in float64, a measured choice
+    (examples/RESULTS.md, issue 24, third pass: float32 decompositions cost ResNet-50 about a point
+    of initial accuracy over five seeds). The weights stay within float32-level error of the
+    all-float64 solve, in Gram and span mode, for a layer with and without a bias."""
     for n, d, fit_bias in ((400, 24, True), (400, 24, False), (30, 64, False)):
         x = _hidden_layer_rows(n, d)
         outs = {}
@@ -99,9 +100,8 @@ def test_mixed_precision_decomposes_in_float32_and_stays_close_to_the_float64_so
                 solution = solve_rows(x, None, problem, mode="span", directions=8, power_iterations=1,
                                       layer_rows=None)  # fmt: skip
             monkeypatch.undo()
+            assert calls and all(dtype == torch.float64 for _, dtype in calls), calls
             assert solution.fit.weight.dtype == torch.float64
-            # The code's covariance: float32 under mixed products, float64 otherwise.
-            assert calls[0][1] == (torch.float32 if gram_dtype else torch.float64), calls
             weight = solution.fit.weight if solution.basis is None else solution.fit.weight @ solution.basis.mT
             outs[gram_dtype] = x[0] @ weight[0].T
         # PCA directions are defined up to sign: compare the outputs' magnitudes.
