@@ -40,6 +40,21 @@ def test_gram_stats_of_channels_last_patches_match_the_reordered_rows():
     torch.testing.assert_close(fast.sum_x, reference.sum_x)
 
 
+@pytest.mark.parametrize("gram_dtype", [None, torch.float32])
+def test_gram_stats_of_grouped_patches_strided_across_groups_match_each_groups_own_rows(gram_dtype):
+    """Depthwise patches: each group's rows are strided across the other groups' in memory (copied to
+    contiguous blocks before the batched products); the sums equal each group's rows taken alone."""
+    conv = nn.Conv2d(6, 6, 3, padding=1, groups=6).double()
+    x = torch.randn(300, 6, 5, 5, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    patches = conv_patches(x, conv, None).x  # (n, C, K) over (n, K, C) memory
+    stats = gram_stats(patches, 6, None, None, torch.float64, gram_dtype)
+    rtol, atol = (1e-12, 1e-10) if gram_dtype is None else (1e-4, 1e-3)  # float32 products: ~1e-6 of ~300
+    for g in range(6):
+        rows = patches[:, g, :]
+        torch.testing.assert_close(stats.gram_x[g], rows.T @ rows, rtol=rtol, atol=atol)
+        torch.testing.assert_close(stats.sum_x[g], rows.sum(0), rtol=rtol, atol=atol)
+
+
 def test_gram_mode_sums_batches_to_the_statistics_of_one_batch():
     layer = nn.Linear(4, 3).double()
     x = torch.randn(40, 4, dtype=torch.float64)
