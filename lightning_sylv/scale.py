@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from lightning_sylv.layer_fit import LayerFit
-from lightning_sylv.stats import InputStats
+from lightning_sylv.stats import InputStats, row_blocks
 
 __all__ = ["SCALES", "Scale", "energy_from_rows", "energy_from_stats", "gain_factor", "rescale"]
 
@@ -70,11 +70,16 @@ def energy_from_rows(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> T
         >>> float(energy_from_rows(x, w, torch.zeros(1, 1)))
         12.0
     """
-    out = (
-        torch.baddbmm(bias.unsqueeze(1).to(x.dtype), x, weight.to(x.dtype).mT)
-        if bias is not None
-        else (x @ weight.to(x.dtype).mT)
-    )
+    w = weight.to(x.dtype).mT
+    b = None if bias is None else bias.unsqueeze(1).to(x.dtype)
+    if x.shape[0] == 1:
+        return _energy(x, w, b)
+    # The groups of a grouped convolution: in cache-sized contiguous blocks (see row_blocks).
+    return torch.stack([_energy(block, w, b) for block in row_blocks(x)]).sum()
+
+
+def _energy(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    out = torch.baddbmm(b, x, w) if b is not None else x @ w
     return out.to(torch.float64).square().sum()
 
 

@@ -64,3 +64,17 @@ def test_bad_inputs_are_refused():
         InputStats.from_rows(x, y, num_classes=2) if int(y.max()) >= 2 else InputStats.from_rows(x, y - 1)
     with pytest.raises(ValueError, match="cannot merge"):
         _ = InputStats.from_rows(x, y) + InputStats.from_rows(x)
+
+
+def test_row_blocks_cover_the_rows_in_order_contiguous_and_bounded_for_stacks():
+    from lightning_sylv.stats import GROUPED_BLOCK_BYTES, row_blocks
+
+    plain = torch.randn(5000, 3)
+    blocks = list(row_blocks(plain))
+    assert [b.shape[0] for b in blocks] == [2048, 2048, 904]
+    assert torch.equal(torch.cat(blocks), plain)
+    # A depthwise layer's groups, strided across each other in memory: small contiguous blocks.
+    stack = torch.randn(3000, 49, 192).permute(2, 0, 1)  # (groups, n, d) over (n, d, groups) memory
+    blocks = list(row_blocks(stack))
+    assert all(b.is_contiguous() and b.numel() * b.element_size() <= GROUPED_BLOCK_BYTES for b in blocks)
+    assert len(blocks) > 1 and torch.equal(torch.cat(blocks, dim=1), stack)
