@@ -75,8 +75,9 @@ def _pads(conv: nn.modules.conv._ConvNd, spatial: int) -> list[int]:
     return pads
 
 
-def _seen_offsets(size: list[int], out: list[int], kernel: list[int], stride: list[int], dilation: list[int],
-                  lo: list[int]) -> list[Tensor]:  # fmt: skip
+def _seen_offsets(
+    size: list[int], out: list[int], kernel: list[int], stride: list[int], dilation: list[int], lo: list[int]
+) -> list[Tensor]:
     """Per dimension, the kernel offsets that fall inside the (unpadded) input at some output position."""
     seen = []
     for i in range(len(size)):
@@ -172,9 +173,8 @@ def conv_patches(
         rest = rest // out[i]
         shape = [1] * dims
         shape[i] = len(offsets[i])
-        idx = (coord * stride[i] - lo[i]).reshape(n, p, *([1] * dims)) + dilation[i] * offsets[i].to(x.device).reshape(
-            shape
-        )
+        taps_i = offsets[i].to(x.device).reshape(shape)
+        idx = (coord * stride[i] - lo[i]).reshape(n, p, *([1] * dims)) + dilation[i] * taps_i
         if lo[i] or hi[i]:
             ok = (idx >= 0) & (idx < size[i])
             inside = ok if inside is None else inside & ok

@@ -28,8 +28,8 @@ GROUPED_BLOCK_BYTES = 4 * 2**20
 def row_blocks(x: Tensor, rows: int = GRAM_BLOCK) -> Iterator[Tensor]:
     """The rows of ``x`` ``(*batch, n, d)`` as contiguous blocks ``(*batch, <= rows, d)``, in order.
 
-    For a stack of row sets (``*batch`` non-empty: the groups of a grouped convolution, whose rows
-    arrive strided across the other groups') a block holds at most :data:`GROUPED_BLOCK_BYTES`: the
+    For a stack of several row sets (``prod(*batch) > 1``: the groups of a grouped convolution, whose
+    rows arrive strided across the other groups') a block holds at most :data:`GROUPED_BLOCK_BYTES`: the
     copy then fits in cache, and the batched products on it run several times faster than on the
     strided rows (192 groups x 3,200 rows x 49 inputs: Gram sums 0.58 s strided, 0.12 s in blocks).
     """
