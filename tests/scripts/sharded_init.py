@@ -206,4 +206,5 @@ if __name__ == "__main__":
         out / f"{tag}_run_rank{trainer.global_rank}.pt",
     )
     if torch.distributed.is_initialized():  # a clean exit: gloo's threads are joined before the interpreter ends
+        torch.distributed.barrier()  # and no process tears its pairs down while the other still uses them
         torch.distributed.destroy_process_group()
