@@ -75,7 +75,10 @@ def energy_from_rows(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> T
     if x.shape[0] == 1:
         return _energy(x, w, b)
     # The groups of a grouped convolution: in cache-sized contiguous blocks (see row_blocks).
-    return torch.stack([_energy(block, w, b) for block in row_blocks(x)]).sum()
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    for block in row_blocks(x):
+        total += _energy(block, w, b)
+    return total
 
 
 def _energy(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:

@@ -191,3 +191,13 @@ def test_the_report_shows_each_layers_gain():
     assert "gain" in format_table(report).splitlines()[0] and f"{gain:.3g}" in format_table(report)
     assert f"| {gain:.3g} |" in format_markdown(report)
     assert layer_scalars(report)["sylvester/layer/0/gain"] == pytest.approx(gain)
+
+
+def test_the_energy_of_grouped_rows_in_blocks_matches_one_product_and_survives_no_rows():
+    from lightning_sylv.scale import energy_from_rows
+
+    x = torch.randn(2000, 49, 96).permute(2, 0, 1)  # (groups, n, d), strided like depthwise patches
+    w, b = torch.randn(96, 1, 49), torch.randn(96, 1)
+    reference = torch.baddbmm(b.unsqueeze(1), x, w.mT).double().square().sum()
+    torch.testing.assert_close(energy_from_rows(x, w, b), reference, rtol=1e-5, atol=0)
+    assert float(energy_from_rows(torch.zeros(3, 0, 4), torch.ones(3, 1, 4), torch.ones(3, 1))) == 0.0
