@@ -44,7 +44,7 @@ def _sum_and_gram(x: Tensor, dtype: torch.dtype, gram_dtype: torch.dtype) -> tup
     """``(Σ x_i, xᵀx)`` in ``dtype``; with a lower ``gram_dtype`` both are formed in that precision
     block by block and the blocks summed in ``dtype``."""
     if torch.finfo(gram_dtype).bits >= torch.finfo(dtype).bits:
-        xd = x.to(dtype, memory_format=torch.contiguous_format)
+        xd = x.to(dtype, memory_format=torch.contiguous_format)  # strided rows: see row_blocks
         return xd.sum(-2), xd.mT @ xd
     xl = x.to(gram_dtype)
     batch, d = x.shape[:-2], x.shape[-1]

@@ -174,4 +174,3 @@ def test_b_update_needs_eig_b():
     a, b, c, _, u = _rank_one_problem(3, 4)
     with pytest.raises(ValueError, match="b_update needs eig_b"):
         solve_sylvester_psd(a, b, c, b_update=u)
-
