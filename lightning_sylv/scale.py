@@ -1,4 +1,4 @@
-"""The output scale of a solved layer: the data's directions at the model's own gain.
+"""The output scale of a solved layer: the data's directions at the model's own gain or norm.
 
 The Sylvester solve fixes a layer's weights, directions *and* size, from the data: ``W`` maps the
 input onto a code ``S`` whose scale is the input's principal variances (PCA codes) or one (one-hot).
@@ -19,7 +19,20 @@ batches and processes like the statistics of the solve, and the factor is the sa
 process. Where the own output is zero (a zero-initialized layer) or either energy is not a positive
 finite number, the factor is 1: the solve's scale is kept.
 
-A layer followed by a normalization (Conv → BatchNorm) computes the same function after the
+``scale="norm"`` keeps the solve's directions and gives the layer the Frobenius norm of its weights
+before the init (over the weight columns the solve sees), ``c = ‖W_own‖_F / ‖W‖_F``. The two differ
+where the input is far from isotropic. Solved weights point along the input's leading principal
+directions, where it carries most of its energy, so at the own output energy they are smaller than
+the own weights: half their norm in the first block of a ViT on CIFAR-10 patches. What an optimizer
+does with a layer depends on that norm. Adam(W) moves every weight by about the learning rate per
+step, whatever its size, so a layer at half the norm is moved twice as far, relative to what it
+holds, as its own init would be; in a layer followed by a normalization the effective step grows
+with the inverse square of the norm. The first epoch then overwrites what the init wrote. At the
+own norm the optimizer's relative steps are the ones its settings were chosen for; the output gain
+of a block whose input is concentrated comes out larger than the own init's (where the input is
+isotropic the two rules agree).
+
+A layer followed by a normalization (Conv → BatchNorm) computes the same function after either
 rescaling (up to the normalization's ε), so only layers whose output scale reaches the network
 — residual branches, attention projections, the head's logits — change what the network computes.
 
@@ -44,12 +57,20 @@ from torch import Tensor
 from lightning_sylv.layer_fit import LayerFit
 from lightning_sylv.stats import InputStats, row_blocks
 
-__all__ = ["SCALES", "Scale", "energy_from_rows", "energy_from_stats", "gain_factor", "rescale"]
+__all__ = [
+    "SCALES",
+    "Scale",
+    "energy_from_rows",
+    "energy_from_stats",
+    "gain_factor",
+    "rescale",
+    "weight_energy",
+]
 
-Scale = Literal["solve", "own"]
+Scale = Literal["solve", "own", "norm"]
 #: Ways to set the scale of a solved layer: ``"solve"`` as solved, ``"own"`` at the gain of the
-#: layer's weights before the init on the same input.
-SCALES: tuple[str, ...] = ("solve", "own")
+#: layer's weights before the init on the same input, ``"norm"`` at their Frobenius norm.
+SCALES: tuple[str, ...] = ("solve", "own", "norm")
 
 
 def energy_from_rows(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -138,13 +159,34 @@ def gain_factor(own: float, solved: float) -> float:
     return math.sqrt(own / solved)
 
 
-def rescale(fit: LayerFit, data: InputStats | Tensor, own: float) -> tuple[LayerFit, float]:
-    """``fit`` at the output energy ``own`` of the layer's weights before the init, on the same rows.
+def weight_energy(weight: Tensor) -> Tensor:
+    """``‖W‖²_F``, the squared Frobenius norm of a weight, as a 0-dim float64 tensor.
 
     Args:
-        fit: Weights ``(groups, d_out, d)`` and bias ``(groups, d_out)`` in the coordinates of ``data``.
+        weight: Any shape (``(groups, d_out, d)`` for a solved layer).
+
+    Example:
+        >>> import torch
+        >>> float(weight_energy(torch.full((1, 2, 2), 0.5)))
+        1.0
+    """
+    return weight.to(torch.float64).square().sum()
+
+
+def rescale(
+    fit: LayerFit, data: InputStats | Tensor, own: float, by: Literal["own", "norm"] = "own"
+) -> tuple[LayerFit, float]:
+    """``fit`` at the size ``own`` of the layer's weights before the init.
+
+    Args:
+        fit: Weights ``(groups, d_out, d)`` and bias ``(groups, d_out)`` in the coordinates of ``data``
+            (an orthonormal basis of the layer's inputs, or the inputs themselves: either way
+            ``‖fit.weight‖_F`` is the norm of the weight the layer is given).
         data: What the fit saw: the rows' sums, or the rows ``(groups, n, d)``.
-        own: Output energy of the layer's own weights on those rows (:func:`energy_from_rows`).
+        own: ``by="own"``: output energy of the layer's own weights on those rows
+            (:func:`energy_from_rows`); ``by="norm"``: their squared Frobenius norm
+            (:func:`weight_energy`).
+        by: Which size to match (the ``scale`` setting).
 
     Returns:
         The rescaled fit (weight and bias times the factor; diagnostics unchanged) and the factor
@@ -157,8 +199,12 @@ def rescale(fit: LayerFit, data: InputStats | Tensor, own: float) -> tuple[Layer
         >>> scaled, gain = rescale(fit, x, own=12.0)
         >>> gain, scaled.weight.flatten().tolist()
         (0.5, [1.0, 1.0])
+        >>> rescale(fit, x, own=2.0, by="norm")[1]
+        0.5
     """
-    if isinstance(data, InputStats):
+    if by == "norm":
+        solved = weight_energy(fit.weight)
+    elif isinstance(data, InputStats):
         solved = energy_from_stats(data, fit.weight, fit.bias)
     else:
         solved = energy_from_rows(data, fit.weight, fit.bias)

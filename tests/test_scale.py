@@ -1,4 +1,4 @@
-"""lightning_sylv.scale: solved directions at the model's own output gain (``scale="own"``)."""
+"""lightning_sylv.scale: solved directions at the model's own output gain (``scale="own"``) or weight norm (``"norm"``)."""
 
 import copy
 import threading
@@ -6,10 +6,12 @@ import threading
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lightning_sylv import sylvester_init_
-from lightning_sylv.scale import energy_from_rows, energy_from_stats, gain_factor
+from lightning_sylv.layer_fit import LayerFit
+from lightning_sylv.scale import energy_from_rows, energy_from_stats, gain_factor, rescale, weight_energy
 from lightning_sylv.stats import InputStats
 
 
@@ -73,6 +75,72 @@ def test_own_scale_is_the_solved_layer_at_its_own_output_energy(n, d, options, m
     torch.testing.assert_close(scaled[0].bias, c * solved[0].bias, rtol=1e-5, atol=1e-7)
     assert _energy(scaled[0], x) == pytest.approx(_energy(own[0], x), rel=1e-5)
     assert report.layers[-1].gain == 1.0  # the head keeps the solve's scale by default
+
+
+@pytest.mark.parametrize(
+    ("n", "d", "options", "mode"),
+    [
+        (120, 6, {}, "gram"),
+        (30, 60, {}, "span"),  # the fit in an orthonormal basis of the rows: its norm is the layer's
+        (400, 200, {"solver": "randomized"}, "randomized"),
+        (60, 6, {"latent": "ica"}, "rows"),
+    ],
+)
+def test_norm_scale_is_the_solved_layer_at_its_own_weight_norm(n, d, options, mode):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, d, generator=g) * 3 + 1, torch.arange(n) % 3
+    own, solved, scaled = _mlp(d, 4), _mlp(d, 4), _mlp(d, 4)
+    sylvester_init_(solved, x, y, scale="solve", **options)
+    report = sylvester_init_(scaled, x, y, scale="norm", **options)
+    first = report.layers[0]
+    assert first.solver.startswith(mode)
+    c = first.gain
+    assert c != pytest.approx(1.0, abs=1e-3)
+    torch.testing.assert_close(scaled[0].weight, c * solved[0].weight, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(scaled[0].bias, c * solved[0].bias, rtol=1e-5, atol=1e-7)
+    assert float(scaled[0].weight.detach().norm()) == pytest.approx(float(own[0].weight.detach().norm()), rel=1e-5)
+    assert report.layers[-1].gain == 1.0  # the head keeps the solve's scale by default
+
+
+def test_norm_and_energy_rules_differ_by_the_inputs_anisotropy():
+    # Rows concentrated in one direction: the solved weights follow it, so at the own output energy
+    # they are much smaller than the own weights; at the own norm they are as large.
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200, 8, generator=g) * torch.tensor([20.0] + [0.5] * 7)
+    y = torch.arange(200) % 3
+    own = _mlp(8, 4)
+    by_energy, by_norm = copy.deepcopy(own), copy.deepcopy(own)
+    sylvester_init_(by_energy, x, y, gram_dtype=None)
+    sylvester_init_(by_norm, x, y, scale="norm", gram_dtype=None)
+    assert float(by_energy[0].weight.detach().norm()) < 0.5 * float(own[0].weight.detach().norm())
+    assert float(by_norm[0].weight.detach().norm()) == pytest.approx(float(own[0].weight.detach().norm()), rel=1e-6)
+    # Same directions either way.
+    cos = F.cosine_similarity(by_energy[0].weight.detach().flatten(), by_norm[0].weight.detach().flatten(), dim=0)
+    assert float(cos) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_rescale_by_norm_uses_the_weight_alone():
+    w = torch.tensor([[[3.0, 4.0]]], dtype=torch.float64)  # norm 5
+    fit = LayerFit(w, torch.tensor([[10.0]], dtype=torch.float64), 0.0, 0.0, 0.0, 1.0, 1.0, 0)
+    rows = torch.randn(1, 7, 2, dtype=torch.float64)
+    scaled, gain = rescale(fit, rows, own=float(weight_energy(torch.ones(1, 1, 2))), by="norm")
+    assert gain == pytest.approx(2**0.5 / 5)
+    assert float(scaled.weight.detach().norm()) == pytest.approx(2**0.5)
+    assert float(scaled.bias) == pytest.approx(10.0 * gain)
+
+
+def test_norm_scale_of_a_convolution_counts_the_taps_the_solve_sees():
+    # A 3 x 3 kernel with padding 1 on a 1 x 1 map sees the input only with its centre tap: the
+    # other taps are written as zeros, and the norm matched is the own kernel's centre's.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(6, 3))
+    own = copy.deepcopy(net)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(60, 4, 1, 1, generator=g), torch.arange(60) % 3
+    sylvester_init_(net, x, y, scale="norm")
+    w = net[0].weight.detach()
+    assert float(w[..., [0, 0, 2, 2], [0, 2, 0, 2]].abs().max()) == 0.0
+    assert float(w.norm()) == pytest.approx(float(own[0].weight.detach()[..., 1, 1].norm()), rel=1e-5)
 
 
 def test_head_scale_own_rescales_the_logits_and_keeps_the_predictions():
@@ -145,13 +213,14 @@ def test_attention_projections_take_their_own_gain():
     assert energy(q_new, b_new) == pytest.approx(energy(q_own, b_own), rel=1e-5)
 
 
-def test_processes_agree_on_the_gain_and_match_one_process():
+@pytest.mark.parametrize("scale", ["own", "norm"])
+def test_processes_agree_on_the_gain_and_match_one_process(scale):
     from tests.test_engine import _ThreadAllReduce
 
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(80, 6, generator=g) * 2, torch.arange(80) % 3
     whole = _mlp(6, 4)
-    sylvester_init_(whole, x, y, scale="own", head_scale="own")
+    sylvester_init_(whole, x, y, scale=scale, head_scale=scale)
     shards = [(x[0::2], y[0::2]), (x[1::2], y[1::2])]
     models = [_mlp(6, 4) for _ in shards]
     comm = _ThreadAllReduce(2)
@@ -159,7 +228,7 @@ def test_processes_agree_on_the_gain_and_match_one_process():
 
     def work(rank: int) -> None:
         try:
-            sylvester_init_(models[rank], *shards[rank], scale="own", head_scale="own", reduce=comm.for_rank(rank))
+            sylvester_init_(models[rank], *shards[rank], scale=scale, head_scale=scale, reduce=comm.for_rank(rank))
         except BaseException as err:  # surfaced below
             errors.append(err)
 

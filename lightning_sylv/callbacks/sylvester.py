@@ -23,6 +23,7 @@ from lightning_sylv.callbacks._inspection import FeatureInspection
 from lightning_sylv.codes import CODES
 from lightning_sylv.engine import sylvester_init_
 from lightning_sylv.report import InitReport, format_table
+from lightning_sylv.scale import Scale
 from lightning_sylv.settings import SylvesterSettings
 
 __all__ = ["SylvesterInit"]
@@ -157,8 +158,8 @@ class SylvesterInit(DataDrivenInit):
         head: str | None = None,
         precision: Literal["float64", "mixed", "float32"] = "mixed",
         solver: Literal["exact", "randomized"] = "exact",
-        scale: Literal["solve", "own"] = "own",
-        head_scale: Literal["solve", "own"] = "solve",
+        scale: Scale = "own",
+        head_scale: Scale = "solve",
         evaluate: bool = True,
         eval_batches: int | None = None,
         verbose: bool = True,

@@ -5,8 +5,9 @@ gathers its rows (sampled patches for convolutions, :mod:`lightning_sylv.rows`),
 labels, and keeps what the mode (:func:`~lightning_sylv.layer.mode.choose_mode`, decided at the first
 batch) needs: mergeable sums (:class:`~lightning_sylv.stats.InputStats`) or the rows, in the precision
 they arrive in. With ``scale="own"`` it also sums the output energy the layer's current weights have
-on the same rows (:mod:`lightning_sylv.scale`). :meth:`LayerInput.pooled_rows` brings the kept rows of
-all batches and processes together for the solve.
+on the same rows, with ``scale="norm"`` it notes their norm (:mod:`lightning_sylv.scale`).
+:meth:`LayerInput.pooled_rows` brings the kept rows of all batches and processes together for the
+solve.
 
 This module imports no Lightning.
 """
@@ -23,7 +24,7 @@ from lightning_sylv.codes import LatentCode
 from lightning_sylv.layer.mode import Mode, choose_mode, directions
 from lightning_sylv.row_space import canonical_order
 from lightning_sylv.rows import LayerRows, layer_rows
-from lightning_sylv.scale import energy_from_rows
+from lightning_sylv.scale import Scale, energy_from_rows, weight_energy
 from lightning_sylv.stats import InputStats
 
 __all__ = ["LayerInitError", "LayerInput", "gram_stats", "grouped_rows"]
@@ -88,7 +89,8 @@ class LayerInput:
         pooled: Whether the rows of all processes can be brought together (one process, or a gather).
         solver: ``"exact"`` or ``"randomized"``.
         power_iterations: Subspace iterations of the randomized range finder.
-        own_energy: Whether to sum the output energy of the layer's current weights (``scale="own"``).
+        scale: What to measure of the layer's current weights: ``"own"`` their output energy on the
+            rows, ``"norm"`` their norm, ``"solve"`` nothing.
 
     Attributes:
         mode: ``"gram"``, ``"span"`` or ``"randomized"``, decided at the first batch; ``None`` before.
@@ -98,7 +100,9 @@ class LayerInput:
             dropped columns are zero in every row, so the solve leaves them out and the weights get
             zeros there (what the full solve gives them: no data reaches those taps).
         stats: The summed statistics (Gram mode with a statistics code), else ``None``.
-        energy: Output energy of the current weights on the rows seen so far.
+        energy: Output energy of the current weights on the rows seen so far (``scale="own"``).
+        own_norm: Squared Frobenius norm of the current weights, over the columns the solve sees
+            (``scale="norm"``; taken at the first batch, before anything is written), else ``0.0``.
     """
 
     def __init__(
@@ -115,14 +119,14 @@ class LayerInput:
         pooled: bool,
         solver: str,
         power_iterations: int,
-        own_energy: bool,
+        scale: Scale,
     ) -> None:
         self.module, self.name, self.code = module, name, code
         self.patches_per_image, self.generator = patches_per_image, generator
         self.dtype, self.gram_dtype = dtype, gram_dtype
         self.samples, self.pooled = samples, pooled
         self.solver, self.power_iterations = solver, power_iterations
-        self.own_energy = own_energy
+        self.scale = scale
         self.groups: int = getattr(module, "groups", 1)
         self.out_per_group: int = module.weight.shape[0] // self.groups
         self.in_per_group: int = math.prod(module.weight.shape[1:])  # no indexing: may be a DTensor
@@ -132,6 +136,7 @@ class LayerInput:
         self.mode: Mode | None = None
         self.stats: InputStats | None = None
         self.energy = 0.0
+        self.own_norm = 0.0
         self.layer_rows: LayerRows | None = None  # the last batch's row layout (codes that need it)
         self._rows: list[Tensor] = []  # (groups, n_b, d) per batch
         self._labels: list[Tensor] = []
@@ -158,8 +163,10 @@ class LayerInput:
             raise self.error(f"could not gather its input rows: {err}") from err
         self._check_taps(rows.taps)
         row_labels = self._row_labels(rows, labels)
-        if self.own_energy:
+        if self.scale == "own":
             self.energy += float(self._energy_of_current(rows.x))
+        elif self.scale == "norm" and self.mode is None:
+            self.own_norm = float(weight_energy(self._current_weight()[0]))
         if self.mode is None:
             self.mode = choose_mode(
                 rows=rows.x.shape[0] if self.samples is None else self.samples * rows.per_sample,
@@ -241,13 +248,15 @@ class LayerInput:
 
     def _energy_of_current(self, x: Tensor) -> Tensor:
         """Output energy of the layer's current (own) weights on the rows ``x`` of one batch."""
-        block = _widened(grouped_rows(x, self.groups))
+        return energy_from_rows(_widened(grouped_rows(x, self.groups)), *self._current_weight())
+
+    def _current_weight(self) -> tuple[Tensor, Tensor | None]:
+        """The layer's current weight ``(groups, out, d)`` over the columns the solve sees, and bias."""
         weight = self.module.weight.detach().reshape(self.groups, self.out_per_group, -1)
         if self.columns is not None:
             weight = weight[..., self.columns.to(weight.device)]
         b = self.module.bias
-        bias = None if b is None else b.detach().reshape(self.groups, self.out_per_group)
-        return energy_from_rows(block, weight, bias)
+        return weight, None if b is None else b.detach().reshape(self.groups, self.out_per_group)
 
     def pooled_rows(self, gather: Callable[[Tensor], Tensor] | None) -> tuple[Tensor, Tensor | None]:
         """All kept rows ``(groups, n, d)`` and row labels, over batches (and processes, with ``gather``).

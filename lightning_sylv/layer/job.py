@@ -81,7 +81,7 @@ class LayerJob:
         power_iterations: Subspace iterations of the randomized range finder.
         scale: ``"solve"`` writes the solved weights as they are; ``"own"`` rescales them (and the
             bias) to the output energy the layer's weights before the init have on the same input
-            rows (see :mod:`lightning_sylv.scale`).
+            rows, ``"norm"`` to those weights' Frobenius norm (see :mod:`lightning_sylv.scale`).
 
     Example:
         >>> import torch
@@ -121,7 +121,7 @@ class LayerJob:
         self.input = LayerInput(
             module=module, name=name, code=code, patches_per_image=patches_per_image, generator=generator,
             dtype=dtype, gram_dtype=gram_dtype, samples=samples, pooled=not distributed or gather is not None,
-            solver=solver, power_iterations=power_iterations, own_energy=scale == "own",
+            solver=solver, power_iterations=power_iterations, scale=scale,
         )  # fmt: skip
         self.problem = LayerProblem(
             name=name, code=code, outputs=self.input.out_per_group, fit_bias=module.bias is not None, lam=lam,
@@ -176,8 +176,9 @@ class LayerJob:
             self._check_peers(reduce)
             solution = self._solve(reduce)
             fit = solution.fit
-            if self.scale == "own":
-                fit, self.gain = rescale(fit, solution.data, self.input.energy)
+            if self.scale != "solve":
+                own = self.input.energy if self.scale == "own" else self.input.own_norm
+                fit, self.gain = rescale(fit, solution.data, own, by=self.scale)
             write_layer(self.module, fit.weight, fit.bias, solution.basis, self.input.columns)
             self.input.clear()
         self.seconds += time.perf_counter() - t0
