@@ -16,7 +16,7 @@ def _input(module: nn.Module, code=None, **kw) -> LayerInput:
     opts = dict(
         module=module, name="layer", code=code or PCACode(), patches_per_image=None,
         generator=torch.Generator().manual_seed(0), dtype=torch.float64, gram_dtype=None, samples=None,
-        pooled=True, solver="exact", power_iterations=1, own_energy=False,
+        pooled=True, solver="exact", power_iterations=1, scale="solve",
     )  # fmt: skip
     opts.update(kw)
     return LayerInput(**opts)
@@ -114,8 +114,21 @@ def test_a_rows_only_code_cannot_be_streamed():
 def test_own_energy_adds_up_over_batches():
     layer = nn.Linear(4, 3).double()
     x = torch.randn(20, 4, dtype=torch.float64)
-    keeper = _input(layer, own_energy=True, samples=20)
+    keeper = _input(layer, scale="own", samples=20)
     for part in x.split(6):
         keeper.add(part, None)
     expected = float(layer(x).detach().square().sum())
     assert keeper.energy == pytest.approx(expected, rel=1e-12)
+
+
+def test_own_norm_is_taken_once_before_anything_is_written():
+    layer = nn.Linear(4, 3).double()
+    want = float(layer.weight.detach().square().sum())
+    keeper = _input(layer, scale="norm", samples=20)
+    keeper.add(torch.randn(6, 4, dtype=torch.float64), None)
+    with torch.no_grad():
+        layer.weight.mul_(3.0)  # not the reference any more: the first batch's weights are
+    for _ in range(2):
+        keeper.add(torch.randn(7, 4, dtype=torch.float64), None)
+    assert keeper.own_norm == pytest.approx(want, rel=1e-12)
+    assert keeper.energy == 0.0  # the energy rule's sum is not kept
