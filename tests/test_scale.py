@@ -1,4 +1,4 @@
-"""lightning_sylv.scale: solved directions at the model's own output gain (``scale="own"``) or weight norm (``"norm"``)."""
+"""lightning_sylv.scale: solved directions at the own output gain (``scale="own"``) or weight norm (``"norm"``)."""
 
 import copy
 import threading
