@@ -44,8 +44,9 @@ class LayerReport:
             ``"span/<eigh path>"`` in the span of fewer rows than inputs, ``"rows/<eigh path>"`` from
             kept rows (codes that need them); the eigh path is one of
             :data:`lightning_sylv.solver.EIGH_PATHS` (``eigh``, ``scipy-evr``, ``ridge``).
-        gain: Factor applied to the solved weights and bias (``scale="own"``: the layer's own
-            output scale; see :mod:`lightning_sylv.scale`); ``1.0`` when the solve's scale was kept.
+        gain: Factor applied to the solved weights and bias (``scale="norm"``: the own weights'
+            norm, ``"own"``: their output energy; see :mod:`lightning_sylv.scale`); ``1.0`` when the
+            solve's scale was kept.
     """
 
     name: str

@@ -65,7 +65,7 @@ def test_own_scale_is_the_solved_layer_at_its_own_output_energy(n, d, options, m
     x, y = torch.randn(n, d, generator=g) * 3 + 1, torch.arange(n) % 3
     own, solved, scaled = _mlp(d, 4), _mlp(d, 4), _mlp(d, 4)
     sylvester_init_(solved, x, y, scale="solve", **options)
-    report = sylvester_init_(scaled, x, y, **options)  # scale="own" is the default
+    report = sylvester_init_(scaled, x, y, scale="own", **options)
     first = report.layers[0]
     assert first.solver.startswith(mode)
     # Same directions, another size: the own layer's output energy on the same input.
@@ -110,7 +110,7 @@ def test_norm_and_energy_rules_differ_by_the_inputs_anisotropy():
     y = torch.arange(200) % 3
     own = _mlp(8, 4)
     by_energy, by_norm = copy.deepcopy(own), copy.deepcopy(own)
-    sylvester_init_(by_energy, x, y, gram_dtype=None)
+    sylvester_init_(by_energy, x, y, scale="own", gram_dtype=None)
     sylvester_init_(by_norm, x, y, scale="norm", gram_dtype=None)
     assert float(by_energy[0].weight.detach().norm()) < 0.5 * float(own[0].weight.detach().norm())
     assert float(by_norm[0].weight.detach().norm()) == pytest.approx(float(own[0].weight.detach().norm()), rel=1e-6)
@@ -270,3 +270,14 @@ def test_the_energy_of_grouped_rows_in_blocks_matches_one_product_and_survives_n
     reference = torch.baddbmm(b.unsqueeze(1), x, w.mT).double().square().sum()
     torch.testing.assert_close(energy_from_rows(x, w, b), reference, rtol=1e-5, atol=0)
     assert float(energy_from_rows(torch.zeros(3, 0, 4), torch.ones(3, 1, 4), torch.ones(3, 1))) == 0.0
+
+
+def test_the_default_scale_is_the_own_weight_norm():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(90, 6, generator=g) * 3, torch.arange(90) % 3
+    own, default, by_norm = _mlp(6, 8), _mlp(6, 8), _mlp(6, 8)
+    sylvester_init_(default, x, y)
+    sylvester_init_(by_norm, x, y, scale="norm")
+    for a, b in zip(default.parameters(), by_norm.parameters()):
+        assert torch.equal(a, b)
+    assert float(default[0].weight.detach().norm()) == pytest.approx(float(own[0].weight.detach().norm()), rel=1e-5)

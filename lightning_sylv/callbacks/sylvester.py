@@ -95,10 +95,11 @@ class SylvesterInit(DataDrivenInit):
             subspace, ``O(n d k)`` instead of ``O(n d² + d³)`` (ResNet-18: 2.7 s instead of 4.9 s,
             accuracy within ±2.5 points on the zoo benchmark of examples/RESULTS.md).
         scale: Output scale of the hidden layers: ``"solve"`` writes the solved weights as they are;
-            ``"own"`` keeps their directions at the gain the model's own init gives each layer on
-            the same input, so residual branches and attention keep the scale their architecture
-            (and its optimizer settings) expect; layers followed by a normalization compute the same
-            function either way (see ``sylvester_init_``).
+            ``"norm"`` keeps their directions at the Frobenius norm of each layer's own weights, so
+            the optimizer moves them as far, relative to their size, as it would move the model's
+            own init; ``"own"`` at the output gain the own weights have on the same input. Layers
+            followed by a normalization compute the same function either way (see
+            ``sylvester_init_``).
         head_scale: Output scale of the head, likewise (``"solve"``: logits at the one-hot code's size).
         evaluate: Measure validation accuracy before and after initialization.
         eval_batches: Cap on validation batches per evaluation (``None``: the whole set).
@@ -158,7 +159,7 @@ class SylvesterInit(DataDrivenInit):
         head: str | None = None,
         precision: Literal["float64", "mixed", "float32"] = "mixed",
         solver: Literal["exact", "randomized"] = "exact",
-        scale: Scale = "own",
+        scale: Scale = "norm",
         head_scale: Scale = "solve",
         evaluate: bool = True,
         eval_batches: int | None = None,
