@@ -8,9 +8,10 @@ hook the attention module itself, whose pre-hook sees ``query``, ``key``, ``valu
 either path:
 
 * :class:`InProjectionJob` fits each projection as a dense layer ``E_in -> E`` from the rows of its
-  own input (tokens of ``query``, ``key``, ``value``). In self-attention the three inputs are one
-  tensor and one fit serves all three slices (the queries and keys then span the same principal
-  subspace, so a token attends to tokens that resemble it).
+  own input (tokens of ``query``, ``key``, ``value``), each as its own fit, also in self-attention
+  where the three inputs are one tensor: a rotated code then gives them independent rotations of the
+  same principal subspace (one shared fit made the logits ``q·k`` a Gram matrix of the tokens, so
+  every token attended to itself first).
 * :class:`OutProjectionJob` then computes the attention output with the new projections (the module's
   own attention function, with an identity output projection) and fits ``out_proj`` on it.
 
