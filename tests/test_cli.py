@@ -47,6 +47,7 @@ def test_callback_added_by_flag_with_short_names(tmp_path):
             "--data=DigitsDataModule",
             "--trainer.callbacks+=SylvesterInit",
             "--trainer.callbacks.samples_per_class=7",
+            "--trainer.callbacks.scale=own",  # a Literal alias (lightning_sylv.scale.Scale) parses
             "--trainer.logger=false",
             *FAST,
         ],
