@@ -38,7 +38,7 @@ import fnmatch
 import time
 import warnings
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -59,6 +59,7 @@ from lightning_sylv.passes import (
 )
 from lightning_sylv.report import InitReport, LayerReport
 from lightning_sylv.rows import SUPPORTED_LAYERS
+from lightning_sylv.scale import layer_scale
 from lightning_sylv.settings import SylvesterSettings
 
 __all__ = [
@@ -183,7 +184,7 @@ def sylvester_init_(
         raise ValueError(f"labels must have shape ({n_samples},) to match the inputs, got {tuple(labels.shape)}")
     targets = units(model)
     try:
-        forward, order, logits = probe_forward(model, slice_batch(inputs, 0, 2), forward, targets)
+        forward, order, logits, normalized = probe_forward(model, slice_batch(inputs, 0, 2), forward, targets)
     except InitializationError as err:
         raise SylvesterInitError(str(err)) from err.__cause__
     problem = _logits_problem(logits, settings, labels)
@@ -196,6 +197,7 @@ def sylvester_init_(
     jobs, report = plan(
         model, targets, order, settings, has_labels=labels is not None, samples=total, gather=gather,
         distributed=reduce is not None, streaming=settings.batch_size is not None and settings.batch_size < n_samples,
+        normalized=normalized,
     )  # fmt: skip
 
     def on_result(job: Job, record: LayerReport) -> None:
@@ -223,6 +225,7 @@ def plan(
     gather: Callable[[Tensor], Tensor] | None,
     distributed: bool,
     streaming: bool,
+    normalized: Collection[str] = frozenset(),
 ) -> tuple[list[Job], InitReport]:
     """The jobs of one Sylvester initialization, in execution order, and its report so far.
 
@@ -240,6 +243,8 @@ def plan(
         gather: The all-gather across processes, if any.
         distributed: Whether the statistics are summed across processes.
         streaming: Whether the subset runs in several batches.
+        normalized: The names whose output a scale-free normalization takes directly (the probe's;
+            ``scale="auto"`` gives them the own output energy, the other layers the own norm).
 
     Raises:
         ValueError: On an unknown head, layer name or pattern, a head that does not match
@@ -265,7 +270,7 @@ def plan(
             patches_per_image=settings.patches_per_image, generator=generator, dtype=settings.dtype,
             gram_dtype=settings.gram_dtype, code_generator=_layer_generator(settings.seed, name), samples=samples,
             gather=gather, distributed=distributed, solver=settings.solver, power_iterations=settings.power_iterations,
-            scale=settings.head_scale if name == head else settings.scale,
+            scale=layer_scale(settings.head_scale if name == head else settings.scale, name in normalized),
         )  # fmt: skip
 
     report = InitReport(head=head)

@@ -15,7 +15,7 @@ from torch import nn
 
 from lightning_sylv.rows import SUPPORTED_LAYERS
 
-__all__ = ["BATCH_NORMS", "NORMS", "evaluating", "model_device", "target_modules"]
+__all__ = ["BATCH_NORMS", "NORMS", "SCALE_FREE_NORMS", "evaluating", "model_device", "target_modules"]
 
 #: BatchNorm layers (``BatchNorm1d/2d/3d``, ``SyncBatchNorm``): their running statistics are
 #: recomputed by an initialization pass.
@@ -26,6 +26,16 @@ NORMS: tuple[type[nn.Module], ...] = (
     nn.LayerNorm,
     nn.GroupNorm,
     nn.LocalResponseNorm,
+)
+#: Normalizations whose output does not change when their input is multiplied by a positive factor
+#: (up to their ε): BatchNorm (in training mode, or after its statistics are recomputed), instance,
+#: layer, group and RMS normalization. A layer whose output goes straight into one computes the same
+#: function at any scale.
+SCALE_FREE_NORMS: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,
+    nn.LayerNorm,
+    nn.GroupNorm,
+    *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()),
 )
 
 

@@ -59,18 +59,40 @@ from lightning_sylv.stats import InputStats, row_blocks
 
 __all__ = [
     "SCALES",
+    "LayerScale",
     "Scale",
     "energy_from_rows",
     "energy_from_stats",
     "gain_factor",
+    "layer_scale",
     "rescale",
     "weight_energy",
 ]
 
-Scale = Literal["solve", "own", "norm"]
-#: Ways to set the scale of a solved layer: ``"solve"`` as solved, ``"own"`` at the gain of the
-#: layer's weights before the init on the same input, ``"norm"`` at their Frobenius norm.
-SCALES: tuple[str, ...] = ("solve", "own", "norm")
+Scale = Literal["auto", "solve", "own", "norm"]
+#: Ways to set the scale of solved layers: ``"solve"`` as solved, ``"own"`` at the gain of the
+#: layer's weights before the init on the same input, ``"norm"`` at their Frobenius norm, ``"auto"``
+#: ``"own"`` for a layer whose output goes straight into a normalization and ``"norm"`` for the others.
+SCALES: tuple[str, ...] = ("auto", "solve", "own", "norm")
+#: The rule one layer takes (``"auto"`` resolved, :func:`layer_scale`).
+LayerScale = Literal["solve", "own", "norm"]
+
+
+def layer_scale(scale: Scale, normalized: bool) -> LayerScale:
+    """The rule one layer takes: ``"auto"`` resolved by the layer's context, the others as they are.
+
+    Args:
+        scale: The setting.
+        normalized: Whether a scale-free normalization takes the layer's output directly
+            (:attr:`~lightning_sylv.passes.Probe.normalized`).
+
+    Example:
+        >>> layer_scale("auto", normalized=True), layer_scale("auto", normalized=False), layer_scale("solve", True)
+        ('own', 'norm', 'solve')
+    """
+    if scale == "auto":
+        return "own" if normalized else "norm"
+    return scale
 
 
 def energy_from_rows(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:

@@ -82,11 +82,13 @@ class SylvesterSettings:
             ``gather`` across processes.
         power_iterations: Subspace iterations of the randomized mode (``>= 0``).
         scale: Output scale of the hidden layers: ``"solve"`` keeps the solved weights as they are;
-            ``"norm"`` (default) keeps their directions and rescales each layer to the Frobenius norm
-            of its weights before the call (the size the model's own init and its optimizer settings
+            ``"norm"`` keeps their directions and rescales each layer to the Frobenius norm of its
+            weights before the call (the size the model's own init and its optimizer settings
             expect); ``"own"`` to the output energy those weights have on the same input rows (the
-            own init's gain). See :mod:`lightning_sylv.scale`. A layer followed by a normalization
-            computes the same function either way.
+            own init's gain); ``"auto"`` (default): ``"own"`` for a layer whose output goes straight
+            into a normalization (``Conv → BatchNorm``; the function is the same at any scale),
+            ``"norm"`` for the others (residual branches, attention, MLPs). See
+            :mod:`lightning_sylv.scale`.
         head_scale: Output scale of the head, likewise (``"own"`` shrinks the logits to the own
             head's size; a zero-initialized head keeps the solve's scale).
 
@@ -118,7 +120,7 @@ class SylvesterSettings:
     num_classes: int | None = None
     solver: Literal["exact", "randomized"] = "exact"
     power_iterations: int = 1
-    scale: Scale = "norm"
+    scale: Scale = "auto"
     head_scale: Scale = "solve"
 
     def __post_init__(self) -> None:

@@ -97,9 +97,10 @@ class SylvesterInit(DataDrivenInit):
         scale: Output scale of the hidden layers: ``"solve"`` writes the solved weights as they are;
             ``"norm"`` keeps their directions at the Frobenius norm of each layer's own weights, so
             the optimizer moves them as far, relative to their size, as it would move the model's
-            own init; ``"own"`` at the output gain the own weights have on the same input. Layers
-            followed by a normalization compute the same function either way (see
-            ``sylvester_init_``).
+            own init; ``"own"`` at the output gain the own weights have on the same input;
+            ``"auto"`` (default): ``"own"`` for layers whose output goes straight into a
+            normalization (they compute the same function either way), ``"norm"`` for the others
+            (see ``sylvester_init_``).
         head_scale: Output scale of the head, likewise (``"solve"``: logits at the one-hot code's size).
         evaluate: Measure validation accuracy before and after initialization.
         eval_batches: Cap on validation batches per evaluation (``None``: the whole set).
@@ -159,7 +160,7 @@ class SylvesterInit(DataDrivenInit):
         head: str | None = None,
         precision: Literal["float64", "mixed", "float32"] = "mixed",
         solver: Literal["exact", "randomized"] = "exact",
-        scale: Scale = "norm",
+        scale: Scale = "auto",
         head_scale: Scale = "solve",
         evaluate: bool = True,
         eval_batches: int | None = None,

@@ -24,7 +24,7 @@ from lightning_sylv.codes import LatentCode
 from lightning_sylv.layer.mode import Mode, choose_mode, directions
 from lightning_sylv.row_space import canonical_order
 from lightning_sylv.rows import LayerRows, layer_rows
-from lightning_sylv.scale import Scale, energy_from_rows, weight_energy
+from lightning_sylv.scale import LayerScale, energy_from_rows, weight_energy
 from lightning_sylv.stats import InputStats
 
 __all__ = ["LayerInitError", "LayerInput", "gram_stats", "grouped_rows"]
@@ -119,7 +119,7 @@ class LayerInput:
         pooled: bool,
         solver: str,
         power_iterations: int,
-        scale: Scale,
+        scale: LayerScale,
     ) -> None:
         self.module, self.name, self.code = module, name, code
         self.patches_per_image, self.generator = patches_per_image, generator

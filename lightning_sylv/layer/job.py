@@ -23,18 +23,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any
+from typing import Any, get_args
 
 import torch
 from torch import Tensor, nn
 
+from lightning_sylv._checks import check_choice
 from lightning_sylv.codes import LatentCode
 from lightning_sylv.layer.collect import LayerInitError, LayerInput
 from lightning_sylv.layer.mode import directions
 from lightning_sylv.layer.solve import LayerProblem, Solution, solve_gram, solve_rows
 from lightning_sylv.layer.write import layer_report, write_layer
 from lightning_sylv.report import LayerReport
-from lightning_sylv.scale import Scale, rescale
+from lightning_sylv.scale import LayerScale, rescale
 
 __all__ = ["LayerJob", "autocast_off"]
 
@@ -81,7 +82,8 @@ class LayerJob:
         power_iterations: Subspace iterations of the randomized range finder.
         scale: ``"solve"`` writes the solved weights as they are; ``"own"`` rescales them (and the
             bias) to the output energy the layer's weights before the init have on the same input
-            rows, ``"norm"`` to those weights' Frobenius norm (see :mod:`lightning_sylv.scale`).
+            rows, ``"norm"`` to those weights' Frobenius norm (see :mod:`lightning_sylv.scale`; the
+            setting ``"auto"`` is resolved per layer by :func:`~lightning_sylv.scale.layer_scale`).
 
     Example:
         >>> import torch
@@ -113,8 +115,9 @@ class LayerJob:
         distributed: bool = False,
         solver: str = "exact",
         power_iterations: int = 1,
-        scale: Scale = "solve",
+        scale: LayerScale = "solve",
     ) -> None:
+        check_choice("scale", scale, get_args(LayerScale))  # "auto" is resolved per layer before
         self.module, self.name, self.code = module, name, code
         self.gather, self.distributed = gather, distributed
         self.power_iterations, self.scale = power_iterations, scale

@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
-from torch import nn
+from torch import Tensor, nn
 
 from lightning_sylv._batch import channels_last, default_forward
-from lightning_sylv.modules import evaluating, target_modules
+from lightning_sylv.modules import SCALE_FREE_NORMS, evaluating, target_modules
 from lightning_sylv.passes.base import InitializationError, PostHook, PreHook
 
 __all__ = ["Probe", "execution_order", "hooked", "hooked_pass", "probe_forward"]
@@ -112,11 +112,55 @@ class Probe(NamedTuple):
         forward: The forward the initialization pass runs (channels-last where the model accepts it).
         order: Names of the units in the order the forward first calls them.
         output: What the forward returned on the probe (the logits, for a classifier).
+        normalized: Names of the units whose output a scale-free normalization
+            (:data:`~lightning_sylv.modules.SCALE_FREE_NORMS`) takes as its input, unchanged or
+            through views only (``Conv → BatchNorm``; ``Conv → permute → LayerNorm``): their scale does
+            not change what the network computes.
     """
 
     forward: Callable[[nn.Module, Any], Any]
     order: list[str]
     output: Any
+    normalized: frozenset[str] = frozenset()
+
+
+def _normalized_hooks(
+    model: nn.Module, units: Mapping[nn.Module, str]
+) -> tuple[dict[nn.Module, PreHook], dict[nn.Module, PostHook], set[str]]:
+    """Hooks that find which ``units`` feed a scale-free normalization directly, and the set they fill.
+
+    A unit's output tensor is kept with its version counter; a normalization's input is that output
+    when it shares its storage start and size (a view: reshape, permute, transpose) and no in-place
+    operation has changed it since (an in-place ReLU or residual sum bumps the counter).
+    """
+    outputs: dict[str, tuple[Tensor, int]] = {}
+    found: set[str] = set()
+
+    def keep(name: str) -> PostHook:
+        def hook(module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+            if isinstance(out, Tensor):
+                outputs[name] = (out, _version(out))
+
+        return hook
+
+    def check(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        x = args[0] if args else kwargs.get("input")
+        if not isinstance(x, Tensor):
+            return
+        for name, (out, version) in outputs.items():
+            if x.data_ptr() == out.data_ptr() and x.numel() == out.numel() and version == _version(x) >= 0:
+                found.add(name)
+
+    norms = [m for m in model.modules() if isinstance(m, SCALE_FREE_NORMS) and m not in units]
+    return {m: check for m in norms}, {m: keep(n) for m, n in units.items()}, found
+
+
+def _version(t: Tensor) -> int:
+    """``t``'s in-place version counter; ``-1`` for tensors that keep none (inference mode)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return -1
 
 
 def probe_forward(
@@ -139,6 +183,7 @@ def probe_forward(
         InitializationError: If the forward pass fails on ``probe`` in its given layout.
     """
     output: list[Any] = []
+    pre, post, normalized = _normalized_hooks(model, units)
 
     def keep(fn: Callable[[nn.Module, Any], Any]) -> Callable[[nn.Module, Any], Any]:
         def run(m: nn.Module, x: Any) -> Any:
@@ -153,9 +198,9 @@ def probe_forward(
             return forward(m, channels_last(x))
 
         try:
-            order = execution_order(model, probe, keep(fast), units)
-            return Probe(fast, order, output[-1])
+            order = execution_order(model, probe, keep(fast), units, pre=pre, post=post)
+            return Probe(fast, order, output[-1], frozenset(normalized))
         except InitializationError:
-            pass  # the forward depends on the layout: run it as given
-    order = execution_order(model, probe, keep(forward), units)
-    return Probe(forward, order, output[-1])
+            normalized.clear()  # the forward depends on the layout: run it as given
+    order = execution_order(model, probe, keep(forward), units, pre=pre, post=post)
+    return Probe(forward, order, output[-1], frozenset(normalized))
