@@ -273,12 +273,59 @@ def test_the_energy_of_grouped_rows_in_blocks_matches_one_product_and_survives_n
     assert float(energy_from_rows(torch.zeros(3, 0, 4), torch.ones(3, 1, 4), torch.ones(3, 1))) == 0.0
 
 
-def test_the_default_scale_is_the_own_weight_norm():
+def test_the_default_scale_of_a_net_without_normalization_is_the_own_weight_norm():
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(90, 6, generator=g) * 3, torch.arange(90) % 3
     own, default, by_norm = _mlp(6, 8), _mlp(6, 8), _mlp(6, 8)
-    sylvester_init_(default, x, y)
+    sylvester_init_(default, x, y)  # scale="auto"
     sylvester_init_(by_norm, x, y, scale="norm")
     for a, b in zip(default.parameters(), by_norm.parameters()):
         assert torch.equal(a, b)
     assert float(default[0].weight.detach().norm()) == pytest.approx(float(own[0].weight.detach().norm()), rel=1e-5)
+
+
+def _conv_bn_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
+    )  # fmt: skip
+
+
+def test_auto_leaves_a_net_whose_convolutions_all_feed_batchnorm_as_the_own_gain_rule_wrote_it():
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(60, 3, 8, 8, generator=g), torch.arange(60) % 3
+    default, by_energy = _conv_bn_net(), _conv_bn_net()
+    report = sylvester_init_(default, x, y)
+    sylvester_init_(by_energy, x, y, scale="own")
+    assert all(r.gain != 1.0 for r in report.layers[:-1])
+    for (name, a), b in zip(default.state_dict().items(), by_energy.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_auto_gives_each_layer_the_rule_of_its_context():
+    # conv 0 feeds BatchNorm: the own output energy; conv 3 feeds a ReLU: the own weight norm.
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3),
+    )  # fmt: skip
+    own, by_energy = copy.deepcopy(net), copy.deepcopy(net)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(60, 3, 8, 8, generator=g) * 2, torch.arange(60) % 3
+    sylvester_init_(net, x, y)
+    sylvester_init_(by_energy, x, y, scale="own")
+    assert torch.equal(net[0].weight, by_energy[0].weight)
+    assert float(net[3].weight.detach().norm()) == pytest.approx(float(own[3].weight.detach().norm()), rel=1e-5)
+    assert float(by_energy[3].weight.detach().norm()) != pytest.approx(float(own[3].weight.detach().norm()), rel=1e-2)
+
+
+def test_a_layer_job_takes_a_resolved_rule_only():
+    from lightning_sylv.codes import PCACode
+    from lightning_sylv.layer import LayerJob
+
+    with pytest.raises(ValueError, match="scale must be one of"):
+        LayerJob(module=nn.Linear(4, 2), name="fc", code=PCACode(), lam=1.0, patches_per_image=None,
+                 generator=torch.Generator(), scale="auto")  # type: ignore[arg-type]  # fmt: skip

@@ -70,3 +70,34 @@ def test_a_forward_that_rejects_channels_last_is_probed_again_as_given():
     assert probe.order == ["conv", "fc"] and probe.output.shape == (2, 2)
     assert sizes == [2, 2]
     assert probe.forward(net, torch.randn(2, 3, 6, 6)).shape == (2, 2)
+
+
+class _Contexts(nn.Module):
+    """One layer per context: straight into BatchNorm, through a permute into LayerNorm, through an
+    in-place ReLU into BatchNorm, into a residual sum before a LayerNorm, into nothing normalized."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn_conv, self.bn = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+        self.ln_conv, self.ln = nn.Conv2d(4, 4, 1), nn.LayerNorm(4)
+        self.relu_conv, self.relu, self.bn2 = nn.Conv2d(4, 4, 1), nn.ReLU(inplace=True), nn.BatchNorm2d(4)
+        self.res_fc, self.ln2 = nn.Linear(4, 4), nn.LayerNorm(4)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.bn(self.bn_conv(x))
+        h = self.ln(self.ln_conv(h).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        h = self.bn2(self.relu(self.relu_conv(h)))
+        t = h.mean((2, 3))
+        t = self.ln2(t + self.res_fc(t))
+        return self.head(t)
+
+
+def test_the_probe_finds_the_layers_a_normalization_takes_directly():
+    net = _Contexts()
+    names = {m: n for n, m in net.named_children() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    probe = probe_forward(net, torch.randn(2, 3, 5, 5), lambda m, x: m(x), names)
+    # The in-place ReLU changed the conv's output before BatchNorm saw it; the residual sum is a new tensor.
+    assert probe.normalized == {"bn_conv", "ln_conv"}
+    plain = probe_forward(net, torch.randn(2, 3, 5, 5), lambda m, x: m(x).contiguous(), names)
+    assert plain.normalized == probe.normalized
