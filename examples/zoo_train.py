@@ -207,9 +207,12 @@ def figure(rows: list[dict[str, Any]], path: str, title: str) -> None:
     nrows = -(-len(groups) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.8 * nrows), squeeze=False)
     colors = {"own": "C0", "sylvester": "C1", "lsuv": "C2"}
+    main_labels = set(colors)
+    others = sorted({name for by_init in groups.values() for name in by_init} - main_labels)
+    colors.update({name: f"C{3 + i % 7}" for i, name in enumerate(others)})  # one colour per label, every panel
     for ax, (model, by_init) in zip(axes.flat, groups.items()):
         for name, rs in sorted(by_init.items()):
-            color, style = colors.get(name, "C3"), "-" if name in colors else "--"
+            color, style = colors[name], "-" if name in main_labels else "--"
             curve = _mean_curve(rs)
             if curve is None:  # runs recorded without a curve: their mean final accuracy as a line
                 final = statistics.mean(r["final_acc"] for r in rs)
