@@ -36,6 +36,13 @@ A layer followed by a normalization (Conv → BatchNorm) computes the same funct
 rescaling (up to the normalization's ε), so only layers whose output scale reaches the network
 — residual branches, attention projections, the head's logits — change what the network computes.
 
+``scale="auto"`` (the default) takes the rule by the layer's context (:func:`layer_scale`): ``"own"``
+for a layer whose output a scale-free normalization takes directly (the probe of the execution order
+finds them, :attr:`~lightning_sylv.passes.Probe.normalized`), ``"norm"`` for the others. Measured on
+the training benchmark of ``examples/RESULTS.md`` (issue 22), the own norm trained better where the
+scale reaches the network (ViTs, ConvNeXt, MLP-Mixer) and the own gain where a BatchNorm takes every
+convolution's output, whose function the rule cannot change but whose effective step it sets.
+
 The reference is whatever the layer holds when the init runs: the model's own initialization for a
 freshly constructed model (or one a sharding strategy materialized with ``reset_parameters``), the
 pretrained values when pretrained layers are initialized again. A model created with
