@@ -1,6 +1,6 @@
-# The screening of issue 22, session F (kept as run): scale="norm" patched onto the engine at c85e770's
-# parent (b9293e1 + the scale.py edits) before it was an option. VARIANT=norm; run like examples/zoo_train.py.
-# ruff: noqa: E401, E402, E501, E701, E702, I001
+# The screening of issue 22, session F (kept as run): scale="norm" patched onto the engine of b9293e1 (the
+# package as imported when the runs started, 17:44), before it was an option. VARIANT=norm; run like zoo_train.py.
+# ruff: noqa: E401, E701, F841, I001
 # Screening patch (issue 22, session F): variants of the scale of solved non-head layers.
 # VARIANT=norm: after the solve (scale="own"), rescale each non-head layer to its own init's Frobenius norm.
 import os, sys
