@@ -51,54 +51,35 @@ def _energy(layer: nn.Linear, x: torch.Tensor) -> float:
         return float(layer(x).double().square().sum())
 
 
+def _size(rule: str, layer: nn.Linear, x: torch.Tensor) -> float:
+    """What the rule matches: the output energy on ``x`` (``"own"``) or the weight norm (``"norm"``)."""
+    return _energy(layer, x) if rule == "own" else float(layer.weight.detach().norm())
+
+
+@pytest.mark.parametrize("rule", ["own", "norm"])
 @pytest.mark.parametrize(
     ("n", "d", "options", "mode"),
     [
         (120, 6, {}, "gram"),  # more rows than inputs: from the sums
-        (30, 60, {}, "span"),  # fewer rows than inputs: in the rows' span
+        (30, 60, {}, "span"),  # fewer rows than inputs: in an orthonormal basis of the rows' span
         (400, 200, {"solver": "randomized"}, "randomized"),  # a randomized subspace of the rows
         (60, 6, {"latent": "ica"}, "rows"),  # a code that needs the rows themselves
     ],
 )
-def test_own_scale_is_the_solved_layer_at_its_own_output_energy(n, d, options, mode):
+def test_a_rescaled_layer_has_the_solved_directions_at_its_own_size(n, d, options, mode, rule):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(n, d, generator=g) * 3 + 1, torch.arange(n) % 3
     own, solved, scaled = _mlp(d, 4), _mlp(d, 4), _mlp(d, 4)
     sylvester_init_(solved, x, y, scale="solve", **options)
-    report = sylvester_init_(scaled, x, y, scale="own", **options)
+    report = sylvester_init_(scaled, x, y, scale=rule, **options)
     first = report.layers[0]
     assert first.solver.startswith(mode)
-    # Same directions, another size: the own layer's output energy on the same input.
+    # Same directions, another size: the own layer's output energy on the same input, or its norm.
     c = first.gain
     assert c != pytest.approx(1.0, abs=1e-3)
     torch.testing.assert_close(scaled[0].weight, c * solved[0].weight, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(scaled[0].bias, c * solved[0].bias, rtol=1e-5, atol=1e-7)
-    assert _energy(scaled[0], x) == pytest.approx(_energy(own[0], x), rel=1e-5)
-    assert report.layers[-1].gain == 1.0  # the head keeps the solve's scale by default
-
-
-@pytest.mark.parametrize(
-    ("n", "d", "options", "mode"),
-    [
-        (120, 6, {}, "gram"),
-        (30, 60, {}, "span"),  # the fit in an orthonormal basis of the rows: its norm is the layer's
-        (400, 200, {"solver": "randomized"}, "randomized"),
-        (60, 6, {"latent": "ica"}, "rows"),
-    ],
-)
-def test_norm_scale_is_the_solved_layer_at_its_own_weight_norm(n, d, options, mode):
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(n, d, generator=g) * 3 + 1, torch.arange(n) % 3
-    own, solved, scaled = _mlp(d, 4), _mlp(d, 4), _mlp(d, 4)
-    sylvester_init_(solved, x, y, scale="solve", **options)
-    report = sylvester_init_(scaled, x, y, scale="norm", **options)
-    first = report.layers[0]
-    assert first.solver.startswith(mode)
-    c = first.gain
-    assert c != pytest.approx(1.0, abs=1e-3)
-    torch.testing.assert_close(scaled[0].weight, c * solved[0].weight, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(scaled[0].bias, c * solved[0].bias, rtol=1e-5, atol=1e-7)
-    assert float(scaled[0].weight.detach().norm()) == pytest.approx(float(own[0].weight.detach().norm()), rel=1e-5)
+    assert _size(rule, scaled[0], x) == pytest.approx(_size(rule, own[0], x), rel=1e-5)
     assert report.layers[-1].gain == 1.0  # the head keeps the solve's scale by default
 
 
