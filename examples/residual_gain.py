@@ -1,6 +1,7 @@
 """Why a ViT trained worse after the Sylvester init, measured: weight scales, residual-branch gains and
 attention logits of pre-norm transformer blocks, after the model's own init and after
-``sylvester_init_`` with ``scale="solve"`` (the solve as it comes) and ``scale="own"`` (the default).
+``sylvester_init_`` with ``scale="solve"`` (the solve as it comes) and ``scale="own"`` (the default until
+``3150e36``; ``examples/first_steps.py`` compares it with the own norm, the default's rule in the ViTs).
 
 For every block ``x + attn(norm1(x))``, ``x + mlp(norm2(x))`` it prints, averaged over the blocks:
 
